@@ -1,0 +1,246 @@
+import { randomUUID } from 'node:crypto';
+import type { Kysely } from 'kysely';
+import type { Logger } from 'pino';
+import type { EventDef } from '../contract/define.js';
+import { ValidationError } from '../kernel/errors.js';
+import { zodIssues } from '../kernel/validate.js';
+import type { EventBus, EventEnvelope } from '../kernel/plugins.js';
+
+export interface OutboxEntry {
+  event: EventDef;
+  payload: unknown;
+  key?: string;
+  id?: string;
+  deliverAt?: number;
+  traceparent?: string;
+}
+
+/** Creates the framework's own tables in a service's database. */
+export async function createEventTables(db: Kysely<any>): Promise<void> {
+  await db.schema
+    .createTable('evolith_outbox')
+    .ifNotExists()
+    .addColumn('id', 'varchar(100)', (c) => c.primaryKey())
+    .addColumn('topic', 'varchar(200)', (c) => c.notNull())
+    .addColumn('payload', 'text', (c) => c.notNull())
+    .addColumn('key', 'varchar(200)')
+    .addColumn('traceparent', 'varchar(64)')
+    .addColumn('deliver_at', 'bigint', (c) => c.notNull())
+    .addColumn('created_at', 'bigint', (c) => c.notNull())
+    .addColumn('attempts', 'integer', (c) => c.notNull().defaultTo(0))
+    .addColumn('delivered_at', 'bigint')
+    .addColumn('last_error', 'text')
+    .execute();
+  await db.schema
+    .createIndex('evolith_outbox_due')
+    .ifNotExists()
+    .on('evolith_outbox')
+    .columns(['delivered_at', 'deliver_at'])
+    .execute();
+  await db.schema
+    .createTable('evolith_inbox')
+    .ifNotExists()
+    .addColumn('id', 'varchar(100)', (c) => c.primaryKey())
+    .addColumn('topic', 'varchar(200)', (c) => c.notNull())
+    .addColumn('received_at', 'bigint', (c) => c.notNull())
+    .execute();
+}
+
+/** Writes validated events into the outbox table through `db` (the handler's transaction, if any). */
+export async function writeOutbox(db: Kysely<any>, entries: OutboxEntry[]): Promise<void> {
+  const now = Date.now();
+  const rows = entries.map((e) => {
+    const parsed = e.event.schema.safeParse(e.payload);
+    if (!parsed.success) {
+      const issues = zodIssues(parsed.error);
+      throw new ValidationError(`invalid payload for event ${e.event.topic}: ${issues.map((i) => `${i.path} ${i.message}`).join('; ')}`, issues);
+    }
+    return {
+      id: e.id ?? randomUUID(),
+      topic: e.event.topic,
+      payload: JSON.stringify(parsed.data),
+      key: e.key ?? null,
+      traceparent: e.traceparent ?? null,
+      deliver_at: e.deliverAt ?? now,
+      created_at: now,
+      attempts: 0,
+    };
+  });
+  if (rows.length === 0) return;
+  await db
+    .insertInto('evolith_outbox')
+    .values(rows)
+    .onConflict((oc) => oc.column('id').doNothing())
+    .execute();
+}
+
+interface OutboxRow {
+  id: string;
+  topic: string;
+  payload: string;
+  key: string | null;
+  traceparent: string | null;
+  deliver_at: number;
+  created_at: number;
+  attempts: number;
+}
+
+const BATCH = 200;
+const MAX_IDLE_MS = 5_000;
+const RETENTION_MS = 60 * 60 * 1000;
+
+/**
+ * Delivers a service's committed outbox rows to the event bus: due events at once, durable
+ * timers when their time comes (also after a restart), failed deliveries again with backoff.
+ * A row is marked delivered only after the bus accepted it, so delivery is at least once.
+ */
+export class OutboxDispatcher {
+  private timer: NodeJS.Timeout | undefined;
+  private running: Promise<void> | undefined;
+  private again = false;
+  private stopped = true;
+  private lastPurge = 0;
+
+  constructor(
+    private readonly db: Kysely<any>,
+    private readonly service: string,
+    private readonly bus: EventBus,
+    private readonly log: Logger,
+  ) {}
+
+  start(): void {
+    this.stopped = false;
+    this.poke();
+  }
+
+  /** Asks for a dispatch pass soon (after a commit that wrote events). */
+  poke(): void {
+    if (this.stopped) return;
+    if (this.running) {
+      this.again = true;
+      return;
+    }
+    this.running = this.loop().finally(() => {
+      this.running = undefined;
+    });
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    await this.running;
+  }
+
+  private async loop(): Promise<void> {
+    clearTimeout(this.timer);
+    try {
+      do {
+        this.again = false;
+        const n = await this.dispatchDue();
+        if (n === BATCH) this.again = true;
+      } while (this.again && !this.stopped);
+      await this.purge();
+    } catch (err) {
+      this.log.error({ err }, 'outbox dispatch failed; retrying');
+    }
+    if (!this.stopped) await this.armTimer();
+  }
+
+  private async armTimer(): Promise<void> {
+    let wait = MAX_IDLE_MS;
+    try {
+      const next = await this.db
+        .selectFrom('evolith_outbox')
+        .select((eb) => eb.fn.min('deliver_at').as('next'))
+        .where('delivered_at', 'is', null)
+        .executeTakeFirst();
+      if (next?.next != null) wait = Math.min(wait, Math.max(0, Number(next.next) - Date.now()));
+    } catch (err) {
+      this.log.warn({ err }, 'outbox could not read its next due time');
+    }
+    if (this.stopped) return;
+    this.timer = setTimeout(() => this.poke(), wait);
+    this.timer.unref();
+  }
+
+  private async dispatchDue(): Promise<number> {
+    const now = Date.now();
+    const rows = (await this.db
+      .selectFrom('evolith_outbox')
+      .selectAll()
+      .where('delivered_at', 'is', null)
+      .where('deliver_at', '<=', now)
+      .orderBy('deliver_at')
+      .orderBy('created_at')
+      .limit(BATCH)
+      .execute()) as OutboxRow[];
+    if (rows.length === 0) return 0;
+    // Events sharing a key go out in order; different keys go out concurrently.
+    const chains = new Map<string, OutboxRow[]>();
+    for (const row of rows) {
+      const k = row.key ?? row.id;
+      const chain = chains.get(k);
+      if (chain) chain.push(row);
+      else chains.set(k, [row]);
+    }
+    await Promise.all(
+      [...chains.values()].map(async (chain) => {
+        for (const row of chain) {
+          if (this.stopped) return;
+          if (!(await this.deliver(row))) return;
+        }
+      }),
+    );
+    return rows.length;
+  }
+
+  private async deliver(row: OutboxRow): Promise<boolean> {
+    const envelope: EventEnvelope = {
+      id: row.id,
+      topic: row.topic,
+      source: this.service,
+      payload: JSON.parse(row.payload),
+      key: row.key ?? undefined,
+      publishedAt: Number(row.created_at),
+      traceparent: row.traceparent ?? undefined,
+    };
+    try {
+      await this.bus.publish(envelope);
+      await this.db.updateTable('evolith_outbox').set({ delivered_at: Date.now() }).where('id', '=', row.id).execute();
+      return true;
+    } catch (err) {
+      const attempts = row.attempts + 1;
+      const backoff = Math.min(60_000, 100 * 2 ** Math.min(attempts, 10)) * (0.5 + Math.random() / 2);
+      this.log.warn({ err, event: row.topic, id: row.id, attempts }, 'event delivery failed; will retry');
+      await this.db
+        .updateTable('evolith_outbox')
+        .set({ attempts, deliver_at: Date.now() + Math.round(backoff), last_error: String((err as Error)?.message ?? err).slice(0, 1000) })
+        .where('id', '=', row.id)
+        .execute();
+      return false;
+    }
+  }
+
+  private async purge(): Promise<void> {
+    const now = Date.now();
+    if (now - this.lastPurge < RETENTION_MS / 4) return;
+    this.lastPurge = now;
+    await this.db.deleteFrom('evolith_outbox').where('delivered_at', '<', now - RETENTION_MS).execute();
+    await this.db.deleteFrom('evolith_inbox').where('received_at', '<', now - 7 * 24 * RETENTION_MS).execute();
+  }
+}
+
+/** Inserts the inbox row for a delivery; false when that delivery was already applied. */
+export async function claimDelivery(db: Kysely<any>, id: string, topic: string): Promise<boolean> {
+  const r = await db
+    .insertInto('evolith_inbox')
+    .values({ id, topic, received_at: Date.now() })
+    .onConflict((oc) => oc.column('id').doNothing())
+    .executeTakeFirst();
+  return Number(r.numInsertedOrUpdatedRows ?? 0n) > 0;
+}
+
+export async function alreadyDelivered(db: Kysely<any>, id: string): Promise<boolean> {
+  const row = await db.selectFrom('evolith_inbox').select('id').where('id', '=', id).executeTakeFirst();
+  return row !== undefined;
+}

@@ -1,0 +1,308 @@
+import type { Kysely, Transaction } from 'kysely';
+import type { Logger } from 'pino';
+import type { AnyContract, EventDef, MethodDef } from '../contract/define.js';
+import { alreadyDelivered, claimDelivery, createEventTables, OutboxDispatcher, writeOutbox, type OutboxEntry } from '../events/outbox.js';
+import { migrate } from '../storage/migrate.js';
+import { withDeadline } from './deadline.js';
+import { EvolithError, ForbiddenError, InternalError, UnavailableError, ValidationError } from './errors.js';
+import type { CallMeta, EventBus, EventEnvelope, Identity, ServiceStore, Telemetry } from './plugins.js';
+import type { Client, EmitOptions, EventContext, ServiceContext, ServiceDefinition, Subscription, TransactionContext } from './service.js';
+import { formatTraceparent, newTrace, parseTraceparent, type TraceContext } from './trace.js';
+import { zodIssues } from './validate.js';
+
+/** What a host needs from the process it lives in. */
+export interface HostEnvironment {
+  client<C extends AnyContract>(contract: C, parent: CallMeta): Client<C>;
+  readonly bus: EventBus;
+  readonly telemetry: Telemetry;
+  readonly log: Logger;
+  config(service: string): Readonly<Record<string, unknown>>;
+  /** Validate input on the server too (needed when the caller is on the other side of a wire). */
+  readonly validateInput: boolean;
+  readonly eventTimeoutMs: number;
+}
+
+class DuplicateDelivery extends Error {}
+
+/** Runs one service: its store, its handlers behind the server half of the call pipeline, its outbox. */
+export class ServiceHost {
+  readonly name: string;
+  readonly log: Logger;
+  store: ServiceStore | undefined;
+  private outbox: OutboxDispatcher | undefined;
+  private inflight = 0;
+  private idleWaiters: (() => void)[] = [];
+  private unsubscribe: (() => void)[] = [];
+  private state: 'new' | 'ready' | 'running' | 'stopping' | 'stopped' = 'new';
+
+  constructor(
+    readonly definition: ServiceDefinition,
+    private readonly env: HostEnvironment,
+  ) {
+    this.name = definition.contract.name;
+    this.log = env.log.child({ service: this.name });
+  }
+
+  get db(): Kysely<any> {
+    if (!this.store) throw new UnavailableError(`service ${this.name} has no database (declare one with database())`);
+    return this.store.db;
+  }
+
+  get running(): boolean {
+    return this.state === 'running';
+  }
+
+  /** Opens the store and applies migrations. */
+  async init(open: (service: string) => Promise<ServiceStore>): Promise<void> {
+    this.store = await open(this.name);
+    await createEventTables(this.store.db);
+    if (this.definition.database) {
+      const applied = await migrate(this.store.db, this.name, this.definition.database.migrations);
+      if (applied.length) this.log.info({ migrations: applied }, 'migrations applied');
+    }
+    this.state = 'ready';
+  }
+
+  async start(): Promise<void> {
+    this.state = 'running';
+    for (const sub of this.definition.subscriptions) {
+      this.unsubscribe.push(this.env.bus.subscribe(sub.event.topic, this.name, (e) => this.deliver(sub, e)));
+    }
+    if (this.definition.onStart) {
+      const meta: CallMeta = { deadline: Date.now() + 60_000, trace: newTrace(), caller: this.systemIdentity() };
+      await this.definition.onStart(new HandlerContext(this, this.env, meta, undefined));
+    }
+    this.outbox = new OutboxDispatcher(this.db, this.name, this.env.bus, this.log);
+    this.outbox.start();
+  }
+
+  /** Stops event delivery, waits for in-flight calls (up to `drainMs`), then closes the store. */
+  async stop(drainMs: number): Promise<void> {
+    if (this.state === 'stopped') return;
+    this.state = 'stopping';
+    for (const u of this.unsubscribe) u();
+    this.unsubscribe = [];
+    await this.outbox?.stop();
+    await this.drain(drainMs);
+    if (this.definition.onStop) {
+      const meta: CallMeta = { deadline: Date.now() + 10_000, trace: newTrace(), caller: this.systemIdentity() };
+      await this.definition.onStop(new HandlerContext(this, this.env, meta, undefined)).catch((err) => this.log.error({ err }, 'onStop failed'));
+    }
+    await this.store?.close();
+    this.state = 'stopped';
+  }
+
+  private drain(ms: number): Promise<void> {
+    if (this.inflight === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      const t = setTimeout(() => {
+        this.log.warn({ inflight: this.inflight }, 'drain timed out');
+        resolve();
+      }, ms);
+      this.idleWaiters.push(() => {
+        clearTimeout(t);
+        resolve();
+      });
+    });
+  }
+
+  private done(): void {
+    if (--this.inflight === 0 && this.idleWaiters.length) {
+      const w = this.idleWaiters;
+      this.idleWaiters = [];
+      for (const f of w) f();
+    }
+  }
+
+  poke(): void {
+    this.outbox?.poke();
+  }
+
+  systemIdentity(): Identity {
+    return { subject: `service:${this.name}`, roles: ['ROLE_SERVICE'] };
+  }
+
+  /** Server half of the pipeline: authorise → validate → handler → validate output. */
+  async handle(method: MethodDef, input: unknown, meta: CallMeta): Promise<unknown> {
+    if (this.state !== 'running' && this.state !== 'stopping') {
+      throw new UnavailableError(`service ${this.name} is not running (${this.state})`);
+    }
+    const handler = (this.definition.handlers as Record<string, (i: unknown, c: ServiceContext<any>) => Promise<unknown>>)[method.name];
+    if (!handler) throw new UnavailableError(`service ${this.name} has no method ${method.name}`);
+    if (method.roles && method.roles.length > 0) authorise(method, meta.caller);
+    let value = input;
+    if (this.env.validateInput) {
+      const r = method.input.safeParse(input);
+      if (!r.success) {
+        const issues = zodIssues(r.error);
+        throw new ValidationError(`invalid input for ${method.fullName}: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`, issues);
+      }
+      value = r.data;
+    }
+    this.inflight++;
+    const started = performance.now();
+    const ctx = new HandlerContext(this, this.env, meta, undefined);
+    this.env.telemetry.callStarted(method);
+    try {
+      const result = await withDeadline(handler(value, ctx), meta.deadline, method.fullName, () => ctx.abort());
+      const out = method.output.safeParse(result);
+      if (!out.success) {
+        throw new InternalError(`${method.fullName} returned output that breaks its contract`, { issues: zodIssues(out.error) });
+      }
+      this.env.telemetry.callEnded(method, (performance.now() - started) / 1000, undefined);
+      return out.data;
+    } catch (err) {
+      const e = err instanceof EvolithError ? err : new InternalError(`${method.fullName} failed: ${(err as Error)?.message ?? err}`);
+      if (e.origin === undefined) e.origin = method.fullName;
+      if (!(err instanceof EvolithError)) this.log.error({ err, method: method.fullName }, 'handler failed');
+      this.env.telemetry.callEnded(method, (performance.now() - started) / 1000, e.code);
+      throw e;
+    } finally {
+      this.done();
+    }
+  }
+
+  /** Delivers one event to one subscription, at most once per event id. */
+  private async deliver(sub: Subscription, envelope: EventEnvelope): Promise<void> {
+    if (this.state !== 'running') throw new UnavailableError(`service ${this.name} is not taking events`);
+    if (await alreadyDelivered(this.db, envelope.id)) return;
+    const parsed = sub.event.schema.safeParse(envelope.payload);
+    if (!parsed.success) {
+      // A payload that breaks the contract will never succeed: record it as handled so it
+      // does not block its key forever, and say so loudly.
+      this.log.error({ event: envelope.topic, id: envelope.id, issues: zodIssues(parsed.error) }, 'dropping event with invalid payload');
+      await claimDelivery(this.db, envelope.id, envelope.topic);
+      return;
+    }
+    const parent = parseTraceparent(envelope.traceparent) ?? newTrace();
+    const meta: CallMeta = {
+      deadline: Date.now() + this.env.eventTimeoutMs,
+      trace: { traceId: parent.traceId, spanId: newTrace().spanId, parentSpanId: parent.spanId, sampled: parent.sampled },
+      caller: { subject: `service:${envelope.source}`, roles: ['ROLE_SERVICE'] },
+    };
+    const ctx = new HandlerContext(this, this.env, meta, envelope);
+    this.inflight++;
+    try {
+      await withDeadline(sub.handler(parsed.data, ctx as EventContext<any>), meta.deadline, `${this.name} handling ${envelope.topic}`, () => ctx.abort());
+      if (!ctx.claimed) await claimDelivery(this.db, envelope.id, envelope.topic);
+    } catch (err) {
+      if (err instanceof DuplicateDelivery) return;
+      throw err;
+    } finally {
+      this.done();
+    }
+  }
+
+  async addToOutbox(db: Kysely<any>, entries: OutboxEntry[]): Promise<void> {
+    await writeOutbox(db, entries);
+  }
+}
+
+function authorise(method: MethodDef, caller: Identity | undefined): void {
+  if (!caller) throw new ForbiddenError(`${method.fullName} requires authentication (one of ${method.roles!.join(', ')})`);
+  if (caller.roles.includes('ROLE_SERVICE')) return;
+  for (const r of method.roles!) if (caller.roles.includes(r)) return;
+  throw new ForbiddenError(`${method.fullName} requires one of ${method.roles!.join(', ')}`);
+}
+
+function entry(event: EventDef, payload: unknown, trace: TraceContext, options: EmitOptions | undefined, deliverAt?: number): OutboxEntry {
+  return { event, payload, key: options?.key, id: options?.id, deliverAt, traceparent: formatTraceparent(trace) };
+}
+
+function toEpoch(at: Date | number): number {
+  const t = typeof at === 'number' ? at : at.getTime();
+  if (!Number.isFinite(t)) throw new TypeError('schedule() needs a valid time');
+  return t;
+}
+
+/** The context object a handler receives; built per call, with everything costly made lazily. */
+class HandlerContext implements EventContext<any> {
+  private controller: AbortController | undefined;
+  private clients: Map<AnyContract, unknown> | undefined;
+  private logger: Logger | undefined;
+  claimed = false;
+
+  constructor(
+    private readonly host: ServiceHost,
+    private readonly env: HostEnvironment,
+    private readonly meta: CallMeta,
+    private readonly envelope: EventEnvelope | undefined,
+  ) {}
+
+  get service(): string {
+    return this.host.name;
+  }
+  get db(): Kysely<any> {
+    return this.host.db;
+  }
+  get caller(): Identity | undefined {
+    return this.meta.caller;
+  }
+  get trace(): TraceContext {
+    return this.meta.trace;
+  }
+  get deadline(): number {
+    return this.meta.deadline;
+  }
+  get config(): Readonly<Record<string, unknown>> {
+    return this.env.config(this.host.name);
+  }
+  get log(): Logger {
+    return (this.logger ??= this.host.log.child({ traceId: this.meta.trace.traceId }));
+  }
+  get signal(): AbortSignal {
+    return (this.controller ??= new AbortController()).signal;
+  }
+  get event(): EventContext<any>['event'] {
+    if (!this.envelope) throw new TypeError('ctx.event is only available in event handlers');
+    const e = this.envelope;
+    return { id: e.id, topic: e.topic, source: e.source, publishedAt: e.publishedAt };
+  }
+
+  abort(): void {
+    this.controller?.abort(new Error('deadline exceeded'));
+  }
+
+  client<C extends AnyContract>(contract: C): Client<C> {
+    this.clients ??= new Map();
+    let c = this.clients.get(contract) as Client<C> | undefined;
+    if (!c) this.clients.set(contract, (c = this.env.client(contract, this.meta)));
+    return c;
+  }
+
+  async emit(event: EventDef, payload: unknown, options?: EmitOptions): Promise<void> {
+    await this.host.addToOutbox(this.db, [entry(event, payload, this.meta.trace, options)]);
+    this.host.poke();
+  }
+
+  async schedule(event: EventDef, payload: unknown, at: Date | number, options?: EmitOptions): Promise<void> {
+    await this.host.addToOutbox(this.db, [entry(event, payload, this.meta.trace, options, toEpoch(at))]);
+    this.host.poke();
+  }
+
+  async transaction<T>(fn: (tx: TransactionContext<any>) => Promise<T>): Promise<T> {
+    let wrote = false;
+    const claim = this.envelope && !this.claimed ? this.envelope : undefined;
+    const result = await this.db.transaction().execute(async (trx: Transaction<any>) => {
+      if (claim) {
+        if (!(await claimDelivery(trx, claim.id, claim.topic))) throw new DuplicateDelivery();
+      }
+      const sink = this.host;
+      const trace = this.meta.trace;
+      return fn({
+        db: trx,
+        async emit(event, payload, options) {
+          await sink.addToOutbox(trx, [entry(event, payload, trace, options)]);
+          wrote = true;
+        },
+        async schedule(event, payload, at, options) {
+          await sink.addToOutbox(trx, [entry(event, payload, trace, options, toEpoch(at))]);
+          wrote = true;
+        },
+      });
+    });
+    if (claim) this.claimed = true;
+    if (wrote) this.host.poke();
+    return result;
+  }
+}

@@ -1,0 +1,206 @@
+import pino, { type Logger } from 'pino';
+import type { AnyContract, MethodDef } from '../contract/define.js';
+import { MemoryEventBus } from '../events/memory-bus.js';
+import { NoopTelemetry } from '../observe/telemetry.js';
+import { ConfigError, deserializeError, serializeError, TimeoutError, UnavailableError, ValidationError } from './errors.js';
+import { ServiceHost, type HostEnvironment } from './host.js';
+import type { CallMeta, EventBus, Identity, ServiceStore, StorageProvider, Telemetry, Transport } from './plugins.js';
+import { assertSerializable } from './serializable.js';
+import type { CallOptions, Client, ServiceDefinition } from './service.js';
+import { childTrace, newTrace, type TraceContext } from './trace.js';
+import { zodIssues } from './validate.js';
+
+export const DEFAULT_TIMEOUT_MS = 10_000;
+
+export interface MethodPolicy {
+  timeoutMs?: number;
+}
+
+export interface RuntimeOptions {
+  services: readonly ServiceDefinition[];
+  storage: StorageProvider;
+  bus?: EventBus;
+  telemetry?: Telemetry;
+  log?: Logger;
+  /** Per-service configuration handed to handlers as `ctx.config`. */
+  config?: Readonly<Record<string, Readonly<Record<string, unknown>>>>;
+  /** Policies by `service.method`, `service` or `*` (most specific wins). */
+  policies?: Readonly<Record<string, MethodPolicy>>;
+  /** Fail any call whose input, output or error would not survive a network hop. */
+  checkSerializable?: boolean;
+  /** How long stop() waits for in-flight calls. */
+  drainMs?: number;
+  eventTimeoutMs?: number;
+}
+
+/** Root-call metadata for callers outside any handler (the edge, tests, scripts). */
+export interface RootCall {
+  caller?: Identity;
+  trace?: TraceContext;
+  timeoutMs?: number;
+}
+
+/**
+ * The kernel: owns service lifecycle (init/start/stop in dependency order) and the client
+ * half of the call pipeline (validate → metadata → policy → transport). Monolith mode uses the
+ * in-process transport below; other architectures plug in their own.
+ */
+export class Runtime {
+  readonly log: Logger;
+  readonly bus: EventBus;
+  readonly telemetry: Telemetry;
+  readonly hosts = new Map<string, ServiceHost>();
+  transport: Transport;
+  private readonly order: ServiceDefinition[];
+  private readonly timeouts = new Map<MethodDef, number>();
+  private started = false;
+
+  constructor(private readonly options: RuntimeOptions) {
+    this.log = options.log ?? pino({ level: process.env.EVOLITH_LOG_LEVEL ?? 'info' });
+    this.bus = options.bus ?? new MemoryEventBus();
+    this.telemetry = options.telemetry ?? new NoopTelemetry();
+    this.order = startOrder(options.services);
+    const env: HostEnvironment = {
+      client: (contract, parent) => this.client(contract, parent),
+      bus: this.bus,
+      telemetry: this.telemetry,
+      log: this.log,
+      config: (service) => options.config?.[service] ?? {},
+      validateInput: false,
+      eventTimeoutMs: options.eventTimeoutMs ?? 30_000,
+    };
+    for (const def of this.order) this.hosts.set(def.contract.name, new ServiceHost(def, env));
+    this.transport = new InProcessTransport(this.hosts, options.checkSerializable ?? false);
+  }
+
+  get services(): readonly ServiceDefinition[] {
+    return this.order;
+  }
+
+  /** Opens every store and applies migrations, then starts services, dependencies first. */
+  async start(): Promise<void> {
+    if (this.started) throw new ConfigError('runtime already started');
+    this.started = true;
+    const open = (s: string): Promise<ServiceStore> => this.options.storage.open(s);
+    try {
+      for (const def of this.order) await this.hosts.get(def.contract.name)!.init(open);
+      for (const def of this.order) await this.hosts.get(def.contract.name)!.start();
+    } catch (err) {
+      await this.stop().catch(() => undefined);
+      throw err;
+    }
+  }
+
+  /** Stops services in reverse dependency order, letting in-flight calls finish first. */
+  async stop(): Promise<void> {
+    const drainMs = this.options.drainMs ?? 10_000;
+    for (const def of [...this.order].reverse()) {
+      const host = this.hosts.get(def.contract.name)!;
+      try {
+        await host.stop(drainMs);
+      } catch (err) {
+        this.log.error({ err, service: host.name }, 'stop failed');
+      }
+    }
+    await this.bus.close();
+    await this.transport.close?.();
+  }
+
+  timeoutFor(method: MethodDef): number {
+    let t = this.timeouts.get(method);
+    if (t === undefined) {
+      const p = this.options.policies ?? {};
+      t = p[method.fullName]?.timeoutMs ?? p[method.service]?.timeoutMs ?? method.timeoutMs ?? p['*']?.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+      this.timeouts.set(method, t);
+    }
+    return t;
+  }
+
+  /** Client half of the pipeline. `parent` is the calling handler's metadata, if any. */
+  invoke(method: MethodDef, input: unknown, parent: CallMeta | undefined, root: RootCall | undefined, options?: CallOptions): Promise<unknown> {
+    const r = method.input.safeParse(input);
+    if (!r.success) {
+      const issues = zodIssues(r.error);
+      return Promise.reject(
+        new ValidationError(`invalid input for ${method.fullName}: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`, issues),
+      );
+    }
+    const now = Date.now();
+    let deadline = now + (options?.timeoutMs ?? root?.timeoutMs ?? this.timeoutFor(method));
+    if (parent && parent.deadline < deadline) deadline = parent.deadline;
+    if (deadline <= now) return Promise.reject(new TimeoutError(`no time left to call ${method.fullName}: the caller's deadline has passed`));
+    const meta: CallMeta = parent
+      ? { deadline, trace: childTrace(parent.trace), caller: parent.caller }
+      : { deadline, trace: root?.trace ? childTrace(root.trace) : newTrace(), caller: root?.caller };
+    return this.transport.invoke(method, r.data, meta);
+  }
+
+  /** A typed client. Inside a handler use `ctx.client()`, which carries deadline, trace and caller. */
+  client<C extends AnyContract>(contract: C, parent?: CallMeta, root?: RootCall): Client<C> {
+    const out: Record<string, unknown> = {};
+    for (const [name, method] of Object.entries(contract.methods)) {
+      out[name] = (input: unknown, options?: CallOptions) => this.invoke(method, input, parent, root, options);
+    }
+    return out as Client<C>;
+  }
+
+  host(service: string): ServiceHost {
+    const h = this.hosts.get(service);
+    if (!h) throw new UnavailableError(`no service named ${service} in this app`);
+    return h;
+  }
+}
+
+/** Monolith transport: a call is a function call on the local host. No codec, no socket. */
+export class InProcessTransport implements Transport {
+  readonly name = 'in-process';
+  constructor(
+    private readonly hosts: ReadonlyMap<string, ServiceHost>,
+    private readonly checkSerializable: boolean,
+  ) {}
+
+  invoke(method: MethodDef, input: unknown, meta: CallMeta): Promise<unknown> {
+    const host = this.hosts.get(method.service);
+    if (!host) return Promise.reject(new UnavailableError(`service ${method.service} is not part of this process`));
+    if (!this.checkSerializable) return host.handle(method, input, meta);
+    return this.checked(host, method, input, meta);
+  }
+
+  private async checked(host: ServiceHost, method: MethodDef, input: unknown, meta: CallMeta): Promise<unknown> {
+    assertSerializable(input, `input of ${method.fullName}`);
+    let out: unknown;
+    try {
+      out = await host.handle(method, input, meta);
+    } catch (err) {
+      // Errors must survive the wire too: rebuild them from their serialised form.
+      throw deserializeError(serializeError(err));
+    }
+    assertSerializable(out, `output of ${method.fullName}`);
+    return out;
+  }
+}
+
+function startOrder(services: readonly ServiceDefinition[]): ServiceDefinition[] {
+  const byName = new Map<string, ServiceDefinition>();
+  for (const s of services) {
+    if (byName.has(s.contract.name)) throw new ConfigError(`service ${s.contract.name} is defined twice`);
+    byName.set(s.contract.name, s);
+  }
+  const order: ServiceDefinition[] = [];
+  const state = new Map<string, 'visiting' | 'done'>();
+  const visit = (s: ServiceDefinition, path: string[]): void => {
+    const st = state.get(s.contract.name);
+    if (st === 'done') return;
+    if (st === 'visiting') throw new ConfigError(`services depend on each other in a cycle: ${[...path, s.contract.name].join(' → ')}`);
+    state.set(s.contract.name, 'visiting');
+    for (const dep of s.dependsOn) {
+      const d = byName.get(dep.name);
+      if (!d) throw new ConfigError(`service ${s.contract.name} depends on ${dep.name}, which is not part of the app`);
+      visit(d, [...path, s.contract.name]);
+    }
+    state.set(s.contract.name, 'done');
+    order.push(s);
+  };
+  for (const s of services) visit(s, []);
+  return order;
+}
