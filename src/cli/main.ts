@@ -1,0 +1,138 @@
+import { existsSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { Command, InvalidArgumentError } from 'commander';
+import pino from 'pino';
+import type { AppDefinition } from '../app/define.js';
+import { contractDocument, openApiDocument } from '../contract/schema.js';
+import { runMonolith, type RunningApp } from '../deploy/monolith.js';
+import { ARCHITECTURES, loadTopology, type TopologyOverrides } from '../deploy/topology.js';
+import { EvolithError } from '../kernel/errors.js';
+
+const APP_ENTRIES = ['app.ts', 'app.js', 'index.ts', 'index.js'];
+
+/** Loads the app an app directory exports by default from app.ts (or index.ts). */
+export async function loadApp(appDir: string): Promise<AppDefinition> {
+  if (!existsSync(appDir)) throw new CliError(`app directory ${appDir} does not exist`);
+  const entry = APP_ENTRIES.map((f) => join(appDir, f)).find((f) => existsSync(f));
+  if (!entry) throw new CliError(`no app entry in ${appDir}: expected one of ${APP_ENTRIES.join(', ')}`);
+  const mod = (await import(pathToFileURL(entry).href)) as { default?: AppDefinition };
+  if (!mod.default || mod.default.kind !== 'app') throw new CliError(`${entry} must export default defineApp({...})`);
+  return mod.default;
+}
+
+class CliError extends Error {}
+
+const deployers: Partial<Record<string, typeof runMonolith>> = { monolith: runMonolith };
+
+function port(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0 || n > 65535) throw new InvalidArgumentError('must be a port number (0-65535)');
+  return n;
+}
+
+function collect(value: string, previous: string[]): string[] {
+  return [...previous, value];
+}
+
+async function run(appDirArg: string, opts: TopologyOverrides & { storage?: string }): Promise<void> {
+  const appDir = resolve(appDirArg);
+  const topology = loadTopology(appDir, opts);
+  const deploy = deployers[topology.architecture];
+  if (!deploy) {
+    const known = (ARCHITECTURES as readonly string[]).includes(topology.architecture);
+    throw new CliError(
+      known
+        ? `architecture "${topology.architecture}" is not available in this version; available: ${Object.keys(deployers).join(', ')}`
+        : `unknown architecture "${topology.architecture}"; choose one of: ${Object.keys(deployers).join(', ')}`,
+    );
+  }
+  const app = await loadApp(appDir);
+  const log = pino({ level: process.env.EVOLITH_LOG_LEVEL ?? 'info', base: { app: app.name } });
+  const running = await deploy(app, appDir, topology, log);
+  printBanner(running);
+  installSignalHandlers(running, log);
+}
+
+function printBanner(running: RunningApp): void {
+  const lines = [
+    `evolith: ${running.runtime.services.length} services running as ${running.architecture}`,
+    ...running.services.map((s) => `  ${s.name.padEnd(12)} ${s.location}`),
+    `evolith: listening on ${running.url}`,
+  ];
+  process.stdout.write(lines.join('\n') + '\n');
+}
+
+function installSignalHandlers(running: RunningApp, log: pino.Logger): void {
+  let stopping = false;
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (stopping) {
+      log.warn({ signal }, 'second signal: exiting without draining');
+      process.exit(1);
+    }
+    stopping = true;
+    log.info({ signal }, 'stopping: no new requests, draining in-flight calls');
+    running.stop().then(
+      () => {
+        process.stdout.write('evolith: stopped\n');
+        process.exit(0);
+      },
+      (err) => {
+        log.error({ err }, 'stop failed');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const program = new Command('evolith')
+    .description('Run one codebase of services as a monolith, microservices, a mesh or serverless functions.')
+    .showHelpAfterError();
+
+  program
+    .command('run')
+    .description('run an app in the architecture its topology (evolith.yaml) or --arch names')
+    .argument('<appDir>', 'directory holding app.ts and evolith.yaml')
+    .option('-a, --arch <name>', `architecture (${ARCHITECTURES.join(', ')})`)
+    .option('-p, --port <n>', 'HTTP port of the edge (0 picks a free one)', port)
+    .option('--host <address>', 'address the edge listens on')
+    .option('-d, --data <dir>', 'data directory for embedded databases')
+    .option('--storage <kind>', 'sqlite, or a postgres:// URL (one schema per service)')
+    .option('--schema-prefix <prefix>', 'prefix for PostgreSQL schema names')
+    .option('--set <path=value>', 'override a topology value, e.g. config.payment.paymentExpiresMs=5000', collect, [])
+    .action(async (appDir: string, o: Record<string, unknown>) => {
+      await run(appDir, {
+        architecture: o.arch as string | undefined,
+        port: o.port as number | undefined,
+        host: o.host as string | undefined,
+        data: o.data === undefined ? undefined : resolve(o.data as string),
+        storage: o.storage as string | undefined,
+        schemaPrefix: o.schemaPrefix as string | undefined,
+        set: o.set as string[],
+      });
+    });
+
+  program
+    .command('contracts')
+    .description('print the JSON Schema of every method and event (or the edge as OpenAPI 3.1)')
+    .argument('<appDir>', 'directory holding app.ts')
+    .option('--openapi', 'print the HTTP edge as an OpenAPI 3.1 document')
+    .action(async (appDir: string, o: { openapi?: boolean }) => {
+      const app = await loadApp(resolve(appDir));
+      const doc = o.openapi ? openApiDocument(app) : { app: app.name, contracts: app.services.map((s) => contractDocument(s.contract)) };
+      process.stdout.write(JSON.stringify(doc, null, 2) + '\n');
+    });
+
+  try {
+    await program.parseAsync(argv);
+  } catch (err) {
+    if (err instanceof CliError || err instanceof EvolithError) {
+      process.stderr.write(`evolith: ${err.message}\n`);
+      process.exit(2);
+    }
+    throw err;
+  }
+}

@@ -1,0 +1,105 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { isAbsolute, join, resolve } from 'node:path';
+import YAML from 'yaml';
+import { z } from 'zod';
+import { ConfigError } from '../kernel/errors.js';
+
+export const ARCHITECTURES = ['monolith', 'microservices', 'mesh', 'serverless', 'kubernetes'] as const;
+
+const policy = z.object({ timeoutMs: z.number().int().positive().optional() }).strict();
+
+const storage = z.union([
+  z.literal('sqlite'),
+  z.object({ driver: z.literal('sqlite') }).strict(),
+  z
+    .object({
+      driver: z.literal('postgres'),
+      url: z.string().regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL'),
+      schemaPrefix: z.string().regex(/^[a-z_][a-z0-9_]*$/i, 'letters, digits and underscores only').optional(),
+      poolSize: z.number().int().positive().optional(),
+    })
+    .strict(),
+]);
+
+/** The topology file (`evolith.yaml` beside the app): the only thing that changes between architectures. */
+export const topologySchema = z
+  .object({
+    architecture: z.string().default('monolith'),
+    host: z.string().default('127.0.0.1'),
+    port: z.number().int().min(0).max(65535).default(8080),
+    /** Data directory (SQLite files), relative to the app directory. */
+    data: z.string().default('data'),
+    storage: storage.default('sqlite'),
+    policies: z.record(z.string(), policy).default({}),
+    config: z.record(z.string(), z.record(z.string(), z.unknown())).default({}),
+    edge: z
+      .object({ bodyLimit: z.number().int().positive().default(1024 * 1024) })
+      .strict()
+      .default({ bodyLimit: 1024 * 1024 }),
+    /** Fail calls whose data would not survive a network hop (monolith). */
+    checkSerializable: z.boolean().default(false),
+    drainMs: z.number().int().positive().default(10_000),
+  })
+  .strict();
+
+export type Topology = z.output<typeof topologySchema>;
+
+export interface TopologyOverrides {
+  architecture?: string;
+  port?: number;
+  host?: string;
+  data?: string;
+  storage?: string;
+  schemaPrefix?: string;
+  /** `dotted.path=value` pairs; values are parsed as YAML (numbers, booleans, strings). */
+  set?: string[];
+}
+
+/** Reads `<appDir>/evolith.yaml` (if any), applies overrides, and validates the result. */
+export function loadTopology(appDir: string, overrides: TopologyOverrides = {}): Topology {
+  const file = join(appDir, 'evolith.yaml');
+  let raw: Record<string, unknown> = {};
+  if (existsSync(file)) {
+    const doc = YAML.parseDocument(readFileSync(file, 'utf8'));
+    if (doc.errors.length > 0) {
+      throw new ConfigError(`${file} is not valid YAML: ${doc.errors.map((e) => e.message).join('; ')}`);
+    }
+    const value = doc.toJS();
+    if (value !== null && (typeof value !== 'object' || Array.isArray(value))) throw new ConfigError(`${file} must hold a mapping at its top level`);
+    raw = (value ?? {}) as Record<string, unknown>;
+  }
+  if (overrides.architecture !== undefined) raw.architecture = overrides.architecture;
+  if (overrides.port !== undefined) raw.port = overrides.port;
+  if (overrides.host !== undefined) raw.host = overrides.host;
+  if (overrides.data !== undefined) raw.data = overrides.data;
+  if (overrides.storage !== undefined) {
+    raw.storage = overrides.storage === 'sqlite' ? 'sqlite' : { driver: 'postgres', url: overrides.storage };
+  }
+  if (overrides.schemaPrefix !== undefined) {
+    if (typeof raw.storage !== 'object' || raw.storage === null) throw new ConfigError('--schema-prefix needs PostgreSQL storage');
+    raw.storage = { ...(raw.storage as object), schemaPrefix: overrides.schemaPrefix };
+  }
+  for (const pair of overrides.set ?? []) applySet(raw, pair);
+  const parsed = topologySchema.safeParse(raw);
+  if (!parsed.success) {
+    const lines = parsed.error.issues.map((i) => `  ${i.path.join('.') || '(top level)'}: ${i.message}`);
+    throw new ConfigError(`invalid topology (${existsSync(file) ? file : 'defaults'}):\n${lines.join('\n')}`);
+  }
+  const t = parsed.data;
+  return { ...t, data: isAbsolute(t.data) ? t.data : resolve(appDir, t.data) };
+}
+
+function applySet(target: Record<string, unknown>, pair: string): void {
+  const eq = pair.indexOf('=');
+  if (eq <= 0) throw new ConfigError(`--set expects path=value, got "${pair}"`);
+  const path = pair.slice(0, eq).split('.');
+  const value = YAML.parse(pair.slice(eq + 1));
+  let node = target;
+  for (const key of path.slice(0, -1)) {
+    const next = node[key];
+    if (next === undefined) node[key] = {};
+    else if (typeof next !== 'object' || next === null) throw new ConfigError(`--set ${pair}: ${key} is not a mapping`);
+    node = node[key] as Record<string, unknown>;
+  }
+  node[path[path.length - 1]!] = value;
+}

@@ -1,0 +1,157 @@
+import { randomUUID } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { resolve } from 'node:path';
+import fastifyFormbody from '@fastify/formbody';
+import fastifyStatic from '@fastify/static';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import type { Logger } from 'pino';
+import type { AppDefinition, EdgeReply, EdgeRequest, RouteSpec } from '../app/define.js';
+import { EvolithError, InternalError, toEvolithError, ValidationError } from '../kernel/errors.js';
+import type { Authenticator, Identity } from '../kernel/plugins.js';
+import type { RootCall } from '../kernel/runtime.js';
+import type { MethodDef } from '../contract/define.js';
+import { parseTraceparent } from '../kernel/trace.js';
+
+export interface GatewayOptions {
+  app: AppDefinition;
+  appDir: string;
+  /** The kernel's client half: how the edge calls a method. */
+  invoke: (method: MethodDef, input: unknown, root: RootCall) => Promise<unknown>;
+  authenticator?: Authenticator;
+  log: Logger;
+  /** Largest accepted request body in bytes (413 beyond it). */
+  bodyLimit?: number;
+  /** Extra endpoints (health, metrics, OpenAPI) added by the deployer. */
+  extras?: (server: FastifyInstance) => void;
+}
+
+/** The CodedMessage body the bookstore's clients expect on failure. */
+function codedError(err: EvolithError): EdgeReply {
+  return { status: err.httpStatus, body: { code: 1, message: err.message } };
+}
+
+/**
+ * The public HTTP edge: maps the app's declared routes to methods, parses JSON, forms and
+ * query strings, authenticates bearer tokens, maps typed errors to status codes, limits body
+ * size, tags every request with an id, logs it with pino and serves the app's static files.
+ */
+export async function createGateway(options: GatewayOptions): Promise<FastifyInstance> {
+  const server = Fastify({
+    loggerInstance: options.log.child({ component: 'edge' }) as unknown as FastifyBaseLogger,
+    logController: new LogController({ disableRequestLogging: process.env.EVOLITH_ACCESS_LOG !== '1' }),
+    bodyLimit: options.bodyLimit ?? 1024 * 1024,
+    genReqId: (req) => {
+      const given = req.headers['x-request-id'];
+      return typeof given === 'string' && /^[\w.-]{1,128}$/.test(given) ? given : randomUUID();
+    },
+    forceCloseConnections: 'idle',
+    return503OnClosing: true,
+  });
+
+  await server.register(fastifyFormbody);
+
+  server.addHook('onSend', async (req, reply) => {
+    reply.header('x-request-id', req.id);
+  });
+
+  server.setErrorHandler((error: Error & { statusCode?: number; code?: string }, req, reply) => {
+    // Errors raised by fastify itself (malformed JSON, body too large, bad content type).
+    const status = error.statusCode && error.statusCode >= 400 && error.statusCode < 600 ? error.statusCode : 500;
+    if (status >= 500) req.log.error({ err: error }, 'request failed');
+    const message = status >= 500 ? 'internal error' : describeFastifyError(error);
+    reply.status(status).send({ code: 1, message });
+  });
+
+  server.setNotFoundHandler((req, reply) => {
+    const fallback = options.app.edge?.static?.fallback;
+    if (fallback && req.method === 'GET' && wantsHtml(req) && !/\.[a-z0-9]+$/i.test(req.url.split('?')[0]!)) {
+      return reply.sendFile(fallback);
+    }
+    reply.status(404).send({ code: 1, message: `no route for ${req.method} ${req.url.split('?')[0]}` });
+  });
+
+  const staticSpec = options.app.edge?.static;
+  if (staticSpec) {
+    const root = resolve(options.appDir, staticSpec.dir);
+    if (existsSync(root)) {
+      await server.register(fastifyStatic, { root, prefix: staticSpec.prefix ?? '/', wildcard: true, index: ['index.html'] });
+    } else {
+      options.log.warn({ root }, 'static directory does not exist; no static files served');
+    }
+  }
+
+  server.get('/health', async () => ({ status: 'ok' }));
+  options.extras?.(server);
+
+  for (const r of options.app.edge?.routes ?? []) {
+    server.route({
+      method: r.verb,
+      url: r.path,
+      handler: (req, reply) => handle(r, req, reply, options),
+    });
+  }
+  return server;
+}
+
+async function handle(r: RouteSpec, req: FastifyRequest, reply: FastifyReply, options: GatewayOptions): Promise<void> {
+  const edgeReq: EdgeRequest = {
+    params: (req.params ?? {}) as Record<string, string>,
+    query: (req.query ?? {}) as Record<string, string | string[] | undefined>,
+    body: req.body,
+    headers: req.headers,
+  };
+  let out: EdgeReply;
+  try {
+    const caller: Identity | undefined = options.authenticator ? await options.authenticator.authenticate(req.headers.authorization) : undefined;
+    let input: unknown;
+    try {
+      input = r.input ? r.input(edgeReq) : defaultInput(r, edgeReq);
+    } catch (err) {
+      if (err instanceof EvolithError) throw err;
+      throw new ValidationError(`invalid request: ${(err as Error).message}`, [{ path: '(request)', message: (err as Error).message }]);
+    }
+    const traceHeader = req.headers.traceparent;
+    const result = await options.invoke(r.method, input, {
+      caller,
+      trace: parseTraceparent(typeof traceHeader === 'string' ? traceHeader : undefined),
+    });
+    out = r.reply ? r.reply(result as never, edgeReq) : result === null || result === undefined ? { status: 204 } : { status: 200, body: result };
+  } catch (thrown) {
+    const err = toEvolithError(thrown);
+    if (err.httpStatus >= 500) {
+      req.log.error({ err: thrown, code: err.code, origin: err.origin }, 'call failed');
+    }
+    const shown = err instanceof InternalError ? new InternalError('internal error') : err;
+    out = r.error?.(err, edgeReq) ?? codedError(shown);
+  }
+  if (out.headers) reply.headers(out.headers);
+  reply.status(out.status);
+  if (out.status === 204 || out.body === undefined) return reply.send();
+  return reply.send(out.body);
+}
+
+function defaultInput(r: RouteSpec, req: EdgeRequest): unknown {
+  if (r.verb === 'GET' || r.verb === 'DELETE') return { ...req.query, ...req.params };
+  if (req.body === undefined || req.body === null) return { ...req.params };
+  if (typeof req.body !== 'object' || Array.isArray(req.body)) return req.body;
+  return { ...(req.body as object), ...req.params };
+}
+
+function wantsHtml(req: FastifyRequest): boolean {
+  const accept = req.headers.accept ?? '';
+  return accept.includes('text/html');
+}
+
+function describeFastifyError(error: Error & { code?: string; statusCode?: number }): string {
+  switch (error.code) {
+    case 'FST_ERR_CTP_INVALID_JSON_BODY':
+    case 'FST_ERR_CTP_EMPTY_JSON_BODY':
+      return `malformed JSON body: ${error.message}`;
+    case 'FST_ERR_CTP_BODY_TOO_LARGE':
+      return 'request body is larger than the limit';
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
+      return `unsupported content type: ${error.message}`;
+    default:
+      return error.message;
+  }
+}
