@@ -1,48 +1,85 @@
 import { TimeoutError } from './errors.js';
 
-interface Pending {
-  deadline: number;
-  fire: () => void;
-}
-
 /**
- * One shared watcher enforces every in-flight deadline in the process. A timer per call
- * would cost more than an in-process call itself; a set plus one coarse tick costs little.
+ * Something waiting for a deadline. Entries form an intrusive doubly linked list, so adding
+ * and removing one costs a few pointer writes: a timer per call would cost more than an
+ * in-process call itself, and so would hashing into a Set.
  */
-class DeadlineWatcher {
-  private readonly pending = new Set<Pending>();
-  private timer: NodeJS.Timeout | undefined;
-  constructor(private readonly tickMs: number) {}
+export abstract class DeadlineEntry {
+  deadline = Infinity;
+  /** True once the entry left the list, by expiring or by `unwatch`. */
+  settled = false;
+  prev: DeadlineEntry | undefined = undefined;
+  next: DeadlineEntry | undefined = undefined;
+  abstract expire(): void;
+}
 
-  add(p: Pending): void {
-    this.pending.add(p);
-    if (!this.timer) {
-      this.timer = setInterval(() => this.tick(), this.tickMs);
-      this.timer.unref();
-    }
+const TICK_MS = 5;
+let head: DeadlineEntry | undefined;
+let timer: NodeJS.Timeout | undefined;
+
+function tick(): void {
+  if (!head) {
+    clearInterval(timer);
+    timer = undefined;
+    return;
   }
-
-  remove(p: Pending): void {
-    this.pending.delete(p);
-  }
-
-  private tick(): void {
-    if (this.pending.size === 0) {
-      clearInterval(this.timer);
-      this.timer = undefined;
-      return;
+  const now = Date.now();
+  let e: DeadlineEntry | undefined = head;
+  while (e) {
+    const next: DeadlineEntry | undefined = e.next;
+    if (e.deadline <= now) {
+      remove(e);
+      e.expire();
     }
-    const now = Date.now();
-    for (const p of this.pending) {
-      if (p.deadline <= now) {
-        this.pending.delete(p);
-        p.fire();
-      }
-    }
+    e = next;
   }
 }
 
-const watcher = new DeadlineWatcher(5);
+function remove(e: DeadlineEntry): void {
+  e.settled = true;
+  if (e.prev) e.prev.next = e.next;
+  else head = e.next;
+  if (e.next) e.next.prev = e.prev;
+  e.prev = e.next = undefined;
+}
+
+/** Starts watching `entry`: its `expire()` runs once its deadline (epoch ms) passes. */
+export function watch(entry: DeadlineEntry): void {
+  if (entry.deadline === Infinity) return;
+  entry.next = head;
+  if (head) head.prev = entry;
+  head = entry;
+  if (!timer) {
+    timer = setInterval(tick, TICK_MS);
+    timer.unref();
+  }
+}
+
+/** Stops watching; false when the deadline already fired (the outcome belongs to the timeout). */
+export function unwatch(entry: DeadlineEntry): boolean {
+  if (entry.settled) return false;
+  if (entry.deadline !== Infinity) remove(entry);
+  else entry.settled = true;
+  return true;
+}
+
+class RaceEntry<T> extends DeadlineEntry {
+  constructor(
+    deadline: number,
+    private readonly what: string,
+    private readonly reject: (e: unknown) => void,
+    private readonly onTimeout?: () => void,
+  ) {
+    super();
+    this.deadline = deadline;
+  }
+  expire(): void {
+    this.onTimeout?.();
+    this.reject(new TimeoutError(`${this.what} did not answer before its deadline`, { deadline: new Date(this.deadline).toISOString() }));
+  }
+  _t?: T;
+}
 
 /**
  * Settles with `work`'s result, or rejects with a TimeoutError once `deadline` (epoch ms)
@@ -51,22 +88,14 @@ const watcher = new DeadlineWatcher(5);
 export function withDeadline<T>(work: Promise<T>, deadline: number, what: string, onTimeout?: () => void): Promise<T> {
   if (deadline === Infinity) return work;
   return new Promise<T>((resolve, reject) => {
-    const entry: Pending = {
-      deadline,
-      fire: () => {
-        onTimeout?.();
-        reject(new TimeoutError(`${what} did not answer before its deadline`, { deadline: new Date(deadline).toISOString() }));
-      },
-    };
-    watcher.add(entry);
+    const entry = new RaceEntry<T>(deadline, what, reject, onTimeout);
+    watch(entry);
     work.then(
       (v) => {
-        watcher.remove(entry);
-        resolve(v);
+        if (unwatch(entry)) resolve(v);
       },
       (e) => {
-        watcher.remove(entry);
-        reject(e);
+        if (unwatch(entry)) reject(e);
       },
     );
   });

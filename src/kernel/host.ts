@@ -3,11 +3,11 @@ import type { Logger } from 'pino';
 import type { AnyContract, EventDef, MethodDef } from '../contract/define.js';
 import { alreadyDelivered, claimDelivery, createEventTables, OutboxDispatcher, writeOutbox, type OutboxEntry } from '../events/outbox.js';
 import { migrate } from '../storage/migrate.js';
-import { withDeadline } from './deadline.js';
-import { EvolithError, ForbiddenError, InternalError, UnavailableError, ValidationError } from './errors.js';
+import { DeadlineEntry, unwatch, watch, withDeadline } from './deadline.js';
+import { EvolithError, ForbiddenError, InternalError, TimeoutError, UnavailableError, ValidationError } from './errors.js';
 import type { CallMeta, EventBus, EventEnvelope, Identity, ServiceStore, Telemetry } from './plugins.js';
 import type { Client, EmitOptions, EventContext, ServiceContext, ServiceDefinition, Subscription, TransactionContext } from './service.js';
-import { formatTraceparent, newTrace, parseTraceparent, type TraceContext } from './trace.js';
+import { childTrace, formatTraceparent, newTrace, parseTraceparent, type TraceContext } from './trace.js';
 import { zodIssues } from './validate.js';
 
 /** What a host needs from the process it lives in. */
@@ -122,44 +122,60 @@ export class ServiceHost {
     return { subject: `service:${this.name}`, roles: ['ROLE_SERVICE'] };
   }
 
-  /** Server half of the pipeline: authorise → validate → handler → validate output. */
-  async handle(method: MethodDef, input: unknown, meta: CallMeta): Promise<unknown> {
+  /**
+   * Server half of the pipeline: authorise → validate → handler → validate output.
+   * Written without async/await: an in-process call pays for one promise, not a chain of them.
+   */
+  handle(method: MethodDef, input: unknown, meta: CallMeta): Promise<unknown> {
     if (this.state !== 'running' && this.state !== 'stopping') {
-      throw new UnavailableError(`service ${this.name} is not running (${this.state})`);
+      return Promise.reject(new UnavailableError(`service ${this.name} is not running (${this.state})`));
     }
     const handler = (this.definition.handlers as Record<string, (i: unknown, c: ServiceContext<any>) => Promise<unknown>>)[method.name];
-    if (!handler) throw new UnavailableError(`service ${this.name} has no method ${method.name}`);
-    if (method.roles && method.roles.length > 0) authorise(method, meta.caller);
+    if (!handler) return Promise.reject(new UnavailableError(`service ${this.name} has no method ${method.name}`));
     let value = input;
-    if (this.env.validateInput) {
-      const r = method.input.safeParse(input);
-      if (!r.success) {
-        const issues = zodIssues(r.error);
-        throw new ValidationError(`invalid input for ${method.fullName}: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`, issues);
-      }
-      value = r.data;
-    }
-    this.inflight++;
-    const started = performance.now();
-    const ctx = new HandlerContext(this, this.env, meta, undefined);
-    this.env.telemetry.callStarted(method);
     try {
-      const result = await withDeadline(handler(value, ctx), meta.deadline, method.fullName, () => ctx.abort());
-      const out = method.output.safeParse(result);
-      if (!out.success) {
-        throw new InternalError(`${method.fullName} returned output that breaks its contract`, { issues: zodIssues(out.error) });
+      if (method.roles && method.roles.length > 0) authorise(method, meta.caller);
+      if (this.env.validateInput) {
+        const r = method.input.safeParse(input);
+        if (!r.success) {
+          const issues = zodIssues(r.error);
+          throw new ValidationError(`invalid input for ${method.fullName}: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`, issues);
+        }
+        value = r.data;
       }
-      this.env.telemetry.callEnded(method, (performance.now() - started) / 1000, undefined);
-      return out.data;
     } catch (err) {
-      const e = err instanceof EvolithError ? err : new InternalError(`${method.fullName} failed: ${(err as Error)?.message ?? err}`);
-      if (e.origin === undefined) e.origin = method.fullName;
-      if (!(err instanceof EvolithError)) this.log.error({ err, method: method.fullName }, 'handler failed');
-      this.env.telemetry.callEnded(method, (performance.now() - started) / 1000, e.code);
-      throw e;
-    } finally {
-      this.done();
+      return Promise.reject(err);
     }
+    const ctx = new HandlerContext(this, this.env, meta, undefined);
+    this.inflight++;
+    return new Promise<unknown>((resolve, reject) => {
+      const call = new PendingCall(this, method, ctx, resolve, reject);
+      let work: Promise<unknown>;
+      try {
+        work = handler(value, ctx);
+      } catch (err) {
+        work = Promise.reject(err);
+      }
+      watch(call);
+      work.then(
+        (result) => call.succeed(result),
+        (err) => call.fail(err),
+      );
+    });
+  }
+
+  /** Called by PendingCall when a call ends, however it ended. */
+  finished(method: MethodDef, started: number, errorCode: string | undefined): void {
+    this.done();
+    const telemetry = this.env.telemetry;
+    if (telemetry.enabled) telemetry.callEnded(method, (performance.now() - started) / 1000, errorCode);
+  }
+
+  startedCall(method: MethodDef): number {
+    const telemetry = this.env.telemetry;
+    if (!telemetry.enabled) return 0;
+    telemetry.callStarted(method);
+    return performance.now();
   }
 
   /** Delivers one event to one subscription, at most once per event id. */
@@ -177,7 +193,7 @@ export class ServiceHost {
     const parent = parseTraceparent(envelope.traceparent) ?? newTrace();
     const meta: CallMeta = {
       deadline: Date.now() + this.env.eventTimeoutMs,
-      trace: { traceId: parent.traceId, spanId: newTrace().spanId, parentSpanId: parent.spanId, sampled: parent.sampled },
+      trace: childTrace(parent),
       caller: { subject: `service:${envelope.source}`, roles: ['ROLE_SERVICE'] },
     };
     const ctx = new HandlerContext(this, this.env, meta, envelope);
@@ -195,6 +211,50 @@ export class ServiceHost {
 
   async addToOutbox(db: Kysely<any>, entries: OutboxEntry[]): Promise<void> {
     await writeOutbox(db, entries);
+  }
+}
+
+/** One in-flight call: its deadline entry and its outcome, without per-call closures. */
+class PendingCall extends DeadlineEntry {
+  private readonly started: number;
+  constructor(
+    private readonly host: ServiceHost,
+    private readonly method: MethodDef,
+    private readonly ctx: HandlerContext,
+    private readonly resolve: (v: unknown) => void,
+    private readonly reject: (e: unknown) => void,
+  ) {
+    super();
+    this.deadline = ctx.deadline;
+    this.started = host.startedCall(method);
+  }
+
+  succeed(result: unknown): void {
+    if (!unwatch(this)) return;
+    const out = this.method.output.safeParse(result);
+    if (!out.success) {
+      this.settle(new InternalError(`${this.method.fullName} returned output that breaks its contract`, { issues: zodIssues(out.error) }));
+      return;
+    }
+    this.host.finished(this.method, this.started, undefined);
+    this.resolve(out.data);
+  }
+
+  fail(err: unknown): void {
+    if (unwatch(this)) this.settle(err);
+  }
+
+  expire(): void {
+    this.ctx.abort();
+    this.settle(new TimeoutError(`${this.method.fullName} did not answer before its deadline`, { deadline: new Date(this.deadline).toISOString() }));
+  }
+
+  private settle(err: unknown): void {
+    const e = err instanceof EvolithError ? err : new InternalError(`${this.method.fullName} failed: ${(err as Error)?.message ?? err}`);
+    if (e.origin === undefined) e.origin = this.method.fullName;
+    if (!(err instanceof EvolithError)) this.host.log.error({ err, method: this.method.fullName }, 'handler failed');
+    this.host.finished(this.method, this.started, e.code);
+    this.reject(e);
   }
 }
 

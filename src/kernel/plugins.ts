@@ -105,6 +105,8 @@ export interface Authenticator {
 
 /** telemetry: observes every call. */
 export interface Telemetry {
+  /** False lets the hot path skip clocks and calls entirely. */
+  readonly enabled: boolean;
   callStarted(method: MethodDef): void;
   callEnded(method: MethodDef, seconds: number, errorCode: string | undefined): void;
 }

@@ -8,22 +8,44 @@ export interface TraceContext {
   readonly sampled: boolean;
 }
 
-// Ids come from a random per-process base plus a counter: unique and cheap on the hot path,
-// where a crypto call per span would cost more than the call itself.
+// Ids come from a random per-process prefix plus a counter: unique and cheap. They are made
+// lazily, on first read, because an in-process call that nobody traces should not pay for them.
 const processPrefix = randomBytes(8).toString('hex');
-let counter = BigInt('0x' + randomBytes(7).toString('hex'));
+const spanPrefix = randomBytes(4).toString('hex');
+let counter = randomBytes(4).readUInt32BE(0);
 
 function nextId(): string {
-  counter = (counter + 1n) & 0xffffffffffffffffn;
-  return counter.toString(16).padStart(16, '0');
+  counter = (counter + 1) >>> 0;
+  return spanPrefix + counter.toString(16).padStart(8, '0');
+}
+
+class Span implements TraceContext {
+  private _traceId: string | undefined;
+  private _spanId: string | undefined;
+  constructor(
+    private readonly parent: TraceContext | undefined,
+    readonly sampled: boolean,
+  ) {}
+  get traceId(): string {
+    return (this._traceId ??= this.parent ? this.parent.traceId : processPrefix + nextId());
+  }
+  get spanId(): string {
+    return (this._spanId ??= nextId());
+  }
+  get parentSpanId(): string | undefined {
+    return this.parent?.spanId;
+  }
+  toJSON(): TraceContext {
+    return { traceId: this.traceId, spanId: this.spanId, parentSpanId: this.parentSpanId, sampled: this.sampled };
+  }
 }
 
 export function newTrace(): TraceContext {
-  return { traceId: processPrefix + nextId(), spanId: nextId(), sampled: true };
+  return new Span(undefined, true);
 }
 
 export function childTrace(parent: TraceContext): TraceContext {
-  return { traceId: parent.traceId, spanId: nextId(), parentSpanId: parent.spanId, sampled: parent.sampled };
+  return new Span(parent, parent.sampled);
 }
 
 const traceparentPattern = /^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$/;

@@ -3,12 +3,14 @@ import type { MethodDef } from '../contract/define.js';
 import type { Telemetry } from '../kernel/plugins.js';
 
 export class NoopTelemetry implements Telemetry {
+  readonly enabled = false;
   callStarted(): void {}
   callEnded(): void {}
 }
 
 /** Prometheus metrics for every call: a counter of outcomes and a latency histogram per method. */
 export class PrometheusTelemetry implements Telemetry {
+  readonly enabled = true;
   readonly registry = new client.Registry();
   private readonly calls: client.Counter<'service' | 'method' | 'outcome'>;
   private readonly seconds: client.Histogram<'service' | 'method'>;
