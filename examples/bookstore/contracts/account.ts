@@ -1,0 +1,62 @@
+import { defineContract, z } from 'evolith';
+import { CodedMessage } from './coded-message.js';
+
+const required = (field: string, max: number) =>
+  z
+    .string({ error: `${field} is required` })
+    .trim()
+    .min(1, `${field} is required`)
+    .max(max, `${field} must be at most ${max} characters`);
+
+const optional = (field: string, max: number) => z.string().trim().max(max, `${field} must be at most ${max} characters`).nullish();
+
+/** The fields a client may write. Uniqueness of username, telephone and email is checked by the service. */
+const AccountFields = z.object({
+  username: required('username', 50),
+  name: required('name', 50),
+  avatar: optional('avatar', 500),
+  telephone: z.string().regex(/^1\d{10}$/, 'telephone must be 11 digits starting with 1').nullish(),
+  email: z.email('email is not a valid address').max(100, 'email must be at most 100 characters').nullish(),
+  location: optional('location', 200),
+});
+
+export const NewAccount = AccountFields.extend({ password: required('password', 200) });
+
+/** A PUT carries the whole account; fields left out keep their value, a password changes the credentials. */
+export const AccountChange = AccountFields.extend({ password: optional('password', 200) });
+
+/** What anyone may read about an account; the password is write-only. */
+export const Account = z.object({
+  id: z.number().int(),
+  username: z.string(),
+  name: z.string(),
+  avatar: z.string().nullable(),
+  telephone: z.string().nullable(),
+  email: z.string().nullable(),
+  location: z.string().nullable(),
+});
+export type Account = z.infer<typeof Account>;
+
+export const accountContract = defineContract({
+  name: 'account',
+  version: '1.0.0',
+  description: 'Bookstore accounts: profile data. Credentials live in the auth service.',
+  methods: {
+    create: {
+      input: NewAccount,
+      output: CodedMessage,
+      description: 'Registers an account and its credentials (role ROLE_USER).',
+    },
+    update: {
+      input: AccountChange,
+      output: CodedMessage,
+      roles: ['ROLE_USER'],
+      description: 'Changes the signed-in account; nobody else may change it.',
+    },
+    getByUsername: {
+      input: z.object({ username: z.string().min(1, 'username is required') }),
+      output: Account.nullable(),
+      idempotent: true,
+    },
+  },
+});

@@ -1,0 +1,66 @@
+import { defineContract, z } from 'evolith';
+import { CodedMessage } from './coded-message.js';
+
+/** The `iss` of every token the auth service signs; the edge accepts no other. */
+export const tokenIssuer = 'evolith-bookstore';
+
+export const Role = z.enum(['ROLE_USER', 'ROLE_ADMIN']);
+
+/**
+ * An OAuth2 token request (RFC 6749 §4.3 and §6) as it arrives from a query string or form.
+ * Every field is optional here so the service can answer with the OAuth error a client expects
+ * (`invalid_request`, `invalid_client`, ...) rather than a schema violation.
+ */
+export const TokenRequest = z.object({
+  grant_type: z.string().optional(),
+  username: z.string().optional(),
+  password: z.string().optional(),
+  refresh_token: z.string().optional(),
+  client_id: z.string().optional(),
+  client_secret: z.string().optional(),
+});
+
+export const TokenPair = z.object({
+  access_token: z.string(),
+  token_type: z.literal('bearer'),
+  refresh_token: z.string(),
+  expires_in: z.number().int(),
+  scope: z.string(),
+  authorities: z.array(z.string()),
+  username: z.string(),
+  jti: z.string(),
+});
+
+export const Jwks = z.object({
+  keys: z.array(z.looseObject({ kty: z.string(), kid: z.string().optional(), alg: z.string().optional(), use: z.string().optional() })),
+});
+
+export const authContract = defineContract({
+  name: 'auth',
+  version: '1.0.0',
+  description: 'OAuth2 token endpoint, the JWT signing key and the credentials of every account.',
+  methods: {
+    token: {
+      input: TokenRequest,
+      output: TokenPair,
+      description: 'grant_type=password or refresh_token, for a registered client.',
+    },
+    jwks: {
+      input: z.object({}),
+      output: Jwks,
+      idempotent: true,
+      description: 'The public signing keys, for whoever verifies access tokens (the edge).',
+    },
+    setCredentials: {
+      input: z.object({
+        username: z.string().trim().min(1, 'username is required'),
+        password: z.string().min(1, 'password is required').max(200, 'password must be at most 200 characters'),
+        roles: z.array(Role).min(1, 'roles must not be empty').optional(),
+      }),
+      output: CodedMessage,
+      // No role list: registration calls this anonymously. The handler decides who may
+      // overwrite existing credentials (their owner, an administrator or a service).
+      description: 'Creates credentials (default role ROLE_USER) or changes a password.',
+    },
+  },
+});

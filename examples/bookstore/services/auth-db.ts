@@ -1,0 +1,49 @@
+import { database, type Kysely } from 'evolith';
+
+export interface CredentialTable {
+  username: string;
+  password_hash: string;
+  /** Comma-separated authorities, e.g. `ROLE_USER,ROLE_ADMIN`. */
+  roles: string;
+}
+
+export interface SigningKeyTable {
+  id: string;
+  /** The private JWK as JSON: tokens stay valid across restarts and replicas. */
+  jwk: string;
+  created_at: number;
+}
+
+export interface AuthDB {
+  credential: CredentialTable;
+  signing_key: SigningKeyTable;
+}
+
+export const authDatabase = database<AuthDB>({
+  migrations: {
+    '001_init': async (db: Kysely<any>) => {
+      await db.schema
+        .createTable('credential')
+        .addColumn('username', 'varchar(50)', (c) => c.primaryKey())
+        .addColumn('password_hash', 'varchar(100)', (c) => c.notNull())
+        .addColumn('roles', 'varchar(200)', (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createTable('signing_key')
+        .addColumn('id', 'varchar(20)', (c) => c.primaryKey())
+        .addColumn('jwk', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .execute();
+    },
+  },
+});
+
+export function parseRoles(roles: string): string[] {
+  return roles.split(',').filter(Boolean);
+}
+
+/**
+ * The demo administrator's credentials. Clients send this string (the bookstore's front end
+ * hashes the typed password on the client); only its bcrypt hash is stored.
+ */
+export const demoCredential = { username: 'icyfenix', password: 'MFfTW3uNI4eqhwDkG7HP9p2mzEUu/r2', roles: ['ROLE_USER', 'ROLE_ADMIN'] };
