@@ -4,17 +4,14 @@ import { MemoryEventBus } from '../events/memory-bus.js';
 import { NoopTelemetry } from '../observe/telemetry.js';
 import { ConfigError, deserializeError, serializeError, TimeoutError, UnavailableError, ValidationError } from './errors.js';
 import { ServiceHost, type HostEnvironment } from './host.js';
-import type { CallMeta, EventBus, Identity, ServiceStore, StorageProvider, Telemetry, Transport } from './plugins.js';
+import { FirstBalancer, LocalDiscovery, LocalPolicy, type MethodPolicy } from './local-plugins.js';
+import type { Balancer, CallMeta, CallPolicy, Discovery, EventBus, Identity, ServiceStore, StorageProvider, Telemetry, Transport } from './plugins.js';
 import { assertSerializable } from './serializable.js';
 import type { CallOptions, Client, ServiceDefinition } from './service.js';
 import { childTrace, newTrace, type TraceContext } from './trace.js';
 import { zodIssues } from './validate.js';
 
-export const DEFAULT_TIMEOUT_MS = 10_000;
-
-export interface MethodPolicy {
-  timeoutMs?: number;
-}
+export { DEFAULT_TIMEOUT_MS, type MethodPolicy } from './local-plugins.js';
 
 export interface RuntimeOptions {
   services: readonly ServiceDefinition[];
@@ -26,6 +23,8 @@ export interface RuntimeOptions {
   config?: Readonly<Record<string, Readonly<Record<string, unknown>>>>;
   /** Policies by `service.method`, `service` or `*` (most specific wins). */
   policies?: Readonly<Record<string, MethodPolicy>>;
+  /** Replaces the timeout-only in-process policy (architectures with retries, circuits, bulkheads). */
+  policy?: CallPolicy;
   /** Fail any call whose input, output or error would not survive a network hop. */
   checkSerializable?: boolean;
   /** How long stop() waits for in-flight calls. */
@@ -51,8 +50,9 @@ export class Runtime {
   readonly telemetry: Telemetry;
   readonly hosts = new Map<string, ServiceHost>();
   transport: Transport;
+  readonly policy: CallPolicy;
+  readonly discovery: Discovery;
   private readonly order: ServiceDefinition[];
-  private readonly timeouts = new Map<MethodDef, number>();
   private started = false;
 
   constructor(private readonly options: RuntimeOptions) {
@@ -70,7 +70,9 @@ export class Runtime {
       eventTimeoutMs: options.eventTimeoutMs ?? 30_000,
     };
     for (const def of this.order) this.hosts.set(def.contract.name, new ServiceHost(def, env));
-    this.transport = new InProcessTransport(this.hosts, options.checkSerializable ?? false);
+    this.policy = options.policy ?? new LocalPolicy(options.policies);
+    this.discovery = new LocalDiscovery(this.hosts.keys());
+    this.transport = new InProcessTransport(this.hosts, this.discovery, new FirstBalancer(), options.checkSerializable ?? false);
   }
 
   get services(): readonly ServiceDefinition[] {
@@ -106,16 +108,6 @@ export class Runtime {
     await this.transport.close?.();
   }
 
-  timeoutFor(method: MethodDef): number {
-    let t = this.timeouts.get(method);
-    if (t === undefined) {
-      const p = this.options.policies ?? {};
-      t = p[method.fullName]?.timeoutMs ?? p[method.service]?.timeoutMs ?? method.timeoutMs ?? p['*']?.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-      this.timeouts.set(method, t);
-    }
-    return t;
-  }
-
   /** Client half of the pipeline. `parent` is the calling handler's metadata, if any. */
   invoke(method: MethodDef, input: unknown, parent: CallMeta | undefined, root: RootCall | undefined, options?: CallOptions): Promise<unknown> {
     const r = method.input.safeParse(input);
@@ -126,13 +118,15 @@ export class Runtime {
       );
     }
     const now = Date.now();
-    let deadline = now + (options?.timeoutMs ?? root?.timeoutMs ?? this.timeoutFor(method));
+    let deadline = now + (options?.timeoutMs ?? root?.timeoutMs ?? this.policy.timeoutFor(method));
     if (parent && parent.deadline < deadline) deadline = parent.deadline;
     if (deadline <= now) return Promise.reject(new TimeoutError(`no time left to call ${method.fullName}: the caller's deadline has passed`));
     const meta: CallMeta = parent
       ? { deadline, trace: childTrace(parent.trace), caller: parent.caller }
       : { deadline, trace: root?.trace ? childTrace(root.trace) : newTrace(), caller: root?.caller };
-    return this.transport.invoke(method, r.data, meta);
+    return this.policy instanceof LocalPolicy
+      ? this.transport.invoke(method, r.data, meta)
+      : this.policy.execute(method, (m) => this.transport.invoke(method, r.data, m), meta);
   }
 
   /** A typed client. Inside a handler use `ctx.client()`, which carries deadline, trace and caller. */
@@ -154,14 +148,26 @@ export class Runtime {
 /** Monolith transport: a call is a function call on the local host. No codec, no socket. */
 export class InProcessTransport implements Transport {
   readonly name = 'in-process';
+  private readonly resolved = new Map<string, ServiceHost | undefined>();
   constructor(
     private readonly hosts: ReadonlyMap<string, ServiceHost>,
+    private readonly discovery: Discovery,
+    private readonly balancer: Balancer,
     private readonly checkSerializable: boolean,
   ) {}
 
+  private hostFor(method: MethodDef): ServiceHost | undefined {
+    // Endpoints of an in-process app never change, so the lookup is made once per service.
+    if (!this.resolved.has(method.service)) {
+      const endpoint = this.balancer.pick(this.discovery.endpoints(method.service), method, undefined);
+      this.resolved.set(method.service, endpoint ? this.hosts.get(endpoint.service) : undefined);
+    }
+    return this.resolved.get(method.service);
+  }
+
   invoke(method: MethodDef, input: unknown, meta: CallMeta): Promise<unknown> {
-    const host = this.hosts.get(method.service);
-    if (!host) return Promise.reject(new UnavailableError(`service ${method.service} is not part of this process`));
+    const host = this.hostFor(method);
+    if (!host) return Promise.reject(new UnavailableError(`service ${method.service} is not part of this app`));
     if (!this.checkSerializable) return host.handle(method, input, meta);
     return this.checked(host, method, input, meta);
   }
