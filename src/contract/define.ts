@@ -10,6 +10,8 @@ export interface MethodSpec<I extends z.ZodType = z.ZodType, O extends z.ZodType
   timeoutMs?: number;
   /** The caller needs at least one of these roles; omitted means anyone, including anonymous callers. */
   roles?: readonly string[];
+  /** Only other services may call it; the edge (and any caller outside a handler) is refused. */
+  internal?: boolean;
   description?: string;
 }
 
@@ -28,6 +30,7 @@ export interface MethodDef<I extends z.ZodType = z.ZodType, O extends z.ZodType 
   /** `service.method`, used in logs, metrics and policies. */
   readonly fullName: string;
   readonly idempotent: boolean;
+  readonly internal: boolean;
 }
 
 export interface EventDef<P extends z.ZodType = z.ZodType> {
@@ -85,6 +88,7 @@ export function defineContract<const S extends ContractSpec>(spec: S): Contract<
       name,
       fullName: `${spec.name}.${name}`,
       idempotent: m.idempotent ?? false,
+      internal: m.internal ?? false,
     });
   }
   const events: Record<string, EventDef> = {};

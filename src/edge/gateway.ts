@@ -50,8 +50,15 @@ export async function createGateway(options: GatewayOptions): Promise<FastifyIns
 
   await server.register(fastifyFormbody);
 
+  // While closing, answers in flight tell keep-alive clients to hang up, so that close()
+  // does not wait out their idle timeout; idle connections are closed at once.
+  let closing = false;
+  server.addHook('preClose', async () => {
+    closing = true;
+  });
   server.addHook('onSend', async (req, reply) => {
     reply.header('x-request-id', req.id);
+    if (closing) reply.header('connection', 'close');
   });
 
   server.setErrorHandler((error: Error & { statusCode?: number; code?: string }, req, reply) => {

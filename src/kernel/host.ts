@@ -12,7 +12,8 @@ import { zodIssues } from './validate.js';
 
 /** What a host needs from the process it lives in. */
 export interface HostEnvironment {
-  client<C extends AnyContract>(contract: C, parent: CallMeta): Client<C>;
+  /** A client for calls made by service `from` inside the call described by `parent`. */
+  client<C extends AnyContract>(contract: C, parent: CallMeta, from: string): Client<C>;
   readonly bus: EventBus;
   readonly telemetry: Telemetry;
   readonly log: Logger;
@@ -57,7 +58,7 @@ export class ServiceHost {
     this.store = await open(this.name);
     await createEventTables(this.store.db);
     if (this.definition.database) {
-      const applied = await migrate(this.store.db, this.name, this.definition.database.migrations);
+      const applied = await migrate(this.store.db, this.name, this.definition.database.migrations, this.store.schema);
       if (applied.length) this.log.info({ migrations: applied }, 'migrations applied');
     }
     this.state = 'ready';
@@ -134,6 +135,9 @@ export class ServiceHost {
     if (!handler) return Promise.reject(new UnavailableError(`service ${this.name} has no method ${method.name}`));
     let value = input;
     try {
+      if (method.internal && meta.from === undefined) {
+        throw new ForbiddenError(`${method.fullName} is internal: only other services may call it`);
+      }
       if (method.roles && method.roles.length > 0) authorise(method, meta.caller);
       if (this.env.validateInput) {
         const r = method.input.safeParse(input);
@@ -326,7 +330,7 @@ class HandlerContext implements EventContext<any> {
   client<C extends AnyContract>(contract: C): Client<C> {
     this.clients ??= new Map();
     let c = this.clients.get(contract) as Client<C> | undefined;
-    if (!c) this.clients.set(contract, (c = this.env.client(contract, this.meta)));
+    if (!c) this.clients.set(contract, (c = this.env.client(contract, this.meta, this.host.name)));
     return c;
   }
 

@@ -20,6 +20,8 @@ export interface CallMeta {
   readonly deadline: number;
   readonly trace: TraceContext;
   readonly caller?: Identity;
+  /** The service making the call; undefined when the call comes from outside (edge, scripts). */
+  readonly from?: string;
 }
 
 /** transport: carries a validated call to an instance of the callee and brings back its answer. */
@@ -89,6 +91,8 @@ export interface ServiceStore {
   readonly dialect: Dialect;
   /** Human-readable location (file path or schema), printed at start. */
   readonly location: string;
+  /** The PostgreSQL schema that holds the service's tables (undefined for SQLite). */
+  readonly schema?: string;
   close(): Promise<void>;
 }
 

@@ -61,7 +61,7 @@ export class Runtime {
     this.telemetry = options.telemetry ?? new NoopTelemetry();
     this.order = startOrder(options.services);
     const env: HostEnvironment = {
-      client: (contract, parent) => this.client(contract, parent),
+      client: (contract, parent, from) => this.client(contract, parent, undefined, from),
       bus: this.bus,
       telemetry: this.telemetry,
       log: this.log,
@@ -109,7 +109,14 @@ export class Runtime {
   }
 
   /** Client half of the pipeline. `parent` is the calling handler's metadata, if any. */
-  invoke(method: MethodDef, input: unknown, parent: CallMeta | undefined, root: RootCall | undefined, options?: CallOptions): Promise<unknown> {
+  invoke(
+    method: MethodDef,
+    input: unknown,
+    parent: CallMeta | undefined,
+    root: RootCall | undefined,
+    options?: CallOptions,
+    from?: string,
+  ): Promise<unknown> {
     const r = method.input.safeParse(input);
     if (!r.success) {
       const issues = zodIssues(r.error);
@@ -122,7 +129,7 @@ export class Runtime {
     if (parent && parent.deadline < deadline) deadline = parent.deadline;
     if (deadline <= now) return Promise.reject(new TimeoutError(`no time left to call ${method.fullName}: the caller's deadline has passed`));
     const meta: CallMeta = parent
-      ? { deadline, trace: childTrace(parent.trace), caller: parent.caller }
+      ? { deadline, trace: childTrace(parent.trace), caller: parent.caller, from }
       : { deadline, trace: root?.trace ? childTrace(root.trace) : newTrace(), caller: root?.caller };
     return this.policy instanceof LocalPolicy
       ? this.transport.invoke(method, r.data, meta)
@@ -130,10 +137,10 @@ export class Runtime {
   }
 
   /** A typed client. Inside a handler use `ctx.client()`, which carries deadline, trace and caller. */
-  client<C extends AnyContract>(contract: C, parent?: CallMeta, root?: RootCall): Client<C> {
+  client<C extends AnyContract>(contract: C, parent?: CallMeta, root?: RootCall, from?: string): Client<C> {
     const out: Record<string, unknown> = {};
     for (const [name, method] of Object.entries(contract.methods)) {
-      out[name] = (input: unknown, options?: CallOptions) => this.invoke(method, input, parent, root, options);
+      out[name] = (input: unknown, options?: CallOptions) => this.invoke(method, input, parent, root, options, from);
     }
     return out as Client<C>;
   }

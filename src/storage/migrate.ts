@@ -3,7 +3,12 @@ import type { Migration } from '../kernel/service.js';
 import { ConfigError } from '../kernel/errors.js';
 
 /** Applies a service's migrations in name order; each runs once, tracked in the service's own database. */
-export async function migrate(db: Kysely<any>, service: string, migrations: Readonly<Record<string, Migration>>): Promise<string[]> {
+export async function migrate(
+  db: Kysely<any>,
+  service: string,
+  migrations: Readonly<Record<string, Migration>>,
+  schema?: string,
+): Promise<string[]> {
   const provided: Record<string, KyselyMigration> = {};
   for (const [name, up] of Object.entries(migrations)) provided[name] = { up };
   const migrator = new Migrator({
@@ -11,6 +16,9 @@ export async function migrate(db: Kysely<any>, service: string, migrations: Read
     provider: { getMigrations: async () => provided },
     migrationTableName: 'evolith_migration',
     migrationLockTableName: 'evolith_migration_lock',
+    // On PostgreSQL the tracking tables live in the service's own schema; otherwise the
+    // migrator finds another service's tables through the search path and skips creating them.
+    ...(schema ? { migrationTableSchema: schema } : {}),
   });
   const { error, results } = await migrator.migrateToLatest();
   if (error) {

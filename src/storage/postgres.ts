@@ -1,4 +1,5 @@
 import { Kysely, PostgresDialect, sql } from 'kysely';
+import { userInfo } from 'node:os';
 import pg from 'pg';
 import type { ServiceStore, StorageProvider } from '../kernel/plugins.js';
 
@@ -20,6 +21,14 @@ export interface PostgresStorageOptions {
   poolSize?: number;
 }
 
+/** libpq falls back to $USER for a URL without a user; a service started without one still connects. */
+function withDefaultUser(connectionString: string): string {
+  const url = new URL(connectionString);
+  if (url.username || process.env.PGUSER || process.env.USER) return connectionString;
+  url.username = userInfo().username;
+  return url.toString();
+}
+
 /** PostgreSQL: one schema per service, reached through a pool whose search_path is that schema only. */
 export class PostgresStorage implements StorageProvider {
   readonly name = 'postgres';
@@ -31,7 +40,8 @@ export class PostgresStorage implements StorageProvider {
 
   async open(service: string): Promise<ServiceStore> {
     const schema = this.schemaFor(service);
-    const admin = new pg.Client({ connectionString: this.options.connectionString });
+    const connectionString = withDefaultUser(this.options.connectionString);
+    const admin = new pg.Client({ connectionString });
     await admin.connect();
     try {
       await admin.query(`CREATE SCHEMA IF NOT EXISTS "${schema}"`);
@@ -39,18 +49,19 @@ export class PostgresStorage implements StorageProvider {
       await admin.end();
     }
     const pool = new pg.Pool({
-      connectionString: this.options.connectionString,
+      connectionString,
       max: this.options.poolSize ?? 10,
       options: `-c search_path="${schema}"`,
       types,
     });
     const db = new Kysely<any>({ dialect: new PostgresDialect({ pool }) });
     await sql`select 1`.execute(db);
-    const url = new URL(this.options.connectionString);
+    const url = new URL(connectionString);
     url.password = '';
     return {
       db,
       dialect: 'postgres',
+      schema,
       location: `${url.toString()} schema ${schema}`,
       close: () => db.destroy(),
     };

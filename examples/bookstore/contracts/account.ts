@@ -1,22 +1,14 @@
 import { defineContract, z } from 'evolith';
 import { CodedMessage } from './coded-message.js';
-
-const required = (field: string, max: number) =>
-  z
-    .string({ error: `${field} is required` })
-    .trim()
-    .min(1, `${field} is required`)
-    .max(max, `${field} must be at most ${max} characters`);
-
-const optional = (field: string, max: number) => z.string().trim().max(max, `${field} must be at most ${max} characters`).nullish();
+import { optionalText as optional, requiredText as required } from './fields.js';
 
 /** The fields a client may write. Uniqueness of username, telephone and email is checked by the service. */
 const AccountFields = z.object({
   username: required('username', 50),
   name: required('name', 50),
   avatar: optional('avatar', 500),
-  telephone: z.string().regex(/^1\d{10}$/, 'telephone must be 11 digits starting with 1').nullish(),
-  email: z.email('email is not a valid address').max(100, 'email must be at most 100 characters').nullish(),
+  telephone: z.string({ error: 'telephone must be text' }).regex(/^1\d{10}$/, 'telephone must be 11 digits starting with 1').nullish(),
+  email: z.email({ error: 'email is not a valid address' }).max(100, 'email must be at most 100 characters').nullish(),
   location: optional('location', 200),
 });
 

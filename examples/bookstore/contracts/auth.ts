@@ -58,8 +58,9 @@ export const authContract = defineContract({
         roles: z.array(Role).min(1, 'roles must not be empty').optional(),
       }),
       output: CodedMessage,
-      // No role list: registration calls this anonymously. The handler decides who may
-      // overwrite existing credentials (their owner, an administrator or a service).
+      // Internal: only the account service calls it, also for anonymous registrations, so the
+      // handler decides who may overwrite existing credentials (their owner, an admin or a service).
+      internal: true,
       description: 'Creates credentials (default role ROLE_USER) or changes a password.',
     },
   },

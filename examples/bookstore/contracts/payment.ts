@@ -1,5 +1,6 @@
 import { defineContract, z } from 'evolith';
 import { CodedMessage } from './coded-message.js';
+import { positiveId, requiredText, wholeNumber } from './fields.js';
 
 export const PayState = z.enum(['WAITING', 'CANCEL', 'PAYED', 'TIMEOUT']);
 export type PayState = z.infer<typeof PayState>;
@@ -17,19 +18,14 @@ export const Payment = z.object({
 });
 export type Payment = z.infer<typeof Payment>;
 
-const text = (field: string) =>
-  z
-    .string({ error: `${field} is required` })
-    .trim()
-    .min(1, `${field} is required`)
-    .max(200, `${field} must be at most 200 characters`);
+const text = (field: string) => requiredText(field, 200);
 
 export const Settlement = z.object({
   items: z
     .array(
       z.object({
-        id: z.number({ error: 'every item needs a product id' }).int('product id must be a whole number').positive('product id must be positive'),
-        amount: z.number({ error: 'every item needs an amount' }).int('amount must be a whole number').min(1, 'amount must be at least 1'),
+        id: positiveId('item id'),
+        amount: wholeNumber('item amount').min(1, 'item amount must be at least 1').max(10_000, 'item amount must be at most 10000'),
       }),
       { error: 'items are required' },
     )
@@ -37,7 +33,7 @@ export const Settlement = z.object({
     .max(100, 'a settlement holds at most 100 items'),
   purchase: z.object(
     {
-      delivery: z.boolean().default(true),
+      delivery: z.boolean({ error: (issue) => (issue.input === undefined ? 'purchase.delivery is required' : 'purchase.delivery must be true or false') }),
       pay: text('purchase.pay'),
       name: text('purchase.name'),
       telephone: text('purchase.telephone'),
@@ -72,7 +68,7 @@ export const paymentContract = defineContract({
       input: z.object({
         payId: payIdField,
         state: PayTarget,
-        accountId: z.number({ error: 'accountId is required and must be a number' }).int().positive('accountId must be positive'),
+        accountId: positiveId('accountId'),
       }),
       output: CodedMessage,
       description: 'The payment link opened from a QR code: acts for the account named in the link.',

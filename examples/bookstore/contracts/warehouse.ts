@@ -1,8 +1,6 @@
 import { defineContract, z } from 'evolith';
 import { CodedMessage } from './coded-message.js';
-
-const id = (what: string) =>
-  z.number({ error: `${what} must be a number` }).int(`${what} must be a whole number`).positive(`${what} must be positive`);
+import { optionalText, positiveId as id, requiredNumber, requiredText, wholeNumber } from './fields.js';
 
 export const Specification = z.object({ id: z.number().int(), item: z.string(), value: z.string(), productId: z.number().int() });
 
@@ -20,18 +18,19 @@ export type Product = z.infer<typeof Product>;
 
 /** What an administrator writes; ids of specifications are assigned by the service. */
 const ProductFields = z.object({
-  title: z.string({ error: 'title is required' }).trim().min(1, 'title is required').max(200, 'title must be at most 200 characters'),
-  price: z.number({ error: 'price is required and must be a number' }).min(0, 'price must not be negative').max(1_000_000, 'price must be at most 1000000'),
+  title: requiredText('title', 200),
+  price: requiredNumber('price').min(0, 'price must not be negative').max(1_000_000, 'price must be at most 1000000'),
   rate: z.number({ error: 'rate must be a number' }).min(0, 'rate must be between 0 and 10').max(10, 'rate must be between 0 and 10').default(0),
-  description: z.string().max(5000, 'description must be at most 5000 characters').nullish(),
-  cover: z.string().max(500, 'cover must be at most 500 characters').nullish(),
-  detail: z.string().max(500, 'detail must be at most 500 characters').nullish(),
+  description: optionalText('description', 5000),
+  cover: optionalText('cover', 500),
+  detail: optionalText('detail', 500),
   specifications: z
     .array(
       z.object({
-        item: z.string({ error: 'specification item is required' }).trim().min(1, 'specification item is required').max(100),
-        value: z.string({ error: 'specification value is required' }).max(500),
+        item: requiredText('specification item', 100),
+        value: z.string({ error: 'specification value must be text' }).max(500, 'specification value must be at most 500 characters'),
       }),
+      { error: 'specifications must be a list' },
     )
     .default([]),
 });
@@ -40,9 +39,13 @@ export const Stockpile = z.object({ id: z.number().int(), amount: z.number().int
 export const Advertisement = z.object({ id: z.number().int(), image: z.string(), productId: z.number().int() });
 
 export const HoldState = z.enum(['FROZEN', 'RELEASED', 'CONSUMED']);
-const HoldItem = z.object({ productId: id('productId'), amount: z.number().int('amount must be a whole number').min(1, 'amount must be at least 1') });
-/** Stock set aside for one payment, and what became of it. */
-export const StockHold = z.object({ payId: z.string(), state: HoldState, items: z.array(HoldItem) });
+const HoldItem = z.object({ productId: id('productId'), amount: wholeNumber('amount').min(1, 'amount must be at least 1').max(1_000_000, 'amount must be at most 1000000') });
+/** Stock set aside for one payment (repeated products summed), and what became of it. */
+export const StockHold = z.object({
+  payId: z.string(),
+  state: HoldState,
+  items: z.array(z.object({ productId: z.number().int(), amount: z.number().int() })),
+});
 const PayId = z.object({ payId: z.string().min(1, 'payId is required').max(64, 'payId must be at most 64 characters') });
 
 export const warehouseContract = defineContract({
@@ -71,7 +74,7 @@ export const warehouseContract = defineContract({
     setStockpile: {
       input: z.object({
         productId: id('productId'),
-        amount: z.number({ error: 'amount is required and must be a number' }).int('amount must be a whole number').min(0, 'amount must not be negative'),
+        amount: wholeNumber('amount').min(0, 'amount must not be negative').max(1_000_000_000, 'amount must be at most 1000000000'),
       }),
       output: CodedMessage,
       roles: ['ROLE_ADMIN'],
@@ -79,24 +82,24 @@ export const warehouseContract = defineContract({
       description: 'Sets the amount on sale; frozen stock is not touched.',
     },
     freeze: {
-      input: PayId.extend({ items: z.array(HoldItem).min(1, 'at least one item is required') }),
+      input: PayId.extend({ items: z.array(HoldItem).min(1, 'at least one item is required').max(100, 'at most 100 items may be frozen at once') }),
       output: StockHold,
-      // Called by the payment service on behalf of the user who settles, whose identity it carries.
-      roles: ['ROLE_USER'],
+      // Only the payment service freezes stock, on behalf of the user who settles.
+      internal: true,
       idempotent: true,
       description: 'Moves stock from amount to frozen for every item or for none; repeating a payId changes nothing.',
     },
     release: {
       input: PayId,
       output: StockHold,
-      roles: ['ROLE_ADMIN'],
+      internal: true,
       idempotent: true,
       description: 'Returns the frozen stock of a payment to sale. Normally driven by payment events.',
     },
     consume: {
       input: PayId,
       output: StockHold,
-      roles: ['ROLE_ADMIN'],
+      internal: true,
       idempotent: true,
       description: 'Removes the frozen stock of a paid payment. Normally driven by payment events.',
     },

@@ -28,7 +28,7 @@ export async function nextId(db: Kysely<any>, name: string): Promise<number> {
   const row = await db
     .insertInto('id_counter')
     .values({ name, last_id: 1 })
-    .onConflict((oc) => oc.column('name').doUpdateSet({ last_id: (eb) => eb('id_counter.last_id', '+', 1) }))
+    .onConflict((oc) => oc.column('name').doUpdateSet((eb) => ({ last_id: eb('id_counter.last_id', '+', 1) })))
     .returning('last_id')
     .executeTakeFirstOrThrow();
   return Number(row.last_id);

@@ -1,0 +1,147 @@
+import { randomUUID } from 'node:crypto';
+import {
+  BusinessError,
+  createTokenService,
+  ForbiddenError,
+  hashPassword,
+  implement,
+  verifyPassword,
+  type Kysely,
+  type ServiceContext,
+  type TokenService,
+} from 'evolith';
+import { authContract, tokenIssuer } from '../contracts/auth.js';
+import { success } from '../contracts/coded-message.js';
+import { authDatabase, demoCredential, parseRoles, type AuthDB } from './auth-db.js';
+import { authenticateClient, type OAuthClient } from './oauth-clients.js';
+
+const KEY_ID = 'current';
+
+// One token service per database: a process may host several runtimes (tests do), and each
+// must sign with the key stored in its own auth database.
+const tokenServices = new WeakMap<Kysely<AuthDB>, TokenService>();
+
+function tokens(db: Kysely<AuthDB>): TokenService {
+  let service = tokenServices.get(db);
+  if (!service) {
+    service = createTokenService({
+      issuer: tokenIssuer,
+      store: {
+        async load() {
+          const row = await db.selectFrom('signing_key').select('jwk').where('id', '=', KEY_ID).executeTakeFirst();
+          return row ? JSON.parse(row.jwk) : undefined;
+        },
+        async save(jwk) {
+          const r = await db
+            .insertInto('signing_key')
+            .values({ id: KEY_ID, jwk: JSON.stringify(jwk), created_at: Date.now() })
+            .onConflict((oc) => oc.column('id').doNothing())
+            .executeTakeFirst();
+          // Another replica stored its key first. Failing makes the token service forget the
+          // key it just made and load the stored one on the next call, so all replicas agree.
+          if (Number(r.numInsertedOrUpdatedRows ?? 0n) === 0) throw new Error('another instance stored the signing key first');
+        },
+      },
+    });
+    tokenServices.set(db, service);
+  }
+  return service;
+}
+
+// Checking a password for an unknown user costs as much as for a known one, so response
+// times do not reveal which usernames exist.
+let decoyHash: Promise<string> | undefined;
+
+function invalidGrant(description: string): BusinessError {
+  return new BusinessError('invalid_grant', description, { httpStatus: 400 });
+}
+
+async function issueFor(ctx: ServiceContext<AuthDB>, client: OAuthClient, username: string, roles: string[]) {
+  return tokens(ctx.db).issue({ subject: username, roles, clientId: client.id, scope: client.scope });
+}
+
+export const authService = implement(authContract, {
+  database: authDatabase,
+  handlers: {
+    async token(input, ctx) {
+      const client = authenticateClient(input.client_id, input.client_secret);
+      if (!input.grant_type) throw new BusinessError('invalid_request', 'grant_type is required', { httpStatus: 400 });
+      if (!client.grants.includes(input.grant_type)) {
+        throw new BusinessError('unsupported_grant_type', `grant_type ${input.grant_type} is not supported; use ${client.grants.join(' or ')}`, {
+          httpStatus: 400,
+        });
+      }
+      if (input.grant_type === 'password') {
+        if (!input.username || !input.password) {
+          throw new BusinessError('invalid_request', 'username and password are required for grant_type=password', { httpStatus: 400 });
+        }
+        const cred = await ctx.db.selectFrom('credential').selectAll().where('username', '=', input.username).executeTakeFirst();
+        const hash = cred?.password_hash ?? (await (decoyHash ??= hashPassword(randomUUID())));
+        const matches = await verifyPassword(input.password, hash);
+        if (!cred || !matches) throw invalidGrant('Bad credentials');
+        return issueFor(ctx, client, cred.username, parseRoles(cred.roles));
+      }
+      if (!input.refresh_token) throw new BusinessError('invalid_request', 'refresh_token is required for grant_type=refresh_token', { httpStatus: 400 });
+      const holder = await tokens(ctx.db)
+        .verifyRefresh(input.refresh_token)
+        .catch((err: Error) => {
+          throw invalidGrant(err.message);
+        });
+      if (holder.clientId !== client.id) throw invalidGrant(`the refresh token was not issued to client ${client.id}`);
+      // Roles come from the credentials as they are now, not as they were at sign-in.
+      const cred = await ctx.db.selectFrom('credential').selectAll().where('username', '=', holder.subject).executeTakeFirst();
+      if (!cred) throw invalidGrant(`user ${holder.subject} no longer exists`);
+      return issueFor(ctx, client, cred.username, parseRoles(cred.roles));
+    },
+
+    async jwks(_input, ctx) {
+      const { keys } = await tokens(ctx.db).jwks();
+      return { keys: keys.filter((k): k is typeof k & { kty: string } => typeof k.kty === 'string') };
+    },
+
+    async setCredentials({ username, password, roles }, ctx) {
+      const caller = ctx.caller;
+      const privileged = !!caller && (caller.roles.includes('ROLE_ADMIN') || caller.roles.includes('ROLE_SERVICE'));
+      if (roles && !privileged) throw new ForbiddenError('only an administrator may grant roles');
+      const hash = await hashPassword(password);
+      const existing = await ctx.db.selectFrom('credential').select('username').where('username', '=', username).executeTakeFirst();
+      if (existing) {
+        // Registration is anonymous, so "exists" must not mean "anyone may overwrite it".
+        if (!privileged && caller?.subject !== username) {
+          throw new BusinessError('USERNAME_TAKEN', `username ${username} is already registered`, { httpStatus: 400 });
+        }
+        await ctx.db
+          .updateTable('credential')
+          .set(roles ? { password_hash: hash, roles: roles.join(',') } : { password_hash: hash })
+          .where('username', '=', username)
+          .execute();
+        return success(`credentials of ${username} changed`);
+      }
+      const r = await ctx.db
+        .insertInto('credential')
+        .values({ username, password_hash: hash, roles: (roles ?? ['ROLE_USER']).join(',') })
+        .onConflict((oc) => oc.column('username').doNothing())
+        .executeTakeFirst();
+      if (Number(r.numInsertedOrUpdatedRows ?? 0n) === 0) {
+        throw new BusinessError('USERNAME_TAKEN', `username ${username} is already registered`, { httpStatus: 400 });
+      }
+      return success(`credentials of ${username} created`);
+    },
+  },
+
+  async onStart(ctx) {
+    const empty = !(await ctx.db.selectFrom('credential').select('username').limit(1).executeTakeFirst());
+    if (empty) {
+      await ctx.db
+        .insertInto('credential')
+        .values({ username: demoCredential.username, password_hash: await hashPassword(demoCredential.password), roles: demoCredential.roles.join(',') })
+        .onConflict((oc) => oc.column('username').doNothing())
+        .execute();
+    }
+    // Make (or load) the signing key now rather than on the first sign-in. When replicas start
+    // together one of them loses the race to store its key; its second attempt loads the winner's.
+    await tokens(ctx.db)
+      .jwks()
+      .catch(() => tokens(ctx.db).jwks());
+  },
+});

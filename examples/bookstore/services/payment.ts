@@ -1,0 +1,160 @@
+import { randomUUID } from 'node:crypto';
+import { BusinessError, ForbiddenError, implement, NotFoundError, ValidationError, type ServiceContext } from 'evolith';
+import { accountContract } from '../contracts/account.js';
+import { success, type CodedMessage } from '../contracts/coded-message.js';
+import { paymentContract, type Payment } from '../contracts/payment.js';
+import { warehouseContract } from '../contracts/warehouse.js';
+import { claimFirstIds, nextId } from '../shared/id-counter.js';
+import { fromCents, toCents } from '../shared/money.js';
+import { paymentExpiresMs } from './payment-config.js';
+import { demoWallet, paymentDatabase, type PaymentDB, type PaymentTable } from './payment-db.js';
+
+const SHIPPING_CENTS = 12_00;
+
+type Ctx = ServiceContext<PaymentDB>;
+
+function toPayment(row: PaymentTable): Payment {
+  return {
+    id: Number(row.id),
+    createTime: new Date(Number(row.create_time)).toISOString(),
+    payId: row.pay_id,
+    totalPrice: fromCents(row.total_cents),
+    expires: Number(row.expires_ms),
+    paymentLink: `/pay/modify/${row.pay_id}?state=PAYED&accountId=${row.account_id}`,
+    payState: row.pay_state,
+  };
+}
+
+/** The signed-in user's account id: payments and wallets are per account, tokens name users. */
+async function callerAccountId(ctx: Ctx): Promise<number> {
+  const username = ctx.caller?.subject;
+  if (!username) throw new ForbiddenError('sign in to settle or pay');
+  const account = await ctx.client(accountContract).getByUsername({ username });
+  if (!account) throw new ForbiddenError(`${username} has no bookstore account`);
+  return account.id;
+}
+
+/**
+ * WAITING → PAYED (debiting the wallet) or WAITING → CANCEL, in one transaction with the event
+ * that tells the warehouse to consume or release the stock. The conditional update decides
+ * races with a second click, a cancel or the expiry timer: exactly one of them moves the payment.
+ */
+async function changeState(ctx: Ctx, payId: string, state: 'PAYED' | 'CANCEL', accountId: number): Promise<CodedMessage> {
+  return ctx.transaction(async (tx) => {
+    const payment = await tx.db.selectFrom('payment').selectAll().where('pay_id', '=', payId).executeTakeFirst();
+    if (!payment) throw new NotFoundError(`payment ${payId} does not exist`);
+    if (Number(payment.account_id) !== accountId) throw new ForbiddenError(`payment ${payId} belongs to another account`);
+    const moved = await tx.db
+      .updateTable('payment')
+      .set({ pay_state: state })
+      .where('pay_id', '=', payId)
+      .where('pay_state', '=', 'WAITING')
+      .executeTakeFirst();
+    if (Number(moved.numUpdatedRows) === 0) {
+      const now = await tx.db.selectFrom('payment').select('pay_state').where('pay_id', '=', payId).executeTakeFirstOrThrow();
+      throw new BusinessError('PAYMENT_NOT_WAITING', `payment ${payId} is ${now.pay_state} and can no longer be ${state === 'PAYED' ? 'paid' : 'cancelled'}`, {
+        details: { payState: now.pay_state },
+      });
+    }
+    if (state === 'CANCEL') {
+      await tx.emit(paymentContract.events.cancelled, { payId }, { key: payId, id: `cancelled:${payId}` });
+      return success(`payment ${payId} cancelled`);
+    }
+    const total = Number(payment.total_cents);
+    const debited = await tx.db
+      .updateTable('wallet')
+      .set((eb) => ({ money_cents: eb('money_cents', '-', total) }))
+      .where('account_id', '=', accountId)
+      .where('money_cents', '>=', total)
+      .executeTakeFirst();
+    if (Number(debited.numUpdatedRows) === 0) {
+      // Throwing rolls the state change back too: the payment keeps waiting.
+      throw new BusinessError('INSUFFICIENT_FUNDS', `the wallet of account ${accountId} cannot cover ${fromCents(total).toFixed(2)}`);
+    }
+    await tx.emit(paymentContract.events.paid, { payId }, { key: payId, id: `paid:${payId}` });
+    return success(`payment ${payId} paid`);
+  });
+}
+
+/** Gives up a payment whose stock could not be frozen; its `cancelled` event releases anything that was. */
+async function abandon(ctx: Ctx, payId: string): Promise<void> {
+  await ctx.transaction(async (tx) => {
+    const r = await tx.db.updateTable('payment').set({ pay_state: 'CANCEL' }).where('pay_id', '=', payId).where('pay_state', '=', 'WAITING').executeTakeFirst();
+    if (Number(r.numUpdatedRows) > 0) await tx.emit(paymentContract.events.cancelled, { payId }, { key: payId, id: `cancelled:${payId}` });
+  });
+}
+
+export const paymentService = implement(paymentContract, {
+  database: paymentDatabase,
+  dependsOn: [warehouseContract, accountContract],
+  handlers: {
+    async settle({ items }, ctx) {
+      const accountId = await callerAccountId(ctx);
+      // Prices come from the warehouse, never from the client.
+      const products = await ctx.client(warehouseContract).listProducts({ ids: [...new Set(items.map((i) => i.id))] });
+      const priceOf = new Map(products.map((p) => [p.id, toCents(p.price)]));
+      const unknown = items.flatMap((item, i) => (priceOf.has(item.id) ? [] : [{ path: `items.${i}.id`, message: `product ${item.id} does not exist` }]));
+      if (unknown.length) throw new ValidationError(`invalid settlement: ${unknown.map((u) => u.message).join('; ')}`, unknown);
+      const total = items.reduce((sum, item) => sum + priceOf.get(item.id)! * item.amount, SHIPPING_CENTS);
+
+      // The payment and its expiry timer commit before any stock is frozen: if this process
+      // dies right after the freeze, the durable timer still times the payment out and the
+      // warehouse releases the stock. Freezing first could strand it.
+      const payId = randomUUID();
+      const now = Date.now();
+      const expires = paymentExpiresMs(ctx.config);
+      const row = await ctx.transaction(async (tx) => {
+        const row: PaymentTable = {
+          id: await nextId(tx.db, 'payment'),
+          pay_id: payId,
+          account_id: accountId,
+          total_cents: total,
+          expires_ms: expires,
+          expires_at: now + expires,
+          create_time: now,
+          pay_state: 'WAITING',
+        };
+        await tx.db.insertInto('payment').values(row).execute();
+        await tx.schedule(paymentContract.events.expired, { payId }, row.expires_at, { id: `expire:${payId}`, key: payId });
+        return row;
+      });
+
+      let hold;
+      try {
+        hold = await ctx.client(warehouseContract).freeze({ payId, items: items.map((i) => ({ productId: i.id, amount: i.amount })) });
+      } catch (err) {
+        // The freeze may even have happened (a timeout hides that); cancelling releases it if so.
+        await abandon(ctx, payId).catch((e) => ctx.log.error({ err: e, payId }, 'could not cancel a payment whose stock was not frozen; its timer will'));
+        throw err;
+      }
+      if (hold.state !== 'FROZEN') {
+        throw new BusinessError('PAYMENT_EXPIRED', `payment ${payId} expired before its stock could be reserved; please settle again`);
+      }
+      return toPayment(row);
+    },
+
+    async updateState({ payId, state }, ctx) {
+      return changeState(ctx, payId, state, await callerAccountId(ctx));
+    },
+
+    async payByLink({ payId, state, accountId }, ctx) {
+      return changeState(ctx, payId, state, accountId);
+    },
+  },
+
+  async onStart(ctx) {
+    paymentExpiresMs(ctx.config); // refuse to start with a broken setting rather than fail every settlement
+    await ctx.transaction(async ({ db }) => {
+      if (await claimFirstIds(db, 'wallet', demoWallet.id)) await db.insertInto('wallet').values(demoWallet).execute();
+    });
+  },
+}).on(paymentContract.events.expired, async ({ payId }, ctx) => {
+  // A payment paid or cancelled in time is no longer WAITING, and the update changes nothing.
+  await ctx.transaction(async (tx) => {
+    const r = await tx.db.updateTable('payment').set({ pay_state: 'TIMEOUT' }).where('pay_id', '=', payId).where('pay_state', '=', 'WAITING').executeTakeFirst();
+    if (Number(r.numUpdatedRows) > 0) {
+      await tx.emit(paymentContract.events.timedOut, { payId }, { key: payId, id: `timedOut:${payId}` });
+      ctx.log.info({ payId }, 'payment timed out');
+    }
+  });
+});
