@@ -110,7 +110,8 @@ export async function startBookstore(options: BookstoreOptions = {}): Promise<Bo
   const dataDir = options.dataDir ?? makeDataDir();
   const opts = { ...options, dataDir };
   const args = [
-    join(repoRoot, 'bin', 'evolith.mjs'),
+    // EVOLITH_TEST_CLI points the suite at another build of the CLI.
+    process.env.EVOLITH_TEST_CLI ?? join(repoRoot, 'bin', 'evolith.mjs'),
     'run',
     opts.app ?? 'examples/bookstore',
     '--arch',
