@@ -94,6 +94,7 @@ export function defineContract<const S extends ContractSpec>(spec: S): Contract<
   const events: Record<string, EventDef> = {};
   for (const [name, schema] of Object.entries(spec.events ?? {})) {
     if (!namePattern.test(name)) throw new TypeError(`event name "${spec.name}.${name}" is not a valid identifier`);
+    if (!(schema instanceof z.ZodType)) throw new TypeError(`event ${spec.name}.${name} needs a zod schema for its payload`);
     events[name] = Object.freeze({ kind: 'event' as const, service: spec.name, name, topic: `${spec.name}.${name}`, schema });
   }
   return Object.freeze({

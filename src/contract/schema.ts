@@ -38,7 +38,16 @@ export function openApiDocument(app: AppDefinition): Record<string, unknown> {
   const paths: Record<string, Record<string, unknown>> = {};
   for (const r of app.edge?.routes ?? []) {
     const path = r.path.replace(/:([A-Za-z0-9_]+)/g, '{$1}');
-    const params = [...r.path.matchAll(/:([A-Za-z0-9_]+)/g)].map((m) => ({ name: m[1], in: 'path', required: true, schema: { type: 'string' } }));
+    const pathNames = [...r.path.matchAll(/:([A-Za-z0-9_]+)/g)].map((m) => m[1]!);
+    const params: Record<string, unknown>[] = pathNames.map((name) => ({ name, in: 'path', required: true, schema: { type: 'string' } }));
+    if ((r.verb === 'GET' || r.verb === 'DELETE') && !r.input) {
+      // The edge fills these verbs' input from the query string: document the fields there.
+      const input = toSchema(r.method.input, 'input') as { properties?: Record<string, unknown>; required?: string[] };
+      for (const [name, schema] of Object.entries(input.properties ?? {})) {
+        if (pathNames.includes(name)) continue;
+        params.push({ name, in: 'query', required: input.required?.includes(name) ?? false, schema });
+      }
+    }
     const op: Record<string, unknown> = {
       operationId: `${r.method.service}.${r.method.name}`,
       summary: r.summary ?? r.method.description ?? r.method.fullName,

@@ -92,7 +92,10 @@ export function loadTopology(appDir: string, overrides: TopologyOverrides = {}):
 function applySet(target: Record<string, unknown>, pair: string): void {
   const eq = pair.indexOf('=');
   if (eq <= 0) throw new ConfigError(`--set expects path=value, got "${pair}"`);
-  const path = pair.slice(0, eq).split('.');
+  const segments = pair.slice(0, eq).split('.');
+  // Policy keys are `service.method`: `policies.orders.place.timeoutMs` names the key `orders.place`.
+  const path =
+    segments[0] === 'policies' && segments.length > 3 ? ['policies', segments.slice(1, -1).join('.'), segments[segments.length - 1]!] : segments;
   const value = YAML.parse(pair.slice(eq + 1));
   let node = target;
   for (const key of path.slice(0, -1)) {

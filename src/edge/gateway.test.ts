@@ -126,6 +126,7 @@ const desk = defineContract({
     echo: { input: z.object({ id: z.string(), name: z.string(), qty: z.coerce.number() }), output: z.object({ id: z.string(), name: z.string(), qty: z.number(), traceId: z.string() }) },
     create: { input: z.object({ title: z.string() }), output: z.object({ id: z.number() }) },
     taken: { input: z.object({}), output: z.null() },
+    sweep: { input: z.object({}), output: z.null(), internal: true },
   },
 });
 const deskService = implement(desk, {
@@ -145,6 +146,9 @@ const deskService = implement(desk, {
     async taken() {
       throw new BusinessError('TAKEN', 'that name is taken');
     },
+    async sweep() {
+      return null;
+    },
   },
 });
 const deskApp = defineApp({
@@ -155,6 +159,7 @@ const deskApp = defineApp({
       route('POST /crash', desk.methods.crash),
       route('GET /me', desk.methods.whoami),
       route('PUT /echo/:id', desk.methods.echo),
+      route('POST /sweep', desk.methods.sweep),
       route('POST /things', desk.methods.create, {
         input: (req) => ({ title: String((req.body as { name?: unknown }).name ?? '') }),
         reply: (out) => ({ status: 201, body: { code: 0, data: out }, headers: { location: `/things/${out.id}` } }),
@@ -201,6 +206,12 @@ describe('gateway with a small app', () => {
     const good = await server.inject({ method: 'GET', url: '/me', headers: { authorization: 'bearer good' } });
     expect(good.statusCode).toBe(200);
     expect(good.json()).toEqual({ subject: 'alice' });
+  });
+
+  test('a route to an internal method is refused with 403, even for an authenticated caller', async () => {
+    const res = await server.inject({ method: 'POST', url: '/sweep', headers: { authorization: 'bearer good' }, payload: {} });
+    expect(res.statusCode).toBe(403);
+    expect(res.json()).toMatchObject({ code: 1, message: expect.stringContaining('internal') });
   });
 
   test('body and path parameters are merged into the input (JSON and forms)', async () => {

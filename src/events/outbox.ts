@@ -26,6 +26,7 @@ export async function createEventTables(db: Kysely<any>): Promise<void> {
     .addColumn('key', 'varchar(200)')
     .addColumn('traceparent', 'varchar(64)')
     .addColumn('deliver_at', 'bigint', (c) => c.notNull())
+    // Microseconds, increasing within a process: the tie-break that keeps one key's events in order.
     .addColumn('created_at', 'bigint', (c) => c.notNull())
     .addColumn('attempts', 'integer', (c) => c.notNull().defaultTo(0))
     .addColumn('delivered_at', 'bigint')
@@ -46,6 +47,17 @@ export async function createEventTables(db: Kysely<any>): Promise<void> {
     .execute();
 }
 
+let lastStamp = 0;
+
+/**
+ * Creation stamps in microseconds, strictly increasing within the process, so that events
+ * written in the same millisecond keep their order.
+ */
+function creationStamp(): number {
+  lastStamp = Math.max(lastStamp + 1, Date.now() * 1000);
+  return lastStamp;
+}
+
 /** Writes validated events into the outbox table through `db` (the handler's transaction, if any). */
 export async function writeOutbox(db: Kysely<any>, entries: OutboxEntry[]): Promise<void> {
   const now = Date.now();
@@ -62,7 +74,7 @@ export async function writeOutbox(db: Kysely<any>, entries: OutboxEntry[]): Prom
       key: e.key ?? null,
       traceparent: e.traceparent ?? null,
       deliver_at: e.deliverAt ?? now,
-      created_at: now,
+      created_at: creationStamp(),
       attempts: 0,
     };
   });
@@ -96,6 +108,8 @@ const RETENTION_MS = 60 * 60 * 1000;
  */
 export class OutboxDispatcher {
   private timer: NodeJS.Timeout | undefined;
+  /** When the armed timer fires; Infinity while none is armed (a pass is running or pending). */
+  private wakeAt = Infinity;
   private running: Promise<void> | undefined;
   private again = false;
   private stopped = true;
@@ -113,7 +127,16 @@ export class OutboxDispatcher {
     this.poke();
   }
 
-  /** Asks for a dispatch pass soon (after a commit that wrote events). */
+  /**
+   * Tells the dispatcher that a commit wrote an event due at `dueAt`. A timer due after the
+   * armed wake-up needs no pass now: that wake-up re-reads the next due time.
+   */
+  notify(dueAt: number): void {
+    if (dueAt > Date.now() && dueAt >= this.wakeAt) return;
+    this.poke();
+  }
+
+  /** Asks for a dispatch pass soon. */
   poke(): void {
     if (this.stopped) return;
     if (this.running) {
@@ -122,6 +145,10 @@ export class OutboxDispatcher {
     }
     this.running = this.loop().finally(() => {
       this.running = undefined;
+      if (this.again && !this.stopped) {
+        this.again = false;
+        this.poke();
+      }
     });
   }
 
@@ -133,6 +160,7 @@ export class OutboxDispatcher {
 
   private async loop(): Promise<void> {
     clearTimeout(this.timer);
+    this.wakeAt = Infinity;
     try {
       do {
         this.again = false;
@@ -158,7 +186,9 @@ export class OutboxDispatcher {
     } catch (err) {
       this.log.warn({ err }, 'outbox could not read its next due time');
     }
-    if (this.stopped) return;
+    // Something committed while this pass ran: poke() goes round once more instead of sleeping.
+    if (this.stopped || this.again) return;
+    this.wakeAt = Date.now() + wait;
     this.timer = setTimeout(() => this.poke(), wait);
     this.timer.unref();
   }
@@ -201,7 +231,7 @@ export class OutboxDispatcher {
       source: this.service,
       payload: JSON.parse(row.payload),
       key: row.key ?? undefined,
-      publishedAt: Number(row.created_at),
+      publishedAt: Math.floor(Number(row.created_at) / 1000),
       traceparent: row.traceparent ?? undefined,
     };
     try {
@@ -212,11 +242,22 @@ export class OutboxDispatcher {
       const attempts = row.attempts + 1;
       const backoff = Math.min(60_000, 100 * 2 ** Math.min(attempts, 10)) * (0.5 + Math.random() / 2);
       this.log.warn({ err, event: row.topic, id: row.id, attempts }, 'event delivery failed; will retry');
+      const retryAt = Date.now() + Math.round(backoff);
       await this.db
         .updateTable('evolith_outbox')
-        .set({ attempts, deliver_at: Date.now() + Math.round(backoff), last_error: String((err as Error)?.message ?? err).slice(0, 1000) })
+        .set({ attempts, deliver_at: retryAt, last_error: String((err as Error)?.message ?? err).slice(0, 1000) })
         .where('id', '=', row.id)
         .execute();
+      if (row.key !== null) {
+        // Events behind this one on the same key wait for it, or they would overtake it.
+        await this.db
+          .updateTable('evolith_outbox')
+          .set({ deliver_at: retryAt })
+          .where('key', '=', row.key)
+          .where('delivered_at', 'is', null)
+          .where('deliver_at', '<', retryAt)
+          .execute();
+      }
       return false;
     }
   }

@@ -146,7 +146,12 @@ export function serializeError(err: unknown): SerializedError {
 
 export function deserializeError(data: SerializedError): EvolithError {
   const make = byCode[data.code];
-  const err = make ? make(data) : new BusinessError(data.code, data.message, { details: data.details, httpStatus: data.httpStatus });
+  const err = make
+    ? make(data)
+    : data.code.startsWith('EVOLITH_')
+      ? // A code from a newer peer: keep it rather than fail the caller's error handling.
+        new EvolithError(data.code, data.message, { details: data.details, httpStatus: data.httpStatus })
+      : new BusinessError(data.code, data.message, { details: data.details, httpStatus: data.httpStatus });
   if (data.origin !== undefined) err.origin = data.origin;
   return err;
 }

@@ -80,12 +80,13 @@ export class ServiceHost {
   /** Stops event delivery, waits for in-flight calls (up to `drainMs`), then closes the store. */
   async stop(drainMs: number): Promise<void> {
     if (this.state === 'stopped') return;
+    const started = this.state === 'running';
     this.state = 'stopping';
     for (const u of this.unsubscribe) u();
     this.unsubscribe = [];
     await this.outbox?.stop();
     await this.drain(drainMs);
-    if (this.definition.onStop) {
+    if (started && this.definition.onStop) {
       const meta: CallMeta = { deadline: Date.now() + 10_000, trace: newTrace(), caller: this.systemIdentity() };
       await this.definition.onStop(new HandlerContext(this, this.env, meta, undefined)).catch((err) => this.log.error({ err }, 'onStop failed'));
     }
@@ -115,8 +116,9 @@ export class ServiceHost {
     }
   }
 
-  poke(): void {
-    this.outbox?.poke();
+  /** A commit wrote events, the earliest due at `dueAt`. */
+  notify(dueAt: number): void {
+    this.outbox?.notify(dueAt);
   }
 
   systemIdentity(): Identity {
@@ -168,9 +170,13 @@ export class ServiceHost {
     });
   }
 
-  /** Called by PendingCall when a call ends, however it ended. */
-  finished(method: MethodDef, started: number, errorCode: string | undefined): void {
+  /** The handler's work settled: only now may a draining stop() close the store under it. */
+  workSettled(): void {
     this.done();
+  }
+
+  /** Called by PendingCall when the caller gets its answer, however it ended. */
+  finished(method: MethodDef, started: number, errorCode: string | undefined): void {
     const telemetry = this.env.telemetry;
     if (telemetry.enabled) telemetry.callEnded(method, (performance.now() - started) / 1000, errorCode);
   }
@@ -234,6 +240,7 @@ class PendingCall extends DeadlineEntry {
   }
 
   succeed(result: unknown): void {
+    this.host.workSettled();
     if (!unwatch(this)) return;
     const out = this.method.output.safeParse(result);
     if (!out.success) {
@@ -245,6 +252,7 @@ class PendingCall extends DeadlineEntry {
   }
 
   fail(err: unknown): void {
+    this.host.workSettled();
     if (unwatch(this)) this.settle(err);
   }
 
@@ -324,7 +332,7 @@ class HandlerContext implements EventContext<any> {
   }
 
   abort(): void {
-    this.controller?.abort(new Error('deadline exceeded'));
+    (this.controller ??= new AbortController()).abort(new Error('deadline exceeded'));
   }
 
   client<C extends AnyContract>(contract: C): Client<C> {
@@ -336,16 +344,17 @@ class HandlerContext implements EventContext<any> {
 
   async emit(event: EventDef, payload: unknown, options?: EmitOptions): Promise<void> {
     await this.host.addToOutbox(this.db, [entry(event, payload, this.meta.trace, options)]);
-    this.host.poke();
+    this.host.notify(0);
   }
 
   async schedule(event: EventDef, payload: unknown, at: Date | number, options?: EmitOptions): Promise<void> {
-    await this.host.addToOutbox(this.db, [entry(event, payload, this.meta.trace, options, toEpoch(at))]);
-    this.host.poke();
+    const due = toEpoch(at);
+    await this.host.addToOutbox(this.db, [entry(event, payload, this.meta.trace, options, due)]);
+    this.host.notify(due);
   }
 
   async transaction<T>(fn: (tx: TransactionContext<any>) => Promise<T>): Promise<T> {
-    let wrote = false;
+    let earliest = Infinity;
     const claim = this.envelope && !this.claimed ? this.envelope : undefined;
     const result = await this.db.transaction().execute(async (trx: Transaction<any>) => {
       if (claim) {
@@ -357,16 +366,17 @@ class HandlerContext implements EventContext<any> {
         db: trx,
         async emit(event, payload, options) {
           await sink.addToOutbox(trx, [entry(event, payload, trace, options)]);
-          wrote = true;
+          earliest = 0;
         },
         async schedule(event, payload, at, options) {
-          await sink.addToOutbox(trx, [entry(event, payload, trace, options, toEpoch(at))]);
-          wrote = true;
+          const due = toEpoch(at);
+          await sink.addToOutbox(trx, [entry(event, payload, trace, options, due)]);
+          earliest = Math.min(earliest, due);
         },
       });
     });
     if (claim) this.claimed = true;
-    if (wrote) this.host.poke();
+    if (earliest !== Infinity) this.host.notify(earliest);
     return result;
   }
 }

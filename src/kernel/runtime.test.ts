@@ -221,6 +221,7 @@ const inner = defineContract({
     probe: { input: z.object({}), output: z.object({ ok: z.boolean() }) },
     nap: { input: z.object({ ms: z.number() }), output: z.null(), timeoutMs: 5_000 },
     secret: { input: z.object({}), output: z.null(), roles: ['ROLE_ADMIN'] },
+    backstage: { input: z.object({}), output: z.literal('ok'), internal: true },
   },
 });
 
@@ -231,6 +232,7 @@ const outer = defineContract({
     relay: { input: z.object({}), output: z.object({ ok: z.boolean() }) },
     relayNap: { input: z.object({ ms: z.number(), timeoutMs: z.number().optional() }), output: z.null(), timeoutMs: 120 },
     relaySecret: { input: z.object({}), output: z.null() },
+    relayBackstage: { input: z.object({}), output: z.literal('ok') },
     sleep: { input: z.object({ ms: z.number() }), output: z.null(), timeoutMs: 100 },
     sleepThenCall: { input: z.object({ ms: z.number() }), output: z.null(), timeoutMs: 60 },
   },
@@ -252,6 +254,9 @@ const innerService = implement(inner, {
     async secret() {
       return null;
     },
+    async backstage() {
+      return 'ok' as const;
+    },
   },
 });
 
@@ -268,6 +273,9 @@ const outerService = implement(outer, {
     },
     async relaySecret(_i, ctx) {
       return ctx.client(inner).secret({});
+    },
+    async relayBackstage(_i, ctx) {
+      return ctx.client(inner).backstage({});
     },
     async sleep({ ms }, ctx) {
       const s = (seen.sleep = snapshot(ctx));
@@ -359,6 +367,20 @@ describe('Runtime: deadlines', () => {
     expect(seen.sleepThenCall!.nestedError).toBeInstanceOf(TimeoutError);
     expect((seen.sleepThenCall!.nestedError as Error).message).toContain("the caller's deadline has passed");
     expect(seen.inner).toBeUndefined();
+  });
+});
+
+describe('Runtime: internal methods', () => {
+  test('are refused to callers outside any service, even with every role', async () => {
+    const rt = await kit.start([innerService, outerService]);
+    const err = await rejection(rt.client(inner, undefined, { caller: { subject: 'root', roles: ['ROLE_SERVICE', 'ROLE_ADMIN'] } }).backstage({}));
+    expect(err).toBeInstanceOf(ForbiddenError);
+    expect(err.message).toContain('inner.backstage is internal');
+  });
+
+  test('are open to other services', async () => {
+    const rt = await kit.start([innerService, outerService]);
+    await expect(rt.client(outer).relayBackstage({})).resolves.toBe('ok');
   });
 });
 

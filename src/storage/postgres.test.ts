@@ -103,17 +103,21 @@ describe.skipIf(unavailable !== undefined)('PostgresStorage', () => {
     expect(s.location).toContain(`${prefix}secretive`);
   });
 
-  // The migrator must look for its bookkeeping tables in the service's own schema: kysely's
+  // The migrator must keep its bookkeeping tables in the service's own schema: kysely's
   // introspection sees every schema, so another service's evolith_migration tables must not count.
   test('two services in one database each apply their own migrations', async () => {
     const a = await open('mig-a');
     const b = await open('mig-b');
+    expect(a.schema).toBe(`${prefix}mig_a`);
+    expect(b.schema).toBe(`${prefix}mig_b`);
     const create = (table: string) => ({ '001': async (db: Kysely<any>) => db.schema.createTable(table).addColumn('v', 'integer').execute() });
-    await expect(migrate(a.db, 'mig-a', create('alpha'))).resolves.toEqual(['001']);
-    await expect(migrate(b.db, 'mig-b', create('beta'))).resolves.toEqual(['001']);
+    await expect(migrate(a.db, 'mig-a', create('alpha'), a.schema)).resolves.toEqual(['001']);
+    await expect(migrate(b.db, 'mig-b', create('beta'), b.schema)).resolves.toEqual(['001']);
     await expect(b.db.selectFrom('beta').selectAll().execute()).resolves.toEqual([]);
-    // And each keeps its own record: a restart applies nothing again.
-    await expect(migrate(b.db, 'mig-b', create('beta'))).resolves.toEqual([]);
+    // Each keeps its own record: running again applies nothing.
+    await expect(migrate(b.db, 'mig-b', create('beta'), b.schema)).resolves.toEqual([]);
+    const own = await sql<{ t: string }>`select table_name as t from information_schema.tables where table_schema = ${b.schema!} order by 1`.execute(b.db);
+    expect(own.rows.map((r) => r.t)).toEqual(['beta', 'evolith_migration', 'evolith_migration_lock']);
   });
 
   test('through the Runtime: migrations, outbox tables and calls work per schema', async () => {
