@@ -132,11 +132,12 @@ for (const backend of backends) {
       await runtime.start();
       return runtime;
     };
-    const as = (caller?: Identity) => ({
-      account: rt.client(accountContract, undefined, { caller }),
-      auth: rt.client(authContract, undefined, { caller }),
-      warehouse: rt.client(warehouseContract, undefined, { caller }),
-      payment: rt.client(paymentContract, undefined, { caller }),
+    /** Clients for `caller`; `from` names the calling service, which internal methods require. */
+    const as = (caller?: Identity, from?: string) => ({
+      account: rt.client(accountContract, undefined, { caller }, from),
+      auth: rt.client(authContract, undefined, { caller }, from),
+      warehouse: rt.client(warehouseContract, undefined, { caller }, from),
+      payment: rt.client(paymentContract, undefined, { caller }, from),
     });
     const stock = async (productId: number) => {
       const s = await as(admin).warehouse.getStockpile({ productId });
@@ -230,7 +231,11 @@ for (const backend of backends) {
       const pair = await auth.token({ grant_type: 'password', username: 'reader', password: 'secret-1', ...client });
       expect(pair.authorities).toEqual(['ROLE_USER']);
       // Registration is anonymous; it must not become a way to reset someone's password.
-      expect(await failure(as().auth.setCredentials({ username: 'icyfenix', password: 'hijacked' }))).toMatchObject({ code: 'USERNAME_TAKEN' });
+      expect(await failure(as(undefined, 'account').auth.setCredentials({ username: 'icyfenix', password: 'hijacked' }))).toMatchObject({
+        code: 'USERNAME_TAKEN',
+      });
+      // Credentials are internal: nobody outside the services may call them directly.
+      expect(await failure(as().auth.setCredentials({ username: 'someone', password: 'x' }))).toMatchObject({ code: 'EVOLITH_FORBIDDEN' });
     });
 
     it('lets only the account itself change it', async () => {
@@ -317,7 +322,7 @@ for (const backend of backends) {
     });
 
     it('never oversells under 50 concurrent freezes', async () => {
-      const { warehouse } = as(admin);
+      const { warehouse } = as(admin, 'payment');
       const original = await stock(7);
       await warehouse.setStockpile({ productId: 7, amount: 20 });
       const payIds = Array.from({ length: 50 }, () => randomUUID());

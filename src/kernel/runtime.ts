@@ -130,7 +130,7 @@ export class Runtime {
     if (deadline <= now) return Promise.reject(new TimeoutError(`no time left to call ${method.fullName}: the caller's deadline has passed`));
     const meta: CallMeta = parent
       ? { deadline, trace: childTrace(parent.trace), caller: parent.caller, from }
-      : { deadline, trace: root?.trace ? childTrace(root.trace) : newTrace(), caller: root?.caller };
+      : { deadline, trace: root?.trace ? childTrace(root.trace) : newTrace(), caller: root?.caller, from };
     return this.policy instanceof LocalPolicy
       ? this.transport.invoke(method, r.data, meta)
       : this.policy.execute(method, (m) => this.transport.invoke(method, r.data, m), meta);
