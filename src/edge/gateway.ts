@@ -56,9 +56,10 @@ export async function createGateway(options: GatewayOptions): Promise<FastifyIns
   server.addHook('preClose', async () => {
     closing = true;
   });
-  server.addHook('onSend', async (req, reply) => {
+  server.addHook('onSend', (req, reply, payload, done) => {
     reply.header('x-request-id', req.id);
     if (closing) reply.header('connection', 'close');
+    done(null, payload);
   });
 
   server.setErrorHandler((error: Error & { statusCode?: number; code?: string }, req, reply) => {

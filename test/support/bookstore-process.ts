@@ -123,7 +123,9 @@ export async function startBookstore(options: BookstoreOptions = {}): Promise<Bo
   ];
   if (opts.storage !== undefined) args.push('--storage', opts.storage);
   if (opts.schemaPrefix !== undefined) args.push('--schema-prefix', opts.schemaPrefix);
-  for (const [path, value] of Object.entries(opts.set ?? {})) args.push('--set', `${path}=${value}`);
+  // Tests run with serialisability checks on, so a call that would break across a wire fails here first.
+  const set = { checkSerializable: true, ...opts.set };
+  for (const [path, value] of Object.entries(set)) args.push('--set', `${path}=${value}`);
 
   // The child is a plain process, not part of the test runner.
   const env: Record<string, string> = {};

@@ -60,6 +60,12 @@ export const warehouseContract = defineContract({
       description: 'Every product, or those with the given ids.',
     },
     getProduct: { input: z.object({ id: id('id') }), output: Product.nullable(), idempotent: true },
+    prices: {
+      input: z.object({ ids: z.array(id('product id')).min(1).max(500) }),
+      output: z.array(z.object({ id: z.number().int(), price: z.number().min(0) })),
+      idempotent: true,
+      description: 'The current price of each existing product among the ids (what a settlement needs, and no more).',
+    },
     createProduct: { input: ProductFields, output: Product, roles: ['ROLE_ADMIN'], description: 'Adds a product with an empty stockpile.' },
     updateProduct: {
       input: ProductFields.extend({ id: id('id') }),

@@ -91,7 +91,7 @@ export const paymentService = implement(paymentContract, {
     async settle({ items }, ctx) {
       const accountId = await callerAccountId(ctx);
       // Prices come from the warehouse, never from the client.
-      const products = await ctx.client(warehouseContract).listProducts({ ids: [...new Set(items.map((i) => i.id))] });
+      const products = await ctx.client(warehouseContract).prices({ ids: [...new Set(items.map((i) => i.id))] });
       const priceOf = new Map(products.map((p) => [p.id, toCents(p.price)]));
       const unknown = items.flatMap((item, i) => (priceOf.has(item.id) ? [] : [{ path: `items.${i}.id`, message: `product ${item.id} does not exist` }]));
       if (unknown.length) throw new ValidationError(`invalid settlement: ${unknown.map((u) => u.message).join('; ')}`, unknown);

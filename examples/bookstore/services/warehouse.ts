@@ -3,7 +3,7 @@ import { success } from '../contracts/coded-message.js';
 import { paymentContract } from '../contracts/payment.js';
 import { warehouseContract } from '../contracts/warehouse.js';
 import { claimFirstIds, nextId } from '../shared/id-counter.js';
-import { toCents } from '../shared/money.js';
+import { fromCents, toCents } from '../shared/money.js';
 import { loadProducts, replaceSpecifications } from './warehouse-catalog.js';
 import { warehouseDatabase } from './warehouse-db.js';
 import { demoAdvertisements, demoProducts } from './warehouse-demo-data.js';
@@ -16,6 +16,11 @@ export const warehouseService = implement(warehouseContract, {
   handlers: {
     async listProducts({ ids }, ctx) {
       return loadProducts(ctx.db, ids);
+    },
+
+    async prices({ ids }, ctx) {
+      const rows = await ctx.db.selectFrom('product').select(['id', 'price_cents']).where('id', 'in', ids).execute();
+      return rows.map((r) => ({ id: Number(r.id), price: fromCents(Number(r.price_cents)) }));
     },
 
     async getProduct({ id }, ctx) {
