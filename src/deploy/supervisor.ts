@@ -1,0 +1,189 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createInterface } from 'node:readline';
+
+/** One process the supervisor keeps running. */
+export interface ProcessSpec {
+  /** What runs in it (a service group, the edge); with `replica`, the label on its log lines. */
+  readonly name: string;
+  readonly replica: number;
+  readonly command: string;
+  readonly args: readonly string[];
+  readonly env?: Readonly<Record<string, string>>;
+  readonly cwd?: string;
+}
+
+export type ProcessState = 'starting' | 'running' | 'backoff' | 'stopping' | 'stopped';
+
+export interface ProcessStatus {
+  readonly name: string;
+  readonly replica: number;
+  readonly pid: number | undefined;
+  readonly state: ProcessState;
+  readonly restarts: number;
+  readonly startedAt: number | undefined;
+  readonly lastExit: { code: number | null; signal: NodeJS.Signals | null; at: number } | undefined;
+}
+
+export interface SupervisorOptions {
+  /** Where prefixed output lines go (default: this process's stdout). */
+  write?: (line: string) => void;
+  /** First restart delay; doubles per crash up to `maxBackoffMs`. */
+  initialBackoffMs?: number;
+  maxBackoffMs?: number;
+  /** A process that ran this long before crashing restarts after the initial delay again. */
+  stableAfterMs?: number;
+  /** SIGTERM, then SIGKILL after this long. */
+  stopTimeoutMs?: number;
+  /** Called whenever a process changes state (for status lines and registries). */
+  onChange?: (status: ProcessStatus) => void;
+}
+
+class Managed {
+  child: ChildProcess | undefined;
+  state: ProcessState = 'starting';
+  restarts = 0;
+  startedAt: number | undefined;
+  lastExit: ProcessStatus['lastExit'];
+  backoff: number;
+  timer: NodeJS.Timeout | undefined;
+  exited: Promise<void> = Promise.resolve();
+  constructor(
+    readonly spec: ProcessSpec,
+    initialBackoff: number,
+  ) {
+    this.backoff = initialBackoff;
+  }
+  get label(): string {
+    return `${this.spec.name}#${this.spec.replica}`;
+  }
+  status(): ProcessStatus {
+    return {
+      name: this.spec.name,
+      replica: this.spec.replica,
+      pid: this.child?.pid,
+      state: this.state,
+      restarts: this.restarts,
+      startedAt: this.startedAt,
+      lastExit: this.lastExit,
+    };
+  }
+}
+
+/**
+ * Keeps a set of processes running: restarts a crashed one with exponential backoff, prefixes
+ * each output line with its name and replica, and stops everything gracefully (SIGTERM, then
+ * SIGKILL after a timeout). It knows nothing of services: it runs commands.
+ */
+export class Supervisor {
+  private readonly procs = new Map<string, Managed>();
+  private readonly write: (line: string) => void;
+  private readonly initialBackoff: number;
+  private readonly maxBackoff: number;
+  private readonly stableAfter: number;
+  private readonly stopTimeout: number;
+
+  constructor(private readonly options: SupervisorOptions = {}) {
+    this.write = options.write ?? ((line) => process.stdout.write(line + '\n'));
+    this.initialBackoff = options.initialBackoffMs ?? 250;
+    this.maxBackoff = options.maxBackoffMs ?? 10_000;
+    this.stableAfter = options.stableAfterMs ?? 10_000;
+    this.stopTimeout = options.stopTimeoutMs ?? 15_000;
+  }
+
+  static key(name: string, replica: number): string {
+    return `${name}#${replica}`;
+  }
+
+  /** Starts a process and keeps it running until `stop` is called for it. */
+  start(spec: ProcessSpec): void {
+    const key = Supervisor.key(spec.name, spec.replica);
+    if (this.procs.has(key)) throw new Error(`${key} is already supervised`);
+    const m = new Managed(spec, this.initialBackoff);
+    this.procs.set(key, m);
+    this.launch(m);
+  }
+
+  status(): ProcessStatus[] {
+    return [...this.procs.values()].map((m) => m.status());
+  }
+
+  /** Stops one process gracefully and forgets it. */
+  async stop(name: string, replica: number): Promise<void> {
+    const key = Supervisor.key(name, replica);
+    const m = this.procs.get(key);
+    if (!m) return;
+    await this.terminate(m);
+    this.procs.delete(key);
+  }
+
+  /** Stops every process (concurrently) and waits for all of them. */
+  async stopAll(): Promise<void> {
+    await Promise.all([...this.procs.values()].map((m) => this.terminate(m)));
+    this.procs.clear();
+  }
+
+  private launch(m: Managed): void {
+    const { spec } = m;
+    m.state = 'starting';
+    const child = spawn(spec.command, [...spec.args], {
+      cwd: spec.cwd,
+      env: { ...process.env, ...spec.env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    m.child = child;
+    m.startedAt = Date.now();
+    const prefix = `[${m.label}] `;
+    for (const stream of [child.stdout!, child.stderr!]) {
+      createInterface({ input: stream, crlfDelay: Infinity }).on('line', (line) => this.write(prefix + line));
+    }
+    m.exited = new Promise((resolve) => {
+      child.once('exit', (code, signal) => {
+        m.lastExit = { code, signal, at: Date.now() };
+        m.child = undefined;
+        resolve();
+        this.exited(m, code, signal);
+      });
+    });
+    child.once('spawn', () => {
+      if (m.state === 'starting') m.state = 'running';
+      this.options.onChange?.(m.status());
+    });
+    child.once('error', (err) => {
+      this.write(`${prefix}could not start: ${err.message}`);
+    });
+  }
+
+  private exited(m: Managed, code: number | null, signal: NodeJS.Signals | null): void {
+    if (m.state === 'stopping' || m.state === 'stopped') {
+      m.state = 'stopped';
+      this.options.onChange?.(m.status());
+      return;
+    }
+    const ranFor = Date.now() - (m.startedAt ?? Date.now());
+    if (ranFor >= this.stableAfter) m.backoff = this.initialBackoff;
+    const delay = m.backoff;
+    m.backoff = Math.min(this.maxBackoff, m.backoff * 2);
+    m.state = 'backoff';
+    m.restarts++;
+    this.write(`[${m.label}] exited (${signal ?? `code ${code}`}); restarting in ${delay} ms (restart ${m.restarts})`);
+    this.options.onChange?.(m.status());
+    m.timer = setTimeout(() => {
+      m.timer = undefined;
+      if (m.state === 'backoff') this.launch(m);
+    }, delay);
+  }
+
+  private async terminate(m: Managed): Promise<void> {
+    clearTimeout(m.timer);
+    const child = m.child;
+    m.state = 'stopping';
+    if (!child) {
+      m.state = 'stopped';
+      return;
+    }
+    child.kill('SIGTERM');
+    const killer = setTimeout(() => child.kill('SIGKILL'), this.stopTimeout);
+    await m.exited;
+    clearTimeout(killer);
+  }
+}
