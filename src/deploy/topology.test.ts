@@ -1,9 +1,9 @@
-import { writeFileSync } from 'node:fs';
+import { renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, test } from 'vitest';
 import { Kit } from '../../test/fixtures/unit-kit.js';
 import { ConfigError } from '../kernel/errors.js';
-import { loadTopology } from './topology.js';
+import { loadTopology, watchTopology, type Topology } from './topology.js';
 
 const kit = new Kit();
 afterEach(() => kit.cleanup());
@@ -38,6 +38,10 @@ describe('loadTopology', () => {
       edge: { bodyLimit: 1024 * 1024 },
       checkSerializable: false,
       drainMs: 10_000,
+      groups: {},
+      replicas: {},
+      events: 'sqlite',
+      affinity: {},
     });
   });
 
@@ -132,6 +136,28 @@ describe('loadTopology', () => {
     expect(err.message).toContain('not valid YAML');
   });
 
+  test('microservices settings: groups, replicas, event backend, affinity', () => {
+    const t = loadTopology(
+      appDir(
+        [
+          'architecture: microservices',
+          'groups: { storefront: [account, auth] }',
+          'replicas: { warehouse: 2 }',
+          'events: { driver: nats }',
+          "affinity: { 'warehouse.getProduct': id }",
+          "policies: { 'payment.settle': { timeoutMs: 5000, retries: 0, maxConcurrent: 64 } }",
+        ].join('\n'),
+      ),
+    );
+    expect(t.groups).toEqual({ storefront: ['account', 'auth'] });
+    expect(t.replicas).toEqual({ warehouse: 2 });
+    expect(t.events).toEqual({ driver: 'nats', url: 'nats://127.0.0.1:4222', stream: 'EVOLITH' });
+    expect(t.affinity).toEqual({ 'warehouse.getProduct': 'id' });
+    expect(t.policies['payment.settle']).toEqual({ timeoutMs: 5000, retries: 0, maxConcurrent: 64 });
+    const err = configError(() => loadTopology(appDir('replicas: { warehouse: -1 }\nevents: { driver: nats, url: "http://x" }\ngroups: { Bad: [] }\n')));
+    for (const path of ['replicas.warehouse', 'events', 'groups']) expect(err.message).toContain(`  ${path}`);
+  });
+
   test('a top level that is not a mapping is a ConfigError', () => {
     expect(configError(() => loadTopology(appDir('- a\n- b\n'))).message).toContain('must hold a mapping');
     expect(configError(() => loadTopology(appDir('just a string\n'))).message).toContain('must hold a mapping');
@@ -145,7 +171,7 @@ describe('loadTopology', () => {
         'drainMs: -1',
         'checkSerializable: maybe',
         'storage: { driver: postgres, url: "http://db" }',
-        'policies: { orders: { timeoutMs: 0, retries: 3 } }',
+        'policies: { orders: { timeoutMs: 0, attempts: 3 } }',
         'edge: { bodyLimit: 1.5 }',
         'colour: blue',
       ].join('\n'),
@@ -158,7 +184,7 @@ describe('loadTopology', () => {
       expect(msg, `missing ${path}`).toContain(`  ${path}`);
     }
     expect(msg).toContain('colour');
-    expect(msg).toContain('retries');
+    expect(msg).toContain('attempts');
   });
 
   test('overrides are validated as well', () => {
@@ -168,3 +194,35 @@ describe('loadTopology', () => {
     expect(err.message).toContain('(defaults)');
   });
 });
+
+describe('watchTopology', () => {
+  test('hands over each new valid topology and keeps the old one on an invalid edit', async () => {
+    const dir = appDir('architecture: monolith\npolicies: { warehouse: { timeoutMs: 1000 } }\n');
+    const seen: Topology[] = [];
+    const errors: Error[] = [];
+    const w = watchTopology(dir, {}, (t) => seen.push(t), (e) => errors.push(e), 20);
+    try {
+      writeFileSync(join(dir, 'evolith.yaml'), 'architecture: monolith\npolicies: { warehouse: { timeoutMs: 250 } }\n');
+      await until(() => seen.length === 1);
+      expect(seen[0]!.policies.warehouse).toEqual({ timeoutMs: 250 });
+      writeFileSync(join(dir, 'evolith.yaml'), 'port: nope\n');
+      await until(() => errors.length === 1);
+      expect(errors[0]).toBeInstanceOf(ConfigError);
+      // Editors often save by renaming a new file over the old one.
+      writeFileSync(join(dir, 'evolith.yaml.tmp'), 'replicas: { warehouse: 3 }\n');
+      renameSync(join(dir, 'evolith.yaml.tmp'), join(dir, 'evolith.yaml'));
+      await until(() => seen.length === 2);
+      expect(seen[1]!.replicas).toEqual({ warehouse: 3 });
+    } finally {
+      w.close();
+    }
+  });
+});
+
+async function until(check: () => boolean, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > end) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}

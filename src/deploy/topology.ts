@@ -1,4 +1,4 @@
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, watch } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
 import YAML from 'yaml';
 import { z } from 'zod';
@@ -6,7 +6,30 @@ import { ConfigError } from '../kernel/errors.js';
 
 export const ARCHITECTURES = ['monolith', 'microservices', 'mesh', 'serverless', 'kubernetes'] as const;
 
-const policy = z.object({ timeoutMs: z.number().int().positive().optional() }).strict();
+const policy = z
+  .object({
+    timeoutMs: z.number().int().positive().optional(),
+    /** Attempts after the first, for idempotent methods only. */
+    retries: z.number().int().min(0).max(10).optional(),
+    /** Concurrent calls allowed into a callee before callers are refused (bulkhead). */
+    maxConcurrent: z.number().int().positive().optional(),
+  })
+  .strict();
+
+const serviceName = z.string().regex(/^[a-z][a-zA-Z0-9-]*$/, 'a service name');
+
+const events = z.union([
+  z.literal('memory'),
+  z.literal('sqlite'),
+  z.object({ driver: z.literal('sqlite'), file: z.string().optional() }).strict(),
+  z
+    .object({
+      driver: z.literal('nats'),
+      url: z.string().regex(/^nats:\/\//, 'must be a nats:// URL').default('nats://127.0.0.1:4222'),
+      stream: z.string().regex(/^[A-Za-z0-9_-]+$/, 'letters, digits, - and _ only').default('EVOLITH'),
+    })
+    .strict(),
+]);
 
 const storage = z.union([
   z.literal('sqlite'),
@@ -38,6 +61,14 @@ export const topologySchema = z
       .default({ bodyLimit: 1024 * 1024 }),
     /** Fail calls whose data would not survive a network hop (monolith). */
     checkSerializable: z.boolean().default(false),
+    /** Microservices: which services share a process (default: one process per service). */
+    groups: z.record(z.string().regex(/^[a-z][a-z0-9-]*$/, 'a group name'), z.array(serviceName).min(1)).default({}),
+    /** Microservices: processes per service group (default 1). */
+    replicas: z.record(z.string(), z.number().int().min(0).max(64)).default({}),
+    /** Where events travel between processes: embedded SQLite (default) or NATS JetStream. */
+    events: events.default('sqlite'),
+    /** Consistent-hash affinity: `service.method: inputField`. */
+    affinity: z.record(z.string(), z.string()).default({}),
     drainMs: z.number().int().positive().default(10_000),
   })
   .strict();
@@ -105,4 +136,50 @@ function applySet(target: Record<string, unknown>, pair: string): void {
     node = node[key] as Record<string, unknown>;
   }
   node[path[path.length - 1]!] = value;
+}
+
+export interface TopologyWatch {
+  close(): void;
+}
+
+/**
+ * Re-reads `evolith.yaml` whenever it changes (editors that replace the file included) and
+ * hands each new valid topology to `onChange`. An invalid edit goes to `onError` and the
+ * running topology stays as it was: a typo must not take a live system down.
+ */
+export function watchTopology(
+  appDir: string,
+  overrides: TopologyOverrides,
+  onChange: (topology: Topology) => void,
+  onError: (err: Error) => void,
+  debounceMs = 100,
+): TopologyWatch {
+  let current = JSON.stringify(loadTopology(appDir, overrides));
+  let timer: NodeJS.Timeout | undefined;
+  const reread = () => {
+    timer = undefined;
+    let next: Topology;
+    try {
+      next = loadTopology(appDir, overrides);
+    } catch (err) {
+      onError(err as Error);
+      return;
+    }
+    const text = JSON.stringify(next);
+    if (text === current) return;
+    current = text;
+    onChange(next);
+  };
+  // Watch the directory, not the file: many editors save by writing a new file and renaming it.
+  const watcher = watch(appDir, (_event, name) => {
+    if (name !== null && name !== 'evolith.yaml') return;
+    clearTimeout(timer);
+    timer = setTimeout(reread, debounceMs);
+  });
+  return {
+    close() {
+      clearTimeout(timer);
+      watcher.close();
+    },
+  };
 }
