@@ -128,8 +128,10 @@ export class ServiceHost {
   /**
    * Server half of the pipeline: authorise → validate → handler → validate output.
    * Written without async/await: an in-process call pays for one promise, not a chain of them.
+   * `fromWire` marks a call that arrived over a transport: its input was validated by a client
+   * this process does not trust, so it is validated again here.
    */
-  handle(method: MethodDef, input: unknown, meta: CallMeta): Promise<unknown> {
+  handle(method: MethodDef, input: unknown, meta: CallMeta, fromWire = false): Promise<unknown> {
     if (this.state !== 'running' && this.state !== 'stopping') {
       return Promise.reject(new UnavailableError(`service ${this.name} is not running (${this.state})`));
     }
@@ -141,7 +143,7 @@ export class ServiceHost {
         throw new ForbiddenError(`${method.fullName} is internal: only other services may call it`);
       }
       if (method.roles && method.roles.length > 0) authorise(method, meta.caller);
-      if (this.env.validateInput) {
+      if (fromWire || this.env.validateInput) {
         const r = method.input.safeParse(input);
         if (!r.success) {
           const issues = zodIssues(r.error);

@@ -23,8 +23,11 @@ export interface RuntimeOptions {
   config?: Readonly<Record<string, Readonly<Record<string, unknown>>>>;
   /** Policies by `service.method`, `service` or `*` (most specific wins). */
   policies?: Readonly<Record<string, MethodPolicy>>;
-  /** Replaces the timeout-only in-process policy (architectures with retries, circuits, bulkheads). */
-  policy?: CallPolicy;
+  /**
+   * Services that run in other processes, and how calls reach them: a transport and the
+   * policy around it (retries, circuits, bulkheads). Without it every service must be local.
+   */
+  remote?: { transport: Transport; policy: CallPolicy };
   /** Fail any call whose input, output or error would not survive a network hop. */
   checkSerializable?: boolean;
   /** How long stop() waits for in-flight calls. */
@@ -49,8 +52,9 @@ export class Runtime {
   readonly bus: EventBus;
   readonly telemetry: Telemetry;
   readonly hosts = new Map<string, ServiceHost>();
-  transport: Transport;
-  readonly policy: CallPolicy;
+  /** Calls to services hosted in this process. */
+  readonly transport: Transport;
+  readonly policy: LocalPolicy;
   readonly discovery: Discovery;
   private readonly order: ServiceDefinition[];
   private started = false;
@@ -59,7 +63,7 @@ export class Runtime {
     this.log = options.log ?? pino({ level: process.env.EVOLITH_LOG_LEVEL ?? 'info' });
     this.bus = options.bus ?? new MemoryEventBus();
     this.telemetry = options.telemetry ?? new NoopTelemetry();
-    this.order = startOrder(options.services);
+    this.order = startOrder(options.services, options.remote !== undefined);
     const env: HostEnvironment = {
       client: (contract, parent, from) => this.client(contract, parent, undefined, from),
       bus: this.bus,
@@ -70,7 +74,7 @@ export class Runtime {
       eventTimeoutMs: options.eventTimeoutMs ?? 30_000,
     };
     for (const def of this.order) this.hosts.set(def.contract.name, new ServiceHost(def, env));
-    this.policy = options.policy ?? new LocalPolicy(options.policies);
+    this.policy = new LocalPolicy(options.policies);
     this.discovery = new LocalDiscovery(this.hosts.keys());
     this.transport = new InProcessTransport(this.hosts, this.discovery, new FirstBalancer(), options.checkSerializable ?? false);
   }
@@ -106,6 +110,7 @@ export class Runtime {
     }
     await this.bus.close();
     await this.transport.close?.();
+    await this.options.remote?.transport.close?.();
   }
 
   /** Client half of the pipeline. `parent` is the calling handler's metadata, if any. */
@@ -124,16 +129,19 @@ export class Runtime {
         new ValidationError(`invalid input for ${method.fullName}: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`, issues),
       );
     }
+    const local = this.hosts.has(method.service);
+    const remote = local ? undefined : this.options.remote;
+    const policy = remote ? remote.policy : this.policy;
     const now = Date.now();
-    let deadline = now + (options?.timeoutMs ?? root?.timeoutMs ?? this.policy.timeoutFor(method));
+    let deadline = now + (options?.timeoutMs ?? root?.timeoutMs ?? policy.timeoutFor(method));
     if (parent && parent.deadline < deadline) deadline = parent.deadline;
     if (deadline <= now) return Promise.reject(new TimeoutError(`no time left to call ${method.fullName}: the caller's deadline has passed`));
     const meta: CallMeta = parent
       ? { deadline, trace: childTrace(parent.trace), caller: parent.caller, from }
       : { deadline, trace: root?.trace ? childTrace(root.trace) : newTrace(), caller: root?.caller, from };
-    return this.policy instanceof LocalPolicy
-      ? this.transport.invoke(method, r.data, meta)
-      : this.policy.execute(method, (m) => this.transport.invoke(method, r.data, m), meta);
+    if (!remote) return this.transport.invoke(method, r.data, meta);
+    const value = r.data;
+    return remote.policy.execute(method, (m) => remote.transport.invoke(method, value, m), meta);
   }
 
   /** A typed client. Inside a handler use `ctx.client()`, which carries deadline, trace and caller. */
@@ -193,7 +201,8 @@ export class InProcessTransport implements Transport {
   }
 }
 
-function startOrder(services: readonly ServiceDefinition[]): ServiceDefinition[] {
+/** Dependencies first. With `remoteAllowed`, a dependency hosted elsewhere is simply not waited for. */
+function startOrder(services: readonly ServiceDefinition[], remoteAllowed: boolean): ServiceDefinition[] {
   const byName = new Map<string, ServiceDefinition>();
   for (const s of services) {
     if (byName.has(s.contract.name)) throw new ConfigError(`service ${s.contract.name} is defined twice`);
@@ -208,6 +217,7 @@ function startOrder(services: readonly ServiceDefinition[]): ServiceDefinition[]
     state.set(s.contract.name, 'visiting');
     for (const dep of s.dependsOn) {
       const d = byName.get(dep.name);
+      if (!d && remoteAllowed) continue;
       if (!d) throw new ConfigError(`service ${s.contract.name} depends on ${dep.name}, which is not part of the app`);
       visit(d, [...path, s.contract.name]);
     }
