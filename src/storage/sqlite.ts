@@ -44,6 +44,10 @@ class StatementCache {
   constructor(private readonly db: Database.Database) {}
 
   prepare(sql: string): Database.Statement {
+    // Several processes (replicas) may share a service's file. A deferred transaction that reads
+    // and then writes can fail at once with SQLITE_BUSY when another writer got there first (the
+    // busy timeout cannot help a lock upgrade); taking the write lock at BEGIN waits instead.
+    if (sql === 'begin') sql = 'begin immediate';
     let stmt = this.statements.get(sql);
     if (stmt) {
       // Move to the most-recent end so eviction drops the least recently used.
