@@ -1,0 +1,252 @@
+/**
+ * RPC over HTTP, for interop and debugging: `POST /rpc/<service>/<method>` with the input as
+ * the body, JSON or msgpack (`content-type: application/msgpack`), answered in kind (or as
+ * `accept` asks). Call metadata travels in headers:
+ *
+ *   x-evolith-deadline    absolute deadline, epoch ms (or x-evolith-timeout-ms, relative)
+ *   traceparent           W3C trace context
+ *   x-evolith-caller      the caller's identity as JSON: {"subject":"…","roles":["…"]}
+ *   x-evolith-from        the calling service
+ *
+ * The caller identity is believed as sent, so this endpoint must only be reachable from
+ * trusted networks (loopback, a private network, behind mesh mTLS): never expose it on the
+ * public edge, where anyone could claim to be an administrator.
+ *
+ * A failure answers with the error's `httpStatus`, an `x-evolith-error: <code>` header and
+ * the SerializedError as the body; `HttpTransport` turns it back into the same typed error.
+ */
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { Packr, Unpackr } from 'msgpackr';
+import type { MethodDef } from '../contract/define.js';
+import { withDeadline } from '../kernel/deadline.js';
+import {
+  deserializeError,
+  EvolithError,
+  InternalError,
+  NotFoundError,
+  NotSerializableError,
+  TimeoutError,
+  toEvolithError,
+  UnavailableError,
+  ValidationError,
+  type SerializedError,
+} from '../kernel/errors.js';
+import { DEFAULT_TIMEOUT_MS } from '../kernel/local-plugins.js';
+import type { CallMeta, Identity, Transport } from '../kernel/plugins.js';
+import { formatTraceparent, newTrace, parseTraceparent } from '../kernel/trace.js';
+import type { RpcResolver } from './tcp-server.js';
+
+export const MSGPACK_TYPE = 'application/msgpack';
+const JSON_TYPE = 'application/json; charset=utf-8';
+
+const packr = new Packr({ useRecords: false });
+const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, structuredClone: false });
+
+export interface RpcHttpOptions {
+  resolve: RpcResolver;
+  /** Largest request body in bytes; default 4 MiB (the TCP frame limit). */
+  bodyLimit?: number;
+}
+
+type Format = 'json' | 'msgpack';
+
+function replyFormat(req: FastifyRequest): Format {
+  const accept = req.headers.accept ?? '';
+  if (accept.includes('msgpack')) return 'msgpack';
+  if (accept.includes('json')) return 'json';
+  return (req.headers['content-type'] ?? '').includes('msgpack') ? 'msgpack' : 'json';
+}
+
+function header(req: FastifyRequest, name: string): string | undefined {
+  const v = req.headers[name];
+  return Array.isArray(v) ? v[0] : v;
+}
+
+function badHeader(name: string, message: string): ValidationError {
+  return new ValidationError(`header ${name}: ${message}`, [{ path: name, message }]);
+}
+
+function callerFrom(req: FastifyRequest): Identity | undefined {
+  const raw = header(req, 'x-evolith-caller');
+  if (raw === undefined || raw === '') return undefined;
+  let v: unknown;
+  try {
+    v = JSON.parse(raw);
+  } catch {
+    throw badHeader('x-evolith-caller', 'is not JSON');
+  }
+  const o = v as { subject?: unknown; roles?: unknown; claims?: unknown } | null;
+  if (typeof o !== 'object' || o === null || typeof o.subject !== 'string' || !Array.isArray(o.roles) || !o.roles.every((r) => typeof r === 'string')) {
+    throw badHeader('x-evolith-caller', 'must be {"subject": string, "roles": string[], "claims"?: object}');
+  }
+  if (o.claims != null && (typeof o.claims !== 'object' || Array.isArray(o.claims))) throw badHeader('x-evolith-caller', 'claims must be an object');
+  return o.claims == null ? { subject: o.subject, roles: o.roles } : { subject: o.subject, roles: o.roles, claims: o.claims as Record<string, unknown> };
+}
+
+function deadlineFrom(req: FastifyRequest, method: MethodDef, now: number): number {
+  let deadline = now + (method.timeoutMs ?? DEFAULT_TIMEOUT_MS);
+  const absolute = header(req, 'x-evolith-deadline');
+  if (absolute !== undefined) {
+    const d = Number(absolute);
+    if (!Number.isFinite(d) || d <= 0) throw badHeader('x-evolith-deadline', 'must be epoch milliseconds');
+    deadline = d;
+  }
+  const relative = header(req, 'x-evolith-timeout-ms');
+  if (relative !== undefined) {
+    const t = Number(relative);
+    if (!Number.isFinite(t) || t <= 0) throw badHeader('x-evolith-timeout-ms', 'must be a positive number of milliseconds');
+    deadline = Math.min(deadline, now + t);
+  }
+  return deadline;
+}
+
+function send(reply: FastifyReply, format: Format, status: number, value: unknown): FastifyReply {
+  reply.status(status);
+  if (format === 'msgpack') return reply.header('content-type', MSGPACK_TYPE).send(packr.pack(value));
+  return reply.header('content-type', JSON_TYPE).send(JSON.stringify(value));
+}
+
+function sendError(reply: FastifyReply, format: Format, err: EvolithError): FastifyReply {
+  reply.header('x-evolith-error', err.code);
+  try {
+    return send(reply, format, err.httpStatus, err.toJSON());
+  } catch {
+    return send(reply, format, err.httpStatus, { code: err.code, message: err.message, httpStatus: err.httpStatus, origin: err.origin });
+  }
+}
+
+/** Errors fastify raises itself (malformed body, too large, unsupported type) are input errors. */
+function fromFastify(error: unknown): EvolithError {
+  if (error instanceof EvolithError) return error;
+  const e = error as { statusCode?: number; code?: string; message?: string };
+  if (typeof e?.statusCode === 'number' && e.statusCode >= 400 && e.statusCode < 500) {
+    const message = e.code === 'FST_ERR_CTP_BODY_TOO_LARGE' ? 'request body is larger than the limit' : String(e.message);
+    return new ValidationError(`invalid request body: ${message}`, [{ path: '(body)', message }]);
+  }
+  return toEvolithError(error);
+}
+
+/**
+ * The server side: a fastify plugin adding `POST /rpc/:service/:method`.
+ * `app.register(rpcHttpPlugin, { resolve: hostResolver(hosts) })`.
+ */
+export async function rpcHttpPlugin(app: FastifyInstance, options: RpcHttpOptions): Promise<void> {
+  const bodyLimit = options.bodyLimit ?? 4 * 1024 * 1024;
+  app.addContentTypeParser([MSGPACK_TYPE, 'application/x-msgpack'], { parseAs: 'buffer', bodyLimit }, (_req, body, done) => {
+    try {
+      done(null, unpackr.unpack(body as Buffer));
+    } catch (err) {
+      done(new ValidationError(`request body is not valid msgpack: ${(err as Error).message}`, [{ path: '(body)', message: 'not valid msgpack' }]), undefined);
+    }
+  });
+  app.setErrorHandler((error, req, reply) => {
+    const err = fromFastify(error);
+    if (err.httpStatus >= 500 && !(error instanceof EvolithError)) req.log.error({ err: error }, 'rpc over http failed');
+    return sendError(reply, replyFormat(req), err);
+  });
+  app.post<{ Params: { service: string; method: string } }>('/rpc/:service/:method', { bodyLimit }, async (req, reply) => {
+    const { service, method: name } = req.params;
+    const target = options.resolve(service, name);
+    if (!target) throw new NotFoundError(`this instance serves no method ${service}.${name}`);
+    const now = Date.now();
+    const deadline = deadlineFrom(req, target.method, now);
+    if (deadline <= now) throw new TimeoutError(`${service}.${name} arrived after its deadline`, { deadline: new Date(deadline).toISOString() });
+    const from = header(req, 'x-evolith-from');
+    const meta: CallMeta = {
+      deadline,
+      trace: parseTraceparent(header(req, 'traceparent')) ?? newTrace(),
+      caller: callerFrom(req),
+      from: from === '' ? undefined : from,
+    };
+    const output = await target.host.handle(target.method, req.body, meta);
+    if (output === undefined) return reply.status(204).send();
+    try {
+      return send(reply, replyFormat(req), 200, output);
+    } catch (err) {
+      throw new NotSerializableError(`the output of ${target.method.fullName} cannot be encoded: ${(err as Error).message}`);
+    }
+  });
+}
+
+export interface HttpTransportOptions {
+  /** Base URLs or "host:port" addresses serving a service. */
+  addressesFor: (service: string) => readonly string[];
+  /** Body format of requests and answers; default json. */
+  format?: Format;
+}
+
+/** Header values must be ASCII: escape the rest of the JSON as \uXXXX (still the same JSON). */
+const asciiJson = (v: unknown): string => JSON.stringify(v).replace(/[\u007f-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+
+function isSerializedError(v: unknown): v is SerializedError {
+  return typeof v === 'object' && v !== null && typeof (v as SerializedError).code === 'string' && typeof (v as SerializedError).message === 'string';
+}
+
+/** The client side of RPC over HTTP, on the global fetch (undici, keep-alive). */
+export class HttpTransport implements Transport {
+  readonly name = 'http';
+  private readonly format: Format;
+  private readonly cursor = new Map<string, number>();
+
+  constructor(private readonly options: HttpTransportOptions) {
+    this.format = options.format ?? 'json';
+  }
+
+  invoke(method: MethodDef, input: unknown, meta: CallMeta): Promise<unknown> {
+    if (meta.deadline <= Date.now()) return Promise.reject(new TimeoutError(`no time left to call ${method.fullName}: its deadline has passed`));
+    const addresses = this.options.addressesFor(method.service);
+    if (addresses.length === 0) return Promise.reject(new UnavailableError(`no instance of ${method.service} is known`, { maybeExecuted: false }));
+    const n = this.cursor.get(method.service) ?? 0;
+    this.cursor.set(method.service, n + 1);
+    const address = addresses[n % addresses.length]!;
+    const base = address.includes('://') ? address.replace(/\/+$/, '') : `http://${address}`;
+    const url = `${base}/rpc/${encodeURIComponent(method.service)}/${encodeURIComponent(method.name)}`;
+    const type = this.format === 'msgpack' ? MSGPACK_TYPE : JSON_TYPE;
+    const headers: Record<string, string> = {
+      accept: type,
+      'x-evolith-deadline': String(meta.deadline),
+      traceparent: formatTraceparent(meta.trace),
+    };
+    if (meta.caller) headers['x-evolith-caller'] = asciiJson(meta.caller);
+    if (meta.from) headers['x-evolith-from'] = meta.from;
+    let body: string | Uint8Array | undefined;
+    if (input !== undefined) {
+      headers['content-type'] = type;
+      try {
+        body = this.format === 'msgpack' ? packr.pack(input) : JSON.stringify(input);
+      } catch (err) {
+        return Promise.reject(new NotSerializableError(`the input of ${method.fullName} cannot be encoded: ${(err as Error).message}`));
+      }
+    }
+    const abort = new AbortController();
+    return withDeadline(this.post(url, base, { method: 'POST', headers, body, signal: abort.signal }), meta.deadline, `${method.fullName} at ${base}`, () => abort.abort());
+  }
+
+  private async post(url: string, base: string, init: RequestInit): Promise<unknown> {
+    let res: Response;
+    try {
+      res = await fetch(url, init);
+    } catch (err) {
+      const code = ((err as { cause?: { code?: string } }).cause?.code ?? (err as Error).message) || 'fetch failed';
+      throw new UnavailableError(`cannot reach ${base}: ${code}`, { address: base, maybeExecuted: code !== 'ECONNREFUSED' });
+    }
+    const bytes = new Uint8Array(await res.arrayBuffer());
+    const type = res.headers.get('content-type') ?? '';
+    let value: unknown;
+    if (bytes.length > 0) {
+      try {
+        value = type.includes('msgpack') ? unpackr.unpack(bytes) : type.includes('json') ? JSON.parse(new TextDecoder().decode(bytes)) : new TextDecoder().decode(bytes);
+      } catch (err) {
+        throw new InternalError(`${base} answered ${res.status} with a body that does not decode as ${type}: ${(err as Error).message}`);
+      }
+    }
+    if (res.headers.has('x-evolith-error') || res.status >= 400) {
+      if (isSerializedError(value)) throw deserializeError(value);
+      const text = typeof value === 'string' ? value.slice(0, 200) : JSON.stringify(value)?.slice(0, 200);
+      if (res.status === 404) throw new NotFoundError(`${url} answered 404: ${text}`);
+      if (res.status === 503) throw new UnavailableError(`${url} answered 503: ${text}`);
+      throw new InternalError(`${url} answered ${res.status}: ${text}`);
+    }
+    return res.status === 204 ? undefined : value;
+  }
+}
