@@ -5,8 +5,11 @@ import { Command, InvalidArgumentError } from 'commander';
 import pino from 'pino';
 import type { AppDefinition } from '../app/define.js';
 import { contractDocument, openApiDocument } from '../contract/schema.js';
-import { runMonolith, type RunningApp } from '../deploy/monolith.js';
-import { ARCHITECTURES, loadTopology, type TopologyOverrides } from '../deploy/topology.js';
+import { runMicroservices } from '../deploy/microservices.js';
+import { runMonolith } from '../deploy/monolith.js';
+import { runWorker, type WorkerRole } from '../deploy/worker.js';
+import { serviceGroups } from '../deploy/microservices.js';
+import { ARCHITECTURES, loadTopology, type Topology, type TopologyOverrides } from '../deploy/topology.js';
 import { EvolithError } from '../kernel/errors.js';
 
 const APP_ENTRIES = ['app.ts', 'app.js', 'index.ts', 'index.js'];
@@ -23,7 +26,19 @@ export async function loadApp(appDir: string): Promise<AppDefinition> {
 
 class CliError extends Error {}
 
-const deployers: Partial<Record<string, typeof runMonolith>> = { monolith: runMonolith };
+interface Running {
+  readonly url: string;
+  readonly architecture: string;
+  readonly services: { name: string; location: string }[];
+  stop(): Promise<void>;
+}
+
+type Deployer = (app: AppDefinition, appDir: string, topology: Topology, overrides: TopologyOverrides, log: pino.Logger) => Promise<Running>;
+
+const deployers: Partial<Record<string, Deployer>> = {
+  monolith: (app, appDir, topology, _overrides, log) => runMonolith(app, appDir, topology, log),
+  microservices: runMicroservices,
+};
 
 function port(value: string): number {
   const n = Number(value);
@@ -49,21 +64,21 @@ async function run(appDirArg: string, opts: TopologyOverrides & { storage?: stri
   }
   const app = await loadApp(appDir);
   const log = pino({ level: process.env.EVOLITH_LOG_LEVEL ?? 'info', base: { app: app.name } });
-  const running = await deploy(app, appDir, topology, log);
+  const running = await deploy(app, appDir, topology, opts, log);
   printBanner(running);
   installSignalHandlers(running, log);
 }
 
-function printBanner(running: RunningApp): void {
+function printBanner(running: Running): void {
   const lines = [
-    `evolith: ${running.runtime.services.length} services running as ${running.architecture}`,
+    `evolith: ${running.services.length} ${running.architecture === 'monolith' ? 'services' : 'service groups'} running as ${running.architecture}`,
     ...running.services.map((s) => `  ${s.name.padEnd(12)} ${s.location}`),
     `evolith: listening on ${running.url}`,
   ];
   process.stdout.write(lines.join('\n') + '\n');
 }
 
-function installSignalHandlers(running: RunningApp, log: pino.Logger): void {
+function installSignalHandlers(running: Running, log: pino.Logger): void {
   let stopping = false;
   const onSignal = (signal: NodeJS.Signals) => {
     if (stopping) {
@@ -113,6 +128,35 @@ export async function main(argv: string[]): Promise<void> {
         schemaPrefix: o.schemaPrefix as string | undefined,
         set: o.set as string[],
       });
+    });
+
+  program
+    .command('worker', { hidden: true })
+    .description('one process of a microservices deployment (started by `run --arch microservices`)')
+    .argument('<appDir>')
+    .requiredOption('--registry <url>', 'the control plane registry')
+    .option('--group <name>', 'the service group this process hosts')
+    .option('--edge', 'run the HTTP edge instead of a service group')
+    .option('--replica <n>', 'replica number', (v) => Number(v), 0)
+    .action(async (appDirArg: string, o: { registry: string; group?: string; edge?: boolean; replica: number }) => {
+      const appDir = resolve(appDirArg);
+      const overrides = JSON.parse(process.env.EVOLITH_TOPOLOGY_OVERRIDES ?? '{}') as TopologyOverrides;
+      const topology = loadTopology(appDir, overrides);
+      const app = await loadApp(appDir);
+      const label = o.edge ? 'edge' : o.group;
+      const log = pino({ level: process.env.EVOLITH_LOG_LEVEL ?? 'info', base: { app: app.name, process: `${label}#${o.replica}` } });
+      let role: WorkerRole;
+      if (o.edge) role = { kind: 'edge', replica: o.replica };
+      else {
+        const group = serviceGroups(app, topology).find((g) => g.name === o.group);
+        if (!group) throw new CliError(`no service group named ${o.group}`);
+        role = { kind: 'group', group: group.name, services: group.services, replica: o.replica };
+      }
+      const worker = await runWorker(app, appDir, topology, role, o.registry, log);
+      process.stdout.write(`evolith: ${label}#${o.replica} serving on ${worker.address}\n`);
+      // A supervised worker dies with its supervisor, whatever killed it.
+      if (process.send) process.on('disconnect', () => process.exit(1));
+      installSignalHandlers({ url: worker.address, architecture: 'microservices', services: [], stop: () => worker.stop() }, log);
     });
 
   program

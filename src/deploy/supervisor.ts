@@ -125,10 +125,14 @@ export class Supervisor {
   private launch(m: Managed): void {
     const { spec } = m;
     m.state = 'starting';
+    // Each child gets its own process group, so a Ctrl-C in the terminal reaches only the
+    // supervisor, which then stops the children in order; the IPC channel tells a child that
+    // its supervisor died (even by SIGKILL), and it exits rather than linger as an orphan.
     const child = spawn(spec.command, [...spec.args], {
       cwd: spec.cwd,
-      env: { ...process.env, ...spec.env },
-      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, ...spec.env, EVOLITH_SUPERVISED: '1' },
+      stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
+      detached: true,
     });
     m.child = child;
     m.startedAt = Date.now();

@@ -1,0 +1,159 @@
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import type { AppDefinition } from '../app/define.js';
+import { createJwtAuthenticator } from '../auth/jwt-authenticator.js';
+import { openApiDocument } from '../contract/schema.js';
+import { createBalancer } from '../discovery/balancers.js';
+import { EndpointStats } from '../discovery/endpoint-stats.js';
+import { InstanceAgent } from '../discovery/instance-agent.js';
+import { RegistryClient } from '../discovery/registry-client.js';
+import { createGateway } from '../edge/gateway.js';
+import { NatsEventBus } from '../events/nats-bus.js';
+import { SqliteEventBus } from '../events/sqlite-bus.js';
+import { MemoryEventBus } from '../events/memory-bus.js';
+import { ConfigError } from '../kernel/errors.js';
+import type { EventBus } from '../kernel/plugins.js';
+import { Runtime } from '../kernel/runtime.js';
+import { PrometheusTelemetry } from '../observe/telemetry.js';
+import { ResilientPolicy } from '../resilience/policy.js';
+import { resilientRemote } from '../resilience/remote.js';
+import { RpcServer, type RpcResolver } from '../rpc/tcp-server.js';
+import { TcpTransport } from '../rpc/tcp-transport.js';
+import { storageFor } from './monolith.js';
+import type { Topology } from './topology.js';
+
+/** What one process of a microservices deployment runs: a service group, or the edge. */
+export type WorkerRole = { kind: 'group'; group: string; services: readonly string[]; replica: number } | { kind: 'edge'; replica: number };
+
+export interface RunningWorker {
+  /** The RPC address (groups) or the HTTP URL (edge). */
+  readonly address: string;
+  stop(): Promise<void>;
+}
+
+export async function eventBusFor(topology: Topology, log: Logger): Promise<EventBus> {
+  const e = topology.events;
+  if (e === 'memory') return new MemoryEventBus();
+  if (e === 'sqlite' || e.driver === 'sqlite') {
+    const file = typeof e === 'object' && e.file ? e.file : join(topology.data, 'events.sqlite');
+    return new SqliteEventBus(file, { log, synchronous: 'normal' });
+  }
+  // The subject prefix follows the stream, so two apps on one server never claim the same subjects.
+  return NatsEventBus.connect({ servers: e.url.replace(/^nats:\/\//, ''), stream: e.stream, prefix: e.stream.toLowerCase(), log });
+}
+
+/**
+ * One process of the microservices architecture: hosts its group's services behind the TCP
+ * RPC server (or the HTTP edge), registers each of them with the registry, and reaches every
+ * other service through discovery, a balancer and the resilience policy.
+ */
+export async function runWorker(app: AppDefinition, appDir: string, topology: Topology, role: WorkerRole, registryUrl: string, log: Logger): Promise<RunningWorker> {
+  const local = role.kind === 'group' ? app.services.filter((s) => role.services.includes(s.contract.name)) : [];
+  if (role.kind === 'group' && local.length !== role.services.length) {
+    const known = new Set(app.services.map((s) => s.contract.name));
+    throw new ConfigError(`group ${role.group} names services the app does not have: ${role.services.filter((s) => !known.has(s)).join(', ')}`);
+  }
+  const registry = new RegistryClient({ url: registryUrl, log }).start();
+  const stats = new EndpointStats();
+  const policy = new ResilientPolicy({
+    discovery: registry,
+    stats,
+    balancer: createBalancer({ kind: 'p2c', stats, affinity: topology.affinity }),
+    overrides: topology.policies,
+    log,
+  });
+  const tcp = new TcpTransport({ addressesFor: () => [], log });
+  const remote = resilientRemote(policy, { name: 'tcp', send: (endpoint, method, input, meta) => tcp.send(endpoint.address, method, input, meta), close: () => tcp.close() });
+  const bus = await eventBusFor(topology, log);
+  const telemetry = new PrometheusTelemetry({ collectDefault: true });
+  const runtime = new Runtime({
+    services: local,
+    storage: storageFor(topology),
+    bus,
+    telemetry,
+    log,
+    config: topology.config,
+    policies: topology.policies,
+    checkSerializable: topology.checkSerializable,
+    drainMs: topology.drainMs,
+    remote,
+  });
+  await registry.whenSynced(5_000);
+  await runtime.start();
+
+  if (role.kind === 'edge') {
+    const edgeAuth = app.edge?.auth;
+    const gateway = await createGateway({
+      app,
+      appDir,
+      invoke: (method, input, root) => runtime.invoke(method, input, undefined, root),
+      authenticator: edgeAuth
+        ? createJwtAuthenticator({
+            fetchJwks: async () => (await runtime.invoke(edgeAuth.jwks, {}, undefined, undefined, undefined, 'edge')) as never,
+            issuer: edgeAuth.issuer,
+            audience: edgeAuth.audience,
+          })
+        : undefined,
+      log,
+      bodyLimit: topology.edge.bodyLimit,
+      extras: (server) => {
+        server.get('/metrics', async (_req, reply) => reply.type('text/plain; version=0.0.4').send(await telemetry.metrics()));
+        server.get('/openapi.json', async () => openApiDocument(app));
+        server.get('/evolith/endpoints', async () => policy.health());
+      },
+    });
+    await gateway.listen({ port: topology.port, host: topology.host });
+    const address = gateway.server.address();
+    const port = typeof address === 'object' && address ? address.port : topology.port;
+    const agent = new InstanceAgent({
+      url: registryUrl,
+      instance: { id: `edge-${role.replica}`, service: 'edge', version: '1', address: `${topology.host}:${port}`, metadata: { pid: String(process.pid) } },
+      log,
+    });
+    await agent.start();
+    return {
+      address: `http://${topology.host}:${port}`,
+      async stop() {
+        await agent.stop();
+        await gateway.close();
+        await runtime.stop();
+        registry.close();
+      },
+    };
+  }
+
+  // Calls that arrive over the wire come from clients this process does not trust: validate again.
+  const resolve: RpcResolver = (service, method) => {
+    const host = runtime.hosts.get(service);
+    const def = host ? Object.hasOwn(host.definition.contract.methods, method) ? host.definition.contract.methods[method] : undefined : undefined;
+    if (!host || !def) return undefined;
+    return { method: def, host: { handle: (m, input, meta) => host.handle(m, input, meta, true) } };
+  };
+  const server = new RpcServer({ resolve, log, host: topology.host, drainMs: topology.drainMs });
+  await server.listen();
+  const agents = local.map(
+    (s) =>
+      new InstanceAgent({
+        url: registryUrl,
+        instance: {
+          id: `${s.contract.name}-${role.replica}`,
+          service: s.contract.name,
+          version: s.contract.version,
+          address: server.address,
+          metadata: { group: role.group, replica: String(role.replica), pid: String(process.pid) },
+        },
+        log,
+      }),
+  );
+  await Promise.all(agents.map((a) => a.start()));
+  return {
+    address: server.address,
+    async stop() {
+      // Leave the registry first so callers stop choosing this instance, then drain.
+      await Promise.all(agents.map((a) => a.stop()));
+      await server.close();
+      await runtime.stop();
+      registry.close();
+    },
+  };
+}
