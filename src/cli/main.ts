@@ -5,7 +5,7 @@ import { Command, InvalidArgumentError } from 'commander';
 import pino from 'pino';
 import type { AppDefinition } from '../app/define.js';
 import { contractDocument, openApiDocument } from '../contract/schema.js';
-import { runMicroservices } from '../deploy/microservices.js';
+import { deploymentStatus, runMicroservices } from '../deploy/microservices.js';
 import { runMonolith } from '../deploy/monolith.js';
 import { runWorker, type WorkerRole } from '../deploy/worker.js';
 import { serviceGroups } from '../deploy/microservices.js';
@@ -152,11 +152,22 @@ export async function main(argv: string[]): Promise<void> {
         if (!group) throw new CliError(`no service group named ${o.group}`);
         role = { kind: 'group', group: group.name, services: group.services, replica: o.replica };
       }
-      const worker = await runWorker(app, appDir, topology, role, o.registry, log);
+      const worker = await runWorker(app, appDir, topology, role, o.registry, log, overrides);
       process.stdout.write(`evolith: ${label}#${o.replica} serving on ${worker.address}\n`);
       // A supervised worker dies with its supervisor, whatever killed it.
       if (process.send) process.on('disconnect', () => process.exit(1));
       installSignalHandlers({ url: worker.address, architecture: 'microservices', services: [], stop: () => worker.stop() }, log);
+    });
+
+  program
+    .command('status')
+    .description('list the processes and instances of a running microservices deployment')
+    .argument('<appDir>', 'directory holding app.ts and evolith.yaml')
+    .option('-d, --data <dir>', 'data directory the deployment was started with')
+    .action(async (appDirArg: string, o: { data?: string }) => {
+      const appDir = resolve(appDirArg);
+      const topology = loadTopology(appDir, { data: o.data === undefined ? undefined : resolve(o.data) });
+      process.stdout.write(await deploymentStatus(topology.data));
     });
 
   program

@@ -1,9 +1,9 @@
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
 import type { AppDefinition } from '../app/define.js';
-import { startRegistryServer, type RegistryServer } from '../discovery/registry-server.js';
+import { RegistryServer } from '../discovery/registry-server.js';
 import { ConfigError } from '../kernel/errors.js';
 import { Supervisor } from './supervisor.js';
 import { watchTopology, type Topology, type TopologyOverrides, type TopologyWatch } from './topology.js';
@@ -64,9 +64,12 @@ export async function runMicroservices(
   options: { readyTimeoutMs?: number } = {},
 ): Promise<RunningDeployment> {
   let groups = serviceGroups(app, topology);
-  const registry: RegistryServer = await startRegistryServer({ log: log.child({ component: 'registry' }) });
-  const registryUrl = registry.url!;
   const supervisor = new Supervisor({});
+  const registry = new RegistryServer({ log: log.child({ component: 'registry' }) });
+  // The control plane's own view beside the registry's: processes, pids, restarts.
+  registry.app.get('/processes', async () => ({ processes: supervisor.status() }));
+  await registry.listen(0, '127.0.0.1');
+  const registryUrl = registry.url!;
   const env = { EVOLITH_TOPOLOGY_OVERRIDES: JSON.stringify(overrides) };
   const spawnWorker = (group: string, replica: number) =>
     supervisor.start({
@@ -79,17 +82,20 @@ export async function runMicroservices(
   for (const g of groups) for (let r = 0; r < g.replicas; r++) spawnWorker(g.name, r);
   spawnWorker('edge', 0);
 
+  const controlFile = join(topology.data, '.evolith', 'control-plane.json');
+  mkdirSync(join(topology.data, '.evolith'), { recursive: true });
   const stopAll = async () => {
     watch?.close();
     // The edge first, so that no new request starts; then the services, which drain their calls.
     await supervisor.stop('edge', 0);
     await supervisor.stopAll();
     await registry.close();
+    rmSync(controlFile, { force: true });
   };
 
   let url: string;
   try {
-    url = await waitUntilReady(registry, groups, options.readyTimeoutMs ?? 60_000);
+    url = await waitUntilReady(registry, groups, options.readyTimeoutMs ?? 60_000, (line) => process.stdout.write(line + '\n'));
   } catch (err) {
     await stopAll();
     throw err;
@@ -119,8 +125,6 @@ export async function runMicroservices(
     (err) => log.error({ err: err.message }, 'topology change ignored: the file is invalid'),
   );
 
-  const controlFile = join(topology.data, '.evolith', 'control-plane.json');
-  mkdirSync(join(topology.data, '.evolith'), { recursive: true });
   writeFileSync(controlFile, JSON.stringify({ registryUrl, url, pid: process.pid }, null, 2));
 
   return {
@@ -132,17 +136,62 @@ export async function runMicroservices(
   };
 }
 
-async function waitUntilReady(registry: RegistryServer, groups: ServiceGroup[], timeoutMs: number): Promise<string> {
+async function waitUntilReady(registry: RegistryServer, groups: ServiceGroup[], timeoutMs: number, progress: (line: string) => void): Promise<string> {
   const end = Date.now() + timeoutMs;
   const needed = groups.filter((g) => g.replicas > 0).flatMap((g) => g.services);
+  const total = groups.reduce((n, g) => n + g.replicas * g.services.length, 0) + 1;
+  let shown = -1;
   for (;;) {
     const ready = (service: string) => registry.registry.endpoints(service).length > 0;
     const edge = registry.registry.endpoints('edge')[0];
     const missing = needed.filter((s) => !ready(s));
+    const up = [...needed, 'edge'].reduce((n, s) => n + registry.registry.endpoints(s).length, 0);
+    if (up !== shown) {
+      shown = up;
+      progress(`evolith: starting — ${up}/${total} instances ready${missing.length ? `; waiting for ${missing.join(', ')}` : ''}`);
+    }
     if (edge && missing.length === 0) return `http://${edge.address}`;
     if (Date.now() > end) {
       throw new ConfigError(`the deployment did not become ready within ${timeoutMs} ms; waiting for: ${[...missing, ...(edge ? [] : ['edge'])].join(', ')}`);
     }
     await new Promise((r) => setTimeout(r, 100));
   }
+}
+
+interface StatusInstance {
+  id: string;
+  service: string;
+  address: string;
+  ready: boolean;
+  health: string;
+  metadata?: Record<string, string>;
+}
+
+/** A table of what a running deployment (found through its data directory) has where. */
+export async function deploymentStatus(dataDir: string): Promise<string> {
+  const file = join(dataDir, '.evolith', 'control-plane.json');
+  let control: { registryUrl: string; url: string; pid: number };
+  try {
+    control = JSON.parse(readFileSync(file, 'utf8'));
+  } catch {
+    throw new ConfigError(`no running microservices deployment found (no ${file}); start one with --arch microservices`);
+  }
+  let instances: StatusInstance[];
+  let processes: { name: string; replica: number; pid?: number; state: string; restarts: number }[];
+  try {
+    const [s, p] = await Promise.all([fetch(`${control.registryUrl}/status`), fetch(`${control.registryUrl}/processes`)]);
+    instances = ((await s.json()) as { instances: StatusInstance[] }).instances;
+    processes = ((await p.json()) as { processes: typeof processes }).processes;
+  } catch (err) {
+    throw new ConfigError(`the control plane at ${control.registryUrl} (pid ${control.pid}) does not answer: ${(err as Error).message}`);
+  }
+  const rows = [['process', 'pid', 'state', 'restarts', 'instances (address, health)']];
+  for (const p of processes) {
+    const mine = instances.filter((i) => i.metadata?.pid !== undefined && Number(i.metadata.pid) === p.pid);
+    const where = mine.map((i) => `${i.service}@${i.address} ${i.health}${i.ready ? '' : ' (not ready)'}`).join(', ') || '-';
+    rows.push([`${p.name}#${p.replica}`, String(p.pid ?? '-'), p.state, String(p.restarts), where]);
+  }
+  const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
+  const lines = rows.map((r) => r.map((cell, c) => cell.padEnd(widths[c]!)).join('  ').trimEnd());
+  return `edge ${control.url}, control plane pid ${control.pid}, registry ${control.registryUrl}\n${lines.join('\n')}\n`;
 }

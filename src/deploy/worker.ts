@@ -20,7 +20,7 @@ import { resilientRemote } from '../resilience/remote.js';
 import { RpcServer, type RpcResolver } from '../rpc/tcp-server.js';
 import { TcpTransport } from '../rpc/tcp-transport.js';
 import { storageFor } from './monolith.js';
-import type { Topology } from './topology.js';
+import { watchTopology, type Topology, type TopologyOverrides } from './topology.js';
 
 /** What one process of a microservices deployment runs: a service group, or the edge. */
 export type WorkerRole = { kind: 'group'; group: string; services: readonly string[]; replica: number } | { kind: 'edge'; replica: number };
@@ -47,7 +47,15 @@ export async function eventBusFor(topology: Topology, log: Logger): Promise<Even
  * RPC server (or the HTTP edge), registers each of them with the registry, and reaches every
  * other service through discovery, a balancer and the resilience policy.
  */
-export async function runWorker(app: AppDefinition, appDir: string, topology: Topology, role: WorkerRole, registryUrl: string, log: Logger): Promise<RunningWorker> {
+export async function runWorker(
+  app: AppDefinition,
+  appDir: string,
+  topology: Topology,
+  role: WorkerRole,
+  registryUrl: string,
+  log: Logger,
+  overrides: TopologyOverrides = {},
+): Promise<RunningWorker> {
   const local = role.kind === 'group' ? app.services.filter((s) => role.services.includes(s.contract.name)) : [];
   if (role.kind === 'group' && local.length !== role.services.length) {
     const known = new Set(app.services.map((s) => s.contract.name));
@@ -80,6 +88,20 @@ export async function runWorker(app: AppDefinition, appDir: string, topology: To
   });
   await registry.whenSynced(5_000);
   await runtime.start();
+  // Timeouts, retries, bulkheads and affinity follow evolith.yaml while the process runs.
+  const config = watchTopology(
+    appDir,
+    overrides,
+    (next) => {
+      try {
+        policy.configure({ policies: next.policies, affinity: next.affinity });
+        log.info({ policies: next.policies }, 'policies updated from the topology');
+      } catch (err) {
+        log.error({ err: (err as Error).message }, 'policy update refused; the previous policies stay');
+      }
+    },
+    (err) => log.error({ err: err.message }, 'topology change ignored: the file is invalid'),
+  );
 
   if (role.kind === 'edge') {
     const edgeAuth = app.edge?.auth;
@@ -114,6 +136,7 @@ export async function runWorker(app: AppDefinition, appDir: string, topology: To
     return {
       address: `http://${topology.host}:${port}`,
       async stop() {
+        config.close();
         await agent.stop();
         await gateway.close();
         await runtime.stop();
@@ -149,6 +172,7 @@ export async function runWorker(app: AppDefinition, appDir: string, topology: To
   return {
     address: server.address,
     async stop() {
+      config.close();
       // Leave the registry first so callers stop choosing this instance, then drain.
       await Promise.all(agents.map((a) => a.stop()));
       await server.close();
