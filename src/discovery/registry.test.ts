@@ -55,6 +55,21 @@ describe('Registry', () => {
     expect(r.instance('warehouse-1')).toMatchObject({ health: 'passing' });
   });
 
+  test('a registry that was itself paused does not expire the instances it could not hear from', () => {
+    const c = clock();
+    const r = new Registry({ sweepIntervalMs: 0, now: c.now, defaultTtlMs: 1_000 });
+    r.register(wh(1));
+    r.register(wh(2));
+    // The registry process was stopped for 5 s; its sweep runs 5 s late, before the queued heartbeats.
+    c.advance(5_000);
+    r.sweep(5_000);
+    expect(r.endpoints('warehouse')).toHaveLength(2);
+    // The pause is forgiven once: an instance that then stays silent for its TTL still expires.
+    c.advance(1_001);
+    r.sweep();
+    expect(r.endpoints('warehouse')).toHaveLength(0);
+  });
+
   test('expired instances are reaped from status after reapAfterMs', () => {
     const c = clock();
     const r = new Registry({ sweepIntervalMs: 0, now: c.now, defaultTtlMs: 100, reapAfterMs: 1_000 });

@@ -99,7 +99,13 @@ export class Registry {
     this.now = options.now ?? Date.now;
     const every = options.sweepIntervalMs ?? 500;
     if (every > 0) {
-      this.timer = setInterval(() => this.sweep(), every);
+      let last = this.now();
+      this.timer = setInterval(() => {
+        const now = this.now();
+        const late = now - last - every;
+        last = now;
+        this.sweep(late > every ? late : 0);
+      }, every);
       this.timer.unref();
     }
   }
@@ -162,12 +168,18 @@ export class Registry {
     return true;
   }
 
-  /** Expires instances whose heartbeats stopped and forgets long-expired ones. */
-  sweep(): void {
+  /**
+   * Expires instances whose heartbeats stopped and forgets long-expired ones. `pausedMs` is how
+   * late this sweep runs: time the registry itself was stopped or starved does not count
+   * against instances (their heartbeats are queued behind this sweep), or a paused registry
+   * would expire every live instance the moment it resumes.
+   */
+  sweep(pausedMs = 0): void {
     const now = this.now();
     const changed = new Set<string>();
     for (const [id, rec] of this.instances) {
       if (rec.expiredAt === undefined) {
+        if (pausedMs > 0) rec.lastHeartbeat += pausedMs;
         if (now - rec.lastHeartbeat > rec.ttlMs) {
           rec.expiredAt = now;
           changed.add(rec.info.service);
