@@ -19,7 +19,16 @@ export async function loadApp(appDir: string): Promise<AppDefinition> {
   if (!existsSync(appDir)) throw new CliError(`app directory ${appDir} does not exist`);
   const entry = APP_ENTRIES.map((f) => join(appDir, f)).find((f) => existsSync(f));
   if (!entry) throw new CliError(`no app entry in ${appDir}: expected one of ${APP_ENTRIES.join(', ')}`);
-  const mod = (await import(pathToFileURL(entry).href)) as { default?: AppDefinition };
+  let mod: { default?: AppDefinition };
+  try {
+    mod = (await import(pathToFileURL(entry).href)) as { default?: AppDefinition };
+  } catch (err) {
+    // Outside an ESM package, TypeScript files load as CommonJS and fail with a riddle instead.
+    if ((err as NodeJS.ErrnoException).code === 'ERR_REQUIRE_CYCLE_MODULE' || /require\(\) ES Module/.test(String(err))) {
+      throw new CliError(`${entry} could not be loaded as an ES module: put a package.json with "type": "module" in ${appDir} or a parent directory`);
+    }
+    throw err;
+  }
   if (!mod.default || mod.default.kind !== 'app') throw new CliError(`${entry} must export default defineApp({...})`);
   return mod.default;
 }
