@@ -189,7 +189,8 @@ export async function deploymentStatus(dataDir: string): Promise<string> {
   for (const p of processes) {
     const mine = instances.filter((i) => i.metadata?.pid !== undefined && Number(i.metadata.pid) === p.pid);
     const where = mine.map((i) => `${i.service}@${i.address} ${i.health}${i.ready ? '' : ' (not ready)'}`).join(', ') || '-';
-    rows.push([`${p.name}#${p.replica}`, String(p.pid ?? '-'), p.state, String(p.restarts), where]);
+    const http = mine.find((i) => i.metadata?.http)?.metadata?.http;
+    rows.push([`${p.name}#${p.replica}`, String(p.pid ?? '-'), p.state, String(p.restarts), http ? `${where} (rpc over http ${http})` : where]);
   }
   const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
   const lines = rows.map((r) => r.map((cell, c) => cell.padEnd(widths[c]!)).join('  ').trimEnd());

@@ -17,7 +17,9 @@ import { Runtime } from '../kernel/runtime.js';
 import { PrometheusTelemetry } from '../observe/telemetry.js';
 import { ResilientPolicy } from '../resilience/policy.js';
 import { resilientRemote } from '../resilience/remote.js';
+import { rpcHttpPlugin } from '../rpc/http-transport.js';
 import { RpcServer, type RpcResolver } from '../rpc/tcp-server.js';
+import Fastify from 'fastify';
 import { TcpTransport } from '../rpc/tcp-transport.js';
 import { storageFor } from './monolith.js';
 import { watchTopology, type Topology, type TopologyOverrides } from './topology.js';
@@ -154,6 +156,13 @@ export async function runWorker(
   };
   const server = new RpcServer({ resolve, log, host: topology.host, drainMs: topology.drainMs });
   await server.listen();
+  // The same methods over HTTP (`POST /rpc/<service>/<method>`, JSON or msgpack) for interop and
+  // debugging with curl. It believes the caller headers it is sent, so it listens on loopback only.
+  const http = Fastify({ logger: false });
+  await http.register(rpcHttpPlugin, { resolve });
+  await http.listen({ port: 0, host: '127.0.0.1' });
+  const httpAddress = http.server.address();
+  const httpUrl = typeof httpAddress === 'object' && httpAddress ? `http://127.0.0.1:${httpAddress.port}` : '';
   const agents = local.map(
     (s) =>
       new InstanceAgent({
@@ -163,7 +172,7 @@ export async function runWorker(
           service: s.contract.name,
           version: s.contract.version,
           address: server.address,
-          metadata: { group: role.group, replica: String(role.replica), pid: String(process.pid) },
+          metadata: { group: role.group, replica: String(role.replica), pid: String(process.pid), http: httpUrl },
         },
         log,
       }),
@@ -175,7 +184,7 @@ export async function runWorker(
       config.close();
       // Leave the registry first so callers stop choosing this instance, then drain.
       await Promise.all(agents.map((a) => a.stop()));
-      await server.close();
+      await Promise.all([server.close(), http.close()]);
       await runtime.stop();
       registry.close();
     },
