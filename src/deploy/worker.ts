@@ -1,13 +1,10 @@
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { AppDefinition } from '../app/define.js';
-import { createJwtAuthenticator } from '../auth/jwt-authenticator.js';
-import { openApiDocument } from '../contract/schema.js';
 import { createBalancer } from '../discovery/balancers.js';
 import { EndpointStats } from '../discovery/endpoint-stats.js';
 import { InstanceAgent } from '../discovery/instance-agent.js';
 import { RegistryClient } from '../discovery/registry-client.js';
-import { createGateway } from '../edge/gateway.js';
 import { NatsEventBus } from '../events/nats-bus.js';
 import { SqliteEventBus } from '../events/sqlite-bus.js';
 import { MemoryEventBus } from '../events/memory-bus.js';
@@ -21,6 +18,7 @@ import { rpcHttpPlugin } from '../rpc/http-transport.js';
 import { RpcServer, type RpcResolver } from '../rpc/tcp-server.js';
 import Fastify from 'fastify';
 import { TcpTransport } from '../rpc/tcp-transport.js';
+import { startEdge } from './edge.js';
 import { storageFor } from './monolith.js';
 import { watchTopology, type Topology, type TopologyOverrides } from './topology.js';
 
@@ -106,29 +104,9 @@ export async function runWorker(
   );
 
   if (role.kind === 'edge') {
-    const edgeAuth = app.edge?.auth;
-    const gateway = await createGateway({
-      app,
-      appDir,
-      invoke: (method, input, root) => runtime.invoke(method, input, undefined, root),
-      authenticator: edgeAuth
-        ? createJwtAuthenticator({
-            fetchJwks: async () => (await runtime.invoke(edgeAuth.jwks, {}, undefined, undefined, undefined, 'edge')) as never,
-            issuer: edgeAuth.issuer,
-            audience: edgeAuth.audience,
-          })
-        : undefined,
-      log,
-      bodyLimit: topology.edge.bodyLimit,
-      extras: (server) => {
-        server.get('/metrics', async (_req, reply) => reply.type('text/plain; version=0.0.4').send(await telemetry.metrics()));
-        server.get('/openapi.json', async () => openApiDocument(app));
-        server.get('/evolith/endpoints', async () => policy.health());
-      },
+    const { gateway, port } = await startEdge(app, appDir, topology, runtime, telemetry, log, (server) => {
+      server.get('/evolith/endpoints', async () => policy.health());
     });
-    await gateway.listen({ port: topology.port, host: topology.host });
-    const address = gateway.server.address();
-    const port = typeof address === 'object' && address ? address.port : topology.port;
     const agent = new InstanceAgent({
       url: registryUrl,
       instance: { id: `edge-${role.replica}`, service: 'edge', version: '1', address: `${topology.host}:${port}`, metadata: { pid: String(process.pid) } },

@@ -1,0 +1,57 @@
+import type { AddressInfo } from 'node:net';
+import type { FastifyInstance } from 'fastify';
+import type { Logger } from 'pino';
+import type { AppDefinition } from '../app/define.js';
+import { createJwtAuthenticator } from '../auth/jwt-authenticator.js';
+import { openApiDocument } from '../contract/schema.js';
+import { createGateway } from '../edge/gateway.js';
+import { ConfigError } from '../kernel/errors.js';
+import type { Runtime } from '../kernel/runtime.js';
+import type { PrometheusTelemetry } from '../observe/telemetry.js';
+import type { Topology } from './topology.js';
+
+/**
+ * The app's HTTP edge over a runtime, as every architecture runs it: routes, token checks with
+ * keys from the app's JWKS method, metrics and OpenAPI. Listens on the topology's host and port.
+ */
+export async function startEdge(
+  app: AppDefinition,
+  appDir: string,
+  topology: Topology,
+  runtime: Runtime,
+  telemetry: PrometheusTelemetry,
+  log: Logger,
+  extras?: (server: FastifyInstance) => void,
+): Promise<{ gateway: FastifyInstance; port: number }> {
+  const edgeAuth = app.edge?.auth;
+  const gateway = await createGateway({
+    app,
+    appDir,
+    invoke: (method, input, root) => runtime.invoke(method, input, undefined, root),
+    authenticator: edgeAuth
+      ? createJwtAuthenticator({
+          // The edge asks as a service: the JWKS method may be internal.
+          fetchJwks: async () => (await runtime.invoke(edgeAuth.jwks, {}, undefined, undefined, undefined, 'edge')) as never,
+          issuer: edgeAuth.issuer,
+          audience: edgeAuth.audience,
+        })
+      : undefined,
+    log,
+    bodyLimit: topology.edge.bodyLimit,
+    extras: (server) => {
+      server.get('/metrics', async (_req, reply) => reply.type('text/plain; version=0.0.4').send(await telemetry.metrics()));
+      server.get('/openapi.json', async () => openApiDocument(app));
+      extras?.(server);
+    },
+  });
+  try {
+    await gateway.listen({ port: topology.port, host: topology.host });
+  } catch (err) {
+    await gateway.close();
+    if ((err as NodeJS.ErrnoException).code === 'EADDRINUSE') {
+      throw new ConfigError(`port ${topology.port} on ${topology.host} is already in use; stop whatever holds it or choose another with --port`);
+    }
+    throw err;
+  }
+  return { gateway, port: (gateway.server.address() as AddressInfo).port };
+}
