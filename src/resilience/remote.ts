@@ -3,8 +3,8 @@
  * the Runtime calls `policy.execute(method, (meta) => transport.invoke(method, input, meta), meta)`,
  * which gives the policy neither the input (for affinity) nor a way to hand the transport the
  * endpoint it chose. So the policy runs inside `transport.invoke`, and the slot's policy only
- * supplies timeouts. (Once the kernel passes `input` and an endpoint through — see the
- * proposal in the session notes — ResilientPolicy can sit in the slot directly.)
+ * supplies timeouts. (Once the kernel's CallPolicy passes `input` and a chosen endpoint
+ * through, ResilientPolicy can sit in the slot directly.)
  */
 import type { MethodDef } from '../contract/define.js';
 import type { CallMeta, CallPolicy, Endpoint, Transport } from '../kernel/plugins.js';
