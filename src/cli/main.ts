@@ -148,6 +148,12 @@ export async function main(argv: string[]): Promise<void> {
     .option('--edge', 'run the HTTP edge instead of a service group')
     .option('--replica <n>', 'replica number', (v) => Number(v), 0)
     .action(async (appDirArg: string, o: { registry: string; group?: string; edge?: boolean; replica: number }) => {
+      // A supervised worker dies with its supervisor, whatever killed it — also while it is
+      // still starting, so the watch goes first.
+      if (process.send) {
+        process.on('disconnect', () => process.exit(1));
+        if (!process.connected) process.exit(1);
+      }
       const appDir = resolve(appDirArg);
       const overrides = JSON.parse(process.env.EVOLITH_TOPOLOGY_OVERRIDES ?? '{}') as TopologyOverrides;
       const topology = loadTopology(appDir, overrides);
@@ -163,8 +169,6 @@ export async function main(argv: string[]): Promise<void> {
       }
       const worker = await runWorker(app, appDir, topology, role, o.registry, log, overrides);
       process.stdout.write(`evolith: ${label}#${o.replica} serving on ${worker.address}\n`);
-      // A supervised worker dies with its supervisor, whatever killed it.
-      if (process.send) process.on('disconnect', () => process.exit(1));
       installSignalHandlers({ url: worker.address, architecture: 'microservices', services: [], stop: () => worker.stop() }, log);
     });
 
