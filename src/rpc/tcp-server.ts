@@ -5,6 +5,7 @@ import { NotFoundError, NotSerializableError, TimeoutError, toEvolithError, Unav
 import type { ServiceHost } from '../kernel/host.js';
 import type { CallMeta } from '../kernel/plugins.js';
 import { newTrace, parseTraceparent } from '../kernel/trace.js';
+import { BatchedWriter } from './batched-writer.js';
 import { DEFAULT_MAX_FRAME_BYTES, encodeFrame, FrameDecoder, FrameEncodeError, type Message, type RequestMessage } from './frame.js';
 
 /** What serves one method: the server half of the call pipeline (authorise → validate → handler → validate output). */
@@ -174,8 +175,7 @@ class ServerConnection {
   private readonly remote: string;
   private inflight = 0;
   private paused = false;
-  private corked = false;
-  private corkedBytes = 0;
+  private readonly writer: BatchedWriter;
   private closed = false;
   private draining = false;
   private onIdle: (() => void) | undefined;
@@ -185,6 +185,7 @@ class ServerConnection {
     private readonly socket: Socket,
   ) {
     this.remote = `${socket.remoteAddress}:${socket.remotePort}`;
+    this.writer = new BatchedWriter(socket);
     this.decoder = new FrameDecoder(
       (m) => this.onMessage(m),
       (reason) => this.protocolError(reason),
@@ -349,21 +350,7 @@ class ServerConnection {
   private write(frame: Buffer): void {
     const socket = this.socket;
     if (socket.writableEnded) return;
-    if (!this.corked) {
-      // Answers settled in the same tick leave in one write (one syscall) instead of one each.
-      this.corked = true;
-      socket.cork();
-      process.nextTick(uncork, this);
-    }
-    socket.write(frame);
-    this.corkedBytes += frame.length;
-    if (this.corkedBytes >= FLUSH_BYTES) {
-      // Big batches go out in slices, so the peer can start on the first answers while
-      // this side still works on the rest (both ends busy at once, not in turns).
-      this.corkedBytes = 0;
-      socket.uncork();
-      socket.cork();
-    }
+    this.writer.write(frame);
     if (!this.paused && socket.writableLength > Math.max(this.server.highWaterMark, socket.writableHighWaterMark)) {
       // The peer is not reading its answers: stop reading its requests until it catches up.
       this.paused = true;
@@ -371,18 +358,4 @@ class ServerConnection {
       socket.pause();
     }
   }
-
-  /** @internal */
-  uncork(): void {
-    this.corked = false;
-    this.corkedBytes = 0;
-    this.socket.uncork();
-  }
-}
-
-/** Corked bytes beyond which a batch is written out without waiting for the end of the tick. */
-const FLUSH_BYTES = 16 * 1024;
-
-function uncork(conn: ServerConnection): void {
-  conn.uncork();
 }

@@ -5,6 +5,7 @@ import { DeadlineEntry, unwatch, watch, withDeadline } from '../kernel/deadline.
 import { ConfigError, deserializeError, NotSerializableError, TimeoutError, UnavailableError } from '../kernel/errors.js';
 import type { CallMeta, Transport } from '../kernel/plugins.js';
 import { formatTraceparent } from '../kernel/trace.js';
+import { BatchedWriter } from './batched-writer.js';
 import { DEFAULT_MAX_FRAME_BYTES, encodeFrame, FrameDecoder, FrameEncodeError, parseAddress, type Message } from './frame.js';
 
 export interface TcpTransportOptions {
@@ -236,8 +237,7 @@ class Connection {
   private connected = false;
   private closed = false;
   private draining = false;
-  private corked = false;
-  private corkedBytes = 0;
+  private readonly writer: BatchedWriter;
   private lastError: Error | undefined;
   private onClosed: (() => void) | undefined;
 
@@ -255,6 +255,7 @@ class Connection {
     );
     const socket = connect({ host, port, noDelay: true, keepAlive: true, keepAliveInitialDelay: 30_000 });
     this.socket = socket;
+    this.writer = new BatchedWriter(socket);
     const connectTimer = setTimeout(() => {
       if (!this.connected) socket.destroy(new Error(`no connection within ${transport.connectTimeoutMs} ms`));
     }, transport.connectTimeoutMs);
@@ -343,29 +344,7 @@ class Connection {
   }
 
   private write(frame: Buffer): void {
-    const socket = this.socket;
-    if (!this.corked) {
-      // Calls made in the same tick leave in one write.
-      this.corked = true;
-      socket.cork();
-      process.nextTick(uncork, this);
-    }
-    socket.write(frame);
-    this.corkedBytes += frame.length;
-    if (this.corkedBytes >= FLUSH_BYTES) {
-      // Big batches go out in slices, so the peer can start on the first answers while
-      // this side still works on the rest (both ends busy at once, not in turns).
-      this.corkedBytes = 0;
-      socket.uncork();
-      socket.cork();
-    }
-  }
-
-  /** @internal */
-  uncork(): void {
-    this.corked = false;
-    this.corkedBytes = 0;
-    this.socket.uncork();
+    this.writer.write(frame);
   }
 
   private onMessage(m: Message): void {
@@ -425,11 +404,4 @@ class Connection {
     this.pings.clear();
     this.onClosed?.();
   }
-}
-
-/** Corked bytes beyond which a batch is written out without waiting for the end of the tick. */
-const FLUSH_BYTES = 16 * 1024;
-
-function uncork(conn: Connection): void {
-  conn.uncork();
 }
