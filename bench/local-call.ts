@@ -11,6 +11,7 @@ import { ServiceBroker } from 'moleculer';
 import pino from 'pino';
 import { defineContract, implement, z } from '../src/index.js';
 import { Runtime } from '../src/kernel/runtime.js';
+import { inProcessPlugins } from '../src/worker/backends.js';
 import { SqliteStorage } from '../src/storage/sqlite.js';
 import { median, printTable } from './support/stats.js';
 
@@ -84,7 +85,7 @@ async function main() {
   const iterations = Number(process.env.BENCH_ITERATIONS ?? 100_000);
   const rounds = Number(process.env.BENCH_ROUNDS ?? 7);
   const dir = mkdtempSync(join(tmpdir(), 'evolith-bench-'));
-  const runtime = new Runtime({ services: [service], storage: new SqliteStorage(dir), log: pino({ level: 'warn' }) });
+  const runtime = new Runtime({ services: [service], ...inProcessPlugins(), storage: new SqliteStorage(dir), log: pino({ level: 'warn' }) });
   await runtime.start();
   const client = runtime.client(contract);
 

@@ -22,7 +22,7 @@ import Moleculer from 'moleculer';
 import pino from 'pino';
 import { MemoryEventBus } from '../../src/events/memory-bus.js';
 import { ServiceHost, type HostEnvironment } from '../../src/kernel/host.js';
-import { NoopTelemetry } from '../../src/observe/telemetry.js';
+import { dataPlugins } from '../../src/worker/backends.js';
 import { rpcHttpPlugin } from '../../src/rpc/http-transport.js';
 import { hostResolver, RpcServer } from '../../src/rpc/tcp-server.js';
 import { SqliteStorage } from '../../src/storage/sqlite.js';
@@ -45,10 +45,10 @@ async function echoHost(): Promise<ServiceHost> {
       throw new Error('the bench service makes no calls');
     },
     bus,
-    telemetry: new NoopTelemetry(),
+    ...dataPlugins,
+    telemetry: undefined,
     log,
     config: () => ({}),
-    validateInput: true,
     eventTimeoutMs: 30_000,
   };
   const host = new ServiceHost(benchService, env);

@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { EvolithError, Identity, ValidationError } from 'evolith';
 import type { ServiceStore, StorageProvider } from '../../src/kernel/plugins.js';
 import { Runtime } from '../../src/kernel/runtime.js';
+import { inProcessPlugins } from '../../src/worker/backends.js';
 import { PostgresStorage } from '../../src/storage/postgres.js';
 import { SqliteStorage } from '../../src/storage/sqlite.js';
 import app from './app.js';
@@ -124,6 +125,7 @@ for (const backend of backends) {
     const boot = async () => {
       const runtime = new Runtime({
         services: app.services,
+        ...inProcessPlugins(),
         storage: env.storage(),
         checkSerializable: true,
         config: { payment: { paymentExpiresMs: 300 } },

@@ -4,11 +4,12 @@ import { pathToFileURL } from 'node:url';
 import { Command, InvalidArgumentError } from 'commander';
 import pino from 'pino';
 import type { AppDefinition } from '../app/define.js';
-import { contractDocument, openApiDocument } from '../contract/schema.js';
-import { deploymentStatus, runMicroservices } from '../deploy/microservices.js';
+import { contractDocument } from '../contract/schema.js';
+import { openApiDocument } from '../edge/openapi.js';
+import { runMicroservices } from '../deploy/microservices/control-plane.js';
+import { deploymentStatus } from '../deploy/microservices/status.js';
+import { runMicroservicesWorker } from '../deploy/microservices/worker-main.js';
 import { runMonolith } from '../deploy/monolith.js';
-import { runWorker, type WorkerRole } from '../deploy/worker.js';
-import { serviceGroups } from '../deploy/microservices.js';
 import { ARCHITECTURES, loadTopology, type Topology, type TopologyOverrides } from '../deploy/topology.js';
 import { EvolithError } from '../kernel/errors.js';
 
@@ -45,7 +46,7 @@ interface Running {
 type Deployer = (app: AppDefinition, appDir: string, topology: Topology, overrides: TopologyOverrides, log: pino.Logger) => Promise<Running>;
 
 const deployers: Partial<Record<string, Deployer>> = {
-  monolith: (app, appDir, topology, _overrides, log) => runMonolith(app, appDir, topology, log),
+  monolith: runMonolith,
   microservices: runMicroservices,
 };
 
@@ -122,7 +123,8 @@ export async function main(argv: string[]): Promise<void> {
     .argument('<appDir>', 'directory holding app.ts and evolith.yaml')
     .option('-a, --arch <name>', `architecture (${ARCHITECTURES.join(', ')})`)
     .option('-p, --port <n>', 'HTTP port of the edge (0 picks a free one)', port)
-    .option('--host <address>', 'address the edge listens on')
+    .option('--host <address>', 'address the public edge listens on')
+    .option('--internal-host <address>', 'address internal listeners (RPC, registry) bind to; default 127.0.0.1')
     .option('-d, --data <dir>', 'data directory for embedded databases')
     .option('--storage <kind>', 'sqlite, or a postgres:// URL (one schema per service)')
     .option('--schema-prefix <prefix>', 'prefix for PostgreSQL schema names')
@@ -132,6 +134,7 @@ export async function main(argv: string[]): Promise<void> {
         architecture: o.arch as string | undefined,
         port: o.port as number | undefined,
         host: o.host as string | undefined,
+        internalHost: o.internalHost as string | undefined,
         data: o.data === undefined ? undefined : resolve(o.data as string),
         storage: o.storage as string | undefined,
         schemaPrefix: o.schemaPrefix as string | undefined,
@@ -156,20 +159,10 @@ export async function main(argv: string[]): Promise<void> {
       }
       const appDir = resolve(appDirArg);
       const overrides = JSON.parse(process.env.EVOLITH_TOPOLOGY_OVERRIDES ?? '{}') as TopologyOverrides;
-      const topology = loadTopology(appDir, overrides);
       const app = await loadApp(appDir);
-      const label = o.edge ? 'edge' : o.group;
-      const log = pino({ level: process.env.EVOLITH_LOG_LEVEL ?? 'info', base: { app: app.name, process: `${label}#${o.replica}` } });
-      let role: WorkerRole;
-      if (o.edge) role = { kind: 'edge', replica: o.replica };
-      else {
-        const group = serviceGroups(app, topology).find((g) => g.name === o.group);
-        if (!group) throw new CliError(`no service group named ${o.group}`);
-        role = { kind: 'group', group: group.name, services: group.services, replica: o.replica };
-      }
-      const worker = await runWorker(app, appDir, topology, role, o.registry, log, overrides);
-      process.stdout.write(`evolith: ${label}#${o.replica} serving on ${worker.address}\n`);
-      installSignalHandlers({ url: worker.address, architecture: 'microservices', services: [], stop: () => worker.stop() }, log);
+      const { label, worker, log } = await runMicroservicesWorker(app, appDir, overrides, o);
+      process.stdout.write(`evolith: ${label} serving on ${worker.url ?? worker.address}\n`);
+      installSignalHandlers({ url: worker.url ?? worker.address ?? '', architecture: 'microservices', services: [], stop: () => worker.stop() }, log);
     });
 
   program

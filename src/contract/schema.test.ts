@@ -3,7 +3,8 @@ import { z } from 'zod';
 import { defineApp, route } from '../app/define.js';
 import { implement } from '../kernel/service.js';
 import { defineContract } from './define.js';
-import { contractDocument, openApiDocument } from './schema.js';
+import { openApiDocument } from '../edge/openapi.js';
+import { contractDocument } from './schema.js';
 
 const shop = defineContract({
   name: 'shop',

@@ -3,9 +3,10 @@ import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import type { AppDefinition } from '../app/define.js';
 import { createJwtAuthenticator } from '../auth/jwt-authenticator.js';
-import { openApiDocument } from '../contract/schema.js';
+import { openApiDocument } from '../edge/openapi.js';
 import { createGateway } from '../edge/gateway.js';
 import { ConfigError } from '../kernel/errors.js';
+import type { Authenticator, Identity } from '../kernel/plugins.js';
 import type { Runtime } from '../kernel/runtime.js';
 import type { PrometheusTelemetry } from '../observe/telemetry.js';
 import type { Topology } from './topology.js';
@@ -21,7 +22,7 @@ export async function startEdge(
   runtime: Runtime,
   telemetry: PrometheusTelemetry,
   log: Logger,
-  extras?: (server: FastifyInstance) => void,
+  assertIdentity?: (identity: Identity) => Identity,
 ): Promise<{ gateway: FastifyInstance; port: number }> {
   const edgeAuth = app.edge?.auth;
   const gateway = await createGateway({
@@ -29,19 +30,18 @@ export async function startEdge(
     appDir,
     invoke: (method, input, root) => runtime.invoke(method, input, undefined, root),
     authenticator: edgeAuth
-      ? createJwtAuthenticator({
+      ? outsideIdentities(createJwtAuthenticator({
           // The edge asks as a service: the JWKS method may be internal.
           fetchJwks: async () => (await runtime.invoke(edgeAuth.jwks, {}, undefined, undefined, undefined, 'edge')) as never,
           issuer: edgeAuth.issuer,
           audience: edgeAuth.audience,
-        })
+        }), assertIdentity)
       : undefined,
     log,
     bodyLimit: topology.edge.bodyLimit,
     extras: (server) => {
       server.get('/metrics', async (_req, reply) => reply.type('text/plain; version=0.0.4').send(await telemetry.metrics()));
       server.get('/openapi.json', async () => openApiDocument(app));
-      extras?.(server);
     },
   });
   try {
@@ -54,4 +54,21 @@ export async function startEdge(
     throw err;
   }
   return { gateway, port: (gateway.server.address() as AddressInfo).port };
+}
+
+/**
+ * Identities from outside are users, whatever a token says: the service role is never one of
+ * their roles (only a service proving itself on the internal plane acts as a service). Where
+ * calls leave the process, `assertIdentity` attaches the form a callee can verify.
+ */
+function outsideIdentities(inner: Authenticator, assertIdentity: ((identity: Identity) => Identity) | undefined): Authenticator {
+  return {
+    async authenticate(header) {
+      const identity = await inner.authenticate(header);
+      if (!identity) return undefined;
+      const roles = identity.roles.filter((r) => r !== 'ROLE_SERVICE');
+      const user: Identity = { subject: identity.subject, roles, ...(identity.claims ? { claims: identity.claims } : {}) };
+      return assertIdentity ? assertIdentity(user) : user;
+    },
+  };
 }

@@ -30,6 +30,7 @@ describe('loadTopology', () => {
     expect(loadTopology(dir)).toEqual({
       architecture: 'monolith',
       host: '127.0.0.1',
+      internalHost: '127.0.0.1',
       port: 8080,
       data: join(dir, 'data'),
       storage: 'sqlite',

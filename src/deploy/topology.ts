@@ -11,8 +11,10 @@ const policy = z
     timeoutMs: z.number().int().positive().optional(),
     /** Attempts after the first, for idempotent methods only. */
     retries: z.number().int().min(0).max(10).optional(),
-    /** Concurrent calls allowed into a callee before callers are refused (bulkhead). */
+    /** Concurrent calls allowed into a callee before further calls queue (bulkhead, per service). */
     maxConcurrent: z.number().int().positive().optional(),
+    /** Calls waiting for a bulkhead slot before further calls are refused. */
+    maxQueue: z.number().int().min(0).optional(),
   })
   .strict();
 
@@ -48,7 +50,13 @@ const storage = z.union([
 export const topologySchema = z
   .object({
     architecture: z.string().default('monolith'),
+    /** Address the public edge listens on. */
     host: z.string().default('127.0.0.1'),
+    /**
+     * Address internal listeners (RPC, interop, registry) bind to: loopback unless a
+     * deployment spans machines on a private network. Never the edge's `host`.
+     */
+    internalHost: z.string().min(1).default('127.0.0.1'),
     port: z.number().int().min(0).max(65535).default(8080),
     /** Data directory (SQLite files), relative to the app directory. */
     data: z.string().default('data'),
@@ -79,6 +87,7 @@ export interface TopologyOverrides {
   architecture?: string;
   port?: number;
   host?: string;
+  internalHost?: string;
   data?: string;
   storage?: string;
   schemaPrefix?: string;
@@ -102,6 +111,7 @@ export function loadTopology(appDir: string, overrides: TopologyOverrides = {}):
   if (overrides.architecture !== undefined) raw.architecture = overrides.architecture;
   if (overrides.port !== undefined) raw.port = overrides.port;
   if (overrides.host !== undefined) raw.host = overrides.host;
+  if (overrides.internalHost !== undefined) raw.internalHost = overrides.internalHost;
   if (overrides.data !== undefined) raw.data = overrides.data;
   if (overrides.storage !== undefined) {
     raw.storage = overrides.storage === 'sqlite' ? 'sqlite' : { driver: 'postgres', url: overrides.storage };

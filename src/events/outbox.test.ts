@@ -170,8 +170,9 @@ describe('events through the outbox', () => {
       expect(of(mailed, id)).toHaveLength(1);
       expect(of(billed, id)).toHaveLength(1);
     });
-    // Subscribers run as the emitting service, in the emitter's trace.
-    expect(of(mailed, id)[0]).toMatchObject({ caller: 'service:orders', source: 'orders', traceId });
+    // Subscribers run as themselves (an identity they can prove across processes), in the
+    // emitter's trace; the event names its emitter.
+    expect(of(mailed, id)[0]).toMatchObject({ caller: 'service:mailer', source: 'orders', traceId });
   });
 
   test('an event emitted in a transaction that throws is never delivered', async () => {

@@ -1,19 +1,11 @@
 import { randomUUID } from 'node:crypto';
 import type { Kysely } from 'kysely';
 import type { Logger } from 'pino';
-import type { EventDef } from '../contract/define.js';
 import { ValidationError } from '../kernel/errors.js';
 import { zodIssues } from '../kernel/validate.js';
-import type { EventBus, EventEnvelope } from '../kernel/plugins.js';
+import type { EventBus, EventEnvelope, OutboxDispatch, OutboxEntry, OutboxStore } from '../kernel/plugins.js';
 
-export interface OutboxEntry {
-  event: EventDef;
-  payload: unknown;
-  key?: string;
-  id?: string;
-  deliverAt?: number;
-  traceparent?: string;
-}
+export type { OutboxEntry } from '../kernel/plugins.js';
 
 /** Creates the framework's own tables in a service's database. */
 export async function createEventTables(db: Kysely<any>): Promise<void> {
@@ -59,7 +51,7 @@ function creationStamp(): number {
 }
 
 /** Writes validated events into the outbox table through `db` (the handler's transaction, if any). */
-export async function writeOutbox(db: Kysely<any>, entries: OutboxEntry[]): Promise<void> {
+export async function writeOutbox(db: Kysely<any>, entries: readonly OutboxEntry[]): Promise<void> {
   const now = Date.now();
   const rows = entries.map((e) => {
     const parsed = e.event.schema.safeParse(e.payload);
@@ -106,7 +98,7 @@ const RETENTION_MS = 60 * 60 * 1000;
  * timers when their time comes (also after a restart), failed deliveries again with backoff.
  * A row is marked delivered only after the bus accepted it, so delivery is at least once.
  */
-export class OutboxDispatcher {
+export class OutboxDispatcher implements OutboxDispatch {
   private timer: NodeJS.Timeout | undefined;
   /** When the armed timer fires; Infinity while none is armed (a pass is running or pending). */
   private wakeAt = Infinity;
@@ -285,3 +277,12 @@ export async function alreadyDelivered(db: Kysely<any>, id: string): Promise<boo
   const row = await db.selectFrom('evolith_inbox').select('id').where('id', '=', id).executeTakeFirst();
   return row !== undefined;
 }
+
+/** The outbox and inbox as tables in each service's own database (SQLite or PostgreSQL, through Kysely). */
+export const sqlOutbox: OutboxStore = {
+  prepare: createEventTables,
+  write: writeOutbox,
+  claimDelivery,
+  alreadyDelivered,
+  dispatcher: (db, service, bus, log) => new OutboxDispatcher(db, service, bus, log),
+};

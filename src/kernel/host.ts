@@ -1,11 +1,9 @@
 import type { Kysely, Transaction } from 'kysely';
 import type { Logger } from 'pino';
 import type { AnyContract, EventDef, MethodDef } from '../contract/define.js';
-import { alreadyDelivered, claimDelivery, createEventTables, OutboxDispatcher, writeOutbox, type OutboxEntry } from '../events/outbox.js';
-import { migrate } from '../storage/migrate.js';
 import { DeadlineEntry, unwatch, watch, withDeadline } from './deadline.js';
 import { EvolithError, ForbiddenError, InternalError, TimeoutError, UnavailableError, ValidationError } from './errors.js';
-import type { CallMeta, EventBus, EventEnvelope, Identity, ServiceStore, Telemetry } from './plugins.js';
+import type { CallMeta, EventBus, EventEnvelope, Identity, Migrator, OutboxDispatch, OutboxEntry, OutboxStore, ServiceStore, Telemetry } from './plugins.js';
 import type { Client, EmitOptions, EventContext, ServiceContext, ServiceDefinition, Subscription, TransactionContext } from './service.js';
 import { childTrace, formatTraceparent, newTrace, parseTraceparent, type TraceContext } from './trace.js';
 import { zodIssues } from './validate.js';
@@ -15,11 +13,12 @@ export interface HostEnvironment {
   /** A client for calls made by service `from` inside the call described by `parent`. */
   client<C extends AnyContract>(contract: C, parent: CallMeta, from: string): Client<C>;
   readonly bus: EventBus;
-  readonly telemetry: Telemetry;
+  readonly outbox: OutboxStore;
+  readonly migrator: Migrator;
+  /** Undefined: nobody observes calls, and the hot path reads no clock. */
+  readonly telemetry: Telemetry | undefined;
   readonly log: Logger;
   config(service: string): Readonly<Record<string, unknown>>;
-  /** Validate input on the server too (needed when the caller is on the other side of a wire). */
-  readonly validateInput: boolean;
   readonly eventTimeoutMs: number;
 }
 
@@ -30,7 +29,7 @@ export class ServiceHost {
   readonly name: string;
   readonly log: Logger;
   store: ServiceStore | undefined;
-  private outbox: OutboxDispatcher | undefined;
+  private outbox: OutboxDispatch | undefined;
   private inflight = 0;
   private idleWaiters: (() => void)[] = [];
   private unsubscribe: (() => void)[] = [];
@@ -56,9 +55,9 @@ export class ServiceHost {
   /** Opens the store and applies migrations. */
   async init(open: (service: string) => Promise<ServiceStore>): Promise<void> {
     this.store = await open(this.name);
-    await createEventTables(this.store.db);
+    await this.env.outbox.prepare(this.store.db);
     if (this.definition.database) {
-      const applied = await migrate(this.store.db, this.name, this.definition.database.migrations, this.store.schema);
+      const applied = await this.env.migrator.migrate(this.store.db, this.name, this.definition.database.migrations, this.store.schema);
       if (applied.length) this.log.info({ migrations: applied }, 'migrations applied');
     }
     this.state = 'ready';
@@ -73,7 +72,7 @@ export class ServiceHost {
       const meta: CallMeta = { deadline: Date.now() + 60_000, trace: newTrace(), caller: this.systemIdentity() };
       await this.definition.onStart(new HandlerContext(this, this.env, meta, undefined));
     }
-    this.outbox = new OutboxDispatcher(this.db, this.name, this.env.bus, this.log);
+    this.outbox = this.env.outbox.dispatcher(this.db, this.name, this.env.bus, this.log);
     this.outbox.start();
   }
 
@@ -121,29 +120,32 @@ export class ServiceHost {
     this.outbox?.notify(dueAt);
   }
 
+  /** The service acting on its own behalf: in event handlers, timers, start-up and stop. */
   systemIdentity(): Identity {
-    return { subject: `service:${this.name}`, roles: ['ROLE_SERVICE'] };
+    return (this.self ??= Object.freeze({ subject: `service:${this.name}`, roles: Object.freeze(['ROLE_SERVICE']), service: this.name }));
   }
+  private self: Identity | undefined;
 
   /**
    * Server half of the pipeline: authorise → validate → handler → validate output.
    * Written without async/await: an in-process call pays for one promise, not a chain of them.
-   * `fromWire` marks a call that arrived over a transport: its input was validated by a client
-   * this process does not trust, so it is validated again here.
+   * `fromWire` marks a call that arrived over a transport: `input` is the caller's original
+   * input, which this side parses with the same schema (its defaults and transforms apply here,
+   * once), and which a client this process does not control may have sent unchecked.
    */
   handle(method: MethodDef, input: unknown, meta: CallMeta, fromWire = false): Promise<unknown> {
     if (this.state !== 'running' && this.state !== 'stopping') {
-      return Promise.reject(new UnavailableError(`service ${this.name} is not running (${this.state})`));
+      return refuse(new UnavailableError(`service ${this.name} is not running (${this.state})`), method);
     }
     const handler = (this.definition.handlers as Record<string, (i: unknown, c: ServiceContext<any>) => Promise<unknown>>)[method.name];
-    if (!handler) return Promise.reject(new UnavailableError(`service ${this.name} has no method ${method.name}`));
+    if (!handler) return refuse(new UnavailableError(`service ${this.name} has no method ${method.name}`), method);
     let value = input;
     try {
       if (method.internal && meta.from === undefined) {
         throw new ForbiddenError(`${method.fullName} is internal: only other services may call it`);
       }
       if (method.roles && method.roles.length > 0) authorise(method, meta.caller);
-      if (fromWire || this.env.validateInput) {
+      if (fromWire) {
         const r = method.input.safeParse(input);
         if (!r.success) {
           const issues = zodIssues(r.error);
@@ -152,7 +154,7 @@ export class ServiceHost {
         value = r.data;
       }
     } catch (err) {
-      return Promise.reject(err);
+      return refuse(err as EvolithError, method);
     }
     const ctx = new HandlerContext(this, this.env, meta, undefined);
     this.inflight++;
@@ -180,12 +182,12 @@ export class ServiceHost {
   /** Called by PendingCall when the caller gets its answer, however it ended. */
   finished(method: MethodDef, started: number, errorCode: string | undefined): void {
     const telemetry = this.env.telemetry;
-    if (telemetry.enabled) telemetry.callEnded(method, (performance.now() - started) / 1000, errorCode);
+    if (telemetry) telemetry.callEnded(method, (performance.now() - started) / 1000, errorCode);
   }
 
   startedCall(method: MethodDef): number {
     const telemetry = this.env.telemetry;
-    if (!telemetry.enabled) return 0;
+    if (!telemetry) return 0;
     telemetry.callStarted(method);
     return performance.now();
   }
@@ -193,26 +195,24 @@ export class ServiceHost {
   /** Delivers one event to one subscription, at most once per event id. */
   private async deliver(sub: Subscription, envelope: EventEnvelope): Promise<void> {
     if (this.state !== 'running') throw new UnavailableError(`service ${this.name} is not taking events`);
-    if (await alreadyDelivered(this.db, envelope.id)) return;
+    if (await this.env.outbox.alreadyDelivered(this.db, envelope.id)) return;
     const parsed = sub.event.schema.safeParse(envelope.payload);
     if (!parsed.success) {
       // A payload that breaks the contract will never succeed: record it as handled so it
       // does not block its key forever, and say so loudly.
       this.log.error({ event: envelope.topic, id: envelope.id, issues: zodIssues(parsed.error) }, 'dropping event with invalid payload');
-      await claimDelivery(this.db, envelope.id, envelope.topic);
+      await this.env.outbox.claimDelivery(this.db, envelope.id, envelope.topic);
       return;
     }
     const parent = parseTraceparent(envelope.traceparent) ?? newTrace();
-    const meta: CallMeta = {
-      deadline: Date.now() + this.env.eventTimeoutMs,
-      trace: childTrace(parent),
-      caller: { subject: `service:${envelope.source}`, roles: ['ROLE_SERVICE'] },
-    };
+    // A subscriber acts as itself (ctx.event.source names the emitter): that is an identity it
+    // can prove when its handler calls a service in another process.
+    const meta: CallMeta = { deadline: Date.now() + this.env.eventTimeoutMs, trace: childTrace(parent), caller: this.systemIdentity() };
     const ctx = new HandlerContext(this, this.env, meta, envelope);
     this.inflight++;
     try {
       await withDeadline(sub.handler(parsed.data, ctx as EventContext<any>), meta.deadline, `${this.name} handling ${envelope.topic}`, () => ctx.abort());
-      if (!ctx.claimed) await claimDelivery(this.db, envelope.id, envelope.topic);
+      if (!ctx.claimed) await this.env.outbox.claimDelivery(this.db, envelope.id, envelope.topic);
     } catch (err) {
       if (err instanceof DuplicateDelivery) return;
       throw err;
@@ -221,8 +221,12 @@ export class ServiceHost {
     }
   }
 
-  async addToOutbox(db: Kysely<any>, entries: OutboxEntry[]): Promise<void> {
-    await writeOutbox(db, entries);
+  addToOutbox(db: Kysely<any>, entries: OutboxEntry[]): Promise<void> {
+    return this.env.outbox.write(db, entries);
+  }
+
+  claimDelivery(db: Kysely<any>, id: string, topic: string): Promise<boolean> {
+    return this.env.outbox.claimDelivery(db, id, topic);
   }
 }
 
@@ -270,6 +274,12 @@ class PendingCall extends DeadlineEntry {
     this.host.finished(this.method, this.started, e.code);
     this.reject(e);
   }
+}
+
+/** The callee turned the call away before its handler ran: the refusal is the callee's. */
+function refuse(err: EvolithError, method: MethodDef): Promise<never> {
+  err.origin ??= method.fullName;
+  return Promise.reject(err);
 }
 
 function authorise(method: MethodDef, caller: Identity | undefined): void {
@@ -360,7 +370,7 @@ class HandlerContext implements EventContext<any> {
     const claim = this.envelope && !this.claimed ? this.envelope : undefined;
     const result = await this.db.transaction().execute(async (trx: Transaction<any>) => {
       if (claim) {
-        if (!(await claimDelivery(trx, claim.id, claim.topic))) throw new DuplicateDelivery();
+        if (!(await this.host.claimDelivery(trx, claim.id, claim.topic))) throw new DuplicateDelivery();
       }
       const sink = this.host;
       const trace = this.meta.trace;

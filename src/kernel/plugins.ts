@@ -1,9 +1,12 @@
 /**
- * The kernel's plugin slots. Each architecture fills them differently; the kernel only
- * knows these interfaces. Monolith mode uses the in-process implementation of each.
+ * The kernel's plugin slots. Each architecture fills them differently; the kernel only knows
+ * these interfaces, and the worker runtime (src/worker) hands it the implementations. How a
+ * call reaches a service hosted elsewhere is not a slot but a chain: see placement.ts.
  */
 import type { Kysely } from 'kysely';
-import type { MethodDef } from '../contract/define.js';
+import type { Logger } from 'pino';
+import type { EventDef, MethodDef } from '../contract/define.js';
+import type { Migration } from './service.js';
 import type { TraceContext } from './trace.js';
 
 /** Who is calling: propagated on every call, from the edge through every hop. */
@@ -12,6 +15,14 @@ export interface Identity {
   readonly subject: string;
   readonly roles: readonly string[];
   readonly claims?: Readonly<Record<string, unknown>>;
+  /** Set when a service acts on its own behalf (events, timers, start-up): the service's name. */
+  readonly service?: string;
+  /**
+   * A signed form of this identity that a callee in another process can verify (made by the
+   * edge of a deployment whose calls cross processes). Without it, a user identity cannot
+   * leave its process.
+   */
+  readonly assertion?: string;
 }
 
 /** Metadata that travels with every call. */
@@ -24,20 +35,6 @@ export interface CallMeta {
   readonly from?: string;
 }
 
-/** transport: carries a validated call to an instance of the callee and brings back its answer. */
-export interface Transport {
-  readonly name: string;
-  invoke(method: MethodDef, input: unknown, meta: CallMeta): Promise<unknown>;
-  close?(): Promise<void>;
-}
-
-/** codec: turns messages into bytes and back (identity in-process). */
-export interface Codec {
-  readonly name: string;
-  encode(value: unknown): Uint8Array;
-  decode(bytes: Uint8Array): unknown;
-}
-
 export interface Endpoint {
   readonly service: string;
   readonly id: string;
@@ -45,7 +42,7 @@ export interface Endpoint {
   readonly metadata?: Readonly<Record<string, string>>;
 }
 
-/** discovery: where instances of a service are. */
+/** discovery: where instances of a service are (used by links that choose an endpoint). */
 export interface Discovery {
   endpoints(service: string): readonly Endpoint[];
   watch?(service: string, onChange: (endpoints: readonly Endpoint[]) => void): () => void;
@@ -54,12 +51,6 @@ export interface Discovery {
 /** balancer: picks one endpoint for a call. */
 export interface Balancer {
   pick(endpoints: readonly Endpoint[], method: MethodDef, input: unknown): Endpoint | undefined;
-}
-
-/** policy: timeouts (and, beyond one process, retries, circuits, bulkheads) around a call. */
-export interface CallPolicy {
-  timeoutFor(method: MethodDef): number;
-  execute<T>(method: MethodDef, attempt: (meta: CallMeta) => Promise<T>, meta: CallMeta): Promise<T>;
 }
 
 /** An event as it travels: `id` is the idempotency key subscribers deduplicate on. */
@@ -105,6 +96,44 @@ export interface StorageProvider {
 /** auth: turns a presented credential into an identity (or refuses it). */
 export interface Authenticator {
   authenticate(authorization: string | undefined): Promise<Identity | undefined>;
+}
+
+/** An event waiting in a service's outbox. */
+export interface OutboxEntry {
+  event: EventDef;
+  payload: unknown;
+  key?: string;
+  id?: string;
+  deliverAt?: number;
+  traceparent?: string;
+}
+
+/** Hands a service's committed outbox rows to the bus. */
+export interface OutboxDispatch {
+  start(): void;
+  /** A commit wrote an event due at `dueAt` (epoch ms). */
+  notify(dueAt: number): void;
+  stop(): Promise<void>;
+}
+
+/**
+ * outbox: the transactional outbox and the inbox, kept in each service's own database, so an
+ * event commits with the change that caused it and a redelivered event is applied once.
+ */
+export interface OutboxStore {
+  /** Creates the outbox and inbox tables in a service's database (idempotent). */
+  prepare(db: Kysely<any>): Promise<void>;
+  /** Writes validated events through `db` (the handler's transaction, if any). */
+  write(db: Kysely<any>, entries: readonly OutboxEntry[]): Promise<void>;
+  /** Records a delivery as applied; false when it already was. */
+  claimDelivery(db: Kysely<any>, id: string, topic: string): Promise<boolean>;
+  alreadyDelivered(db: Kysely<any>, id: string): Promise<boolean>;
+  dispatcher(db: Kysely<any>, service: string, bus: EventBus, log: Logger): OutboxDispatch;
+}
+
+/** migrator: applies a service's migrations once each, in name order; returns the names applied. */
+export interface Migrator {
+  migrate(db: Kysely<any>, service: string, migrations: Readonly<Record<string, Migration>>, schema?: string): Promise<string[]>;
 }
 
 /** telemetry: observes every call. */

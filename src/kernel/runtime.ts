@@ -1,33 +1,36 @@
 import pino, { type Logger } from 'pino';
 import type { AnyContract, MethodDef } from '../contract/define.js';
-import { MemoryEventBus } from '../events/memory-bus.js';
-import { NoopTelemetry } from '../observe/telemetry.js';
-import { ConfigError, deserializeError, serializeError, TimeoutError, UnavailableError, ValidationError } from './errors.js';
+import { ConfigError, deserializeError, EvolithError, serializeError, TimeoutError, UnavailableError, ValidationError } from './errors.js';
 import { ServiceHost, type HostEnvironment } from './host.js';
-import { FirstBalancer, LocalDiscovery, LocalPolicy, type MethodPolicy } from './local-plugins.js';
-import type { Balancer, CallMeta, CallPolicy, Discovery, EventBus, Identity, ServiceStore, StorageProvider, Telemetry, Transport } from './plugins.js';
+import { assemble, Call, type Next, type PlacementProvider, type Terminal } from './placement.js';
+import type { CallMeta, EventBus, Identity, Migrator, OutboxStore, ServiceStore, StorageProvider, Telemetry } from './plugins.js';
+import { PolicyTable, type PolicyOverrides } from './policy-table.js';
 import { assertSerializable } from './serializable.js';
 import type { CallOptions, Client, ServiceDefinition } from './service.js';
 import { childTrace, newTrace, type TraceContext } from './trace.js';
 import { zodIssues } from './validate.js';
 
-export { DEFAULT_TIMEOUT_MS, type MethodPolicy } from './local-plugins.js';
+export { DEFAULT_TIMEOUT_MS, type MethodPolicy } from './policy-table.js';
 
 export interface RuntimeOptions {
+  /** The services this process hosts. */
   services: readonly ServiceDefinition[];
   storage: StorageProvider;
-  bus?: EventBus;
+  /** Carries events between services; the runtime closes it on stop. */
+  bus: EventBus;
+  outbox: OutboxStore;
+  migrator: Migrator;
   telemetry?: Telemetry;
   log?: Logger;
   /** Per-service configuration handed to handlers as `ctx.config`. */
   config?: Readonly<Record<string, Readonly<Record<string, unknown>>>>;
-  /** Policies by `service.method`, `service` or `*` (most specific wins). */
-  policies?: Readonly<Record<string, MethodPolicy>>;
+  /** Policies by `service.method`, `service` or `*` (most specific wins), or a live table shared with links. */
+  policies?: PolicyOverrides | PolicyTable;
   /**
-   * Services that run in other processes, and how calls reach them: a transport and the
-   * policy around it (retries, circuits, bulkheads). Without it every service must be local.
+   * How calls reach services not hosted here: the deployer's chains. Without it every callee
+   * must be hosted in this process. The runtime closes it on stop.
    */
-  remote?: { transport: Transport; policy: CallPolicy };
+  placement?: PlacementProvider;
   /** Fail any call whose input, output or error would not survive a network hop. */
   checkSerializable?: boolean;
   /** How long stop() waits for in-flight calls. */
@@ -44,39 +47,38 @@ export interface RootCall {
 
 /**
  * The kernel: owns service lifecycle (init/start/stop in dependency order) and the client
- * half of the call pipeline (validate → metadata → policy → transport). Monolith mode uses the
- * in-process transport below; other architectures plug in their own.
+ * half of the call pipeline: validate the input, make the call's metadata (deadline, trace,
+ * caller), then hand it to the callee's chain (see placement.ts). Hosted services end in a
+ * LocalTerminal; every other callee in the chain its deployer provides.
  */
 export class Runtime {
   readonly log: Logger;
   readonly bus: EventBus;
-  readonly telemetry: Telemetry;
+  readonly telemetry: Telemetry | undefined;
   readonly hosts = new Map<string, ServiceHost>();
-  /** Calls to services hosted in this process. */
-  readonly transport: Transport;
-  readonly policy: LocalPolicy;
-  readonly discovery: Discovery;
+  /** The live policy settings every chain of this process reads. */
+  readonly policies: PolicyTable;
   private readonly order: ServiceDefinition[];
+  private readonly chains = new Map<string, Next>();
   private started = false;
 
   constructor(private readonly options: RuntimeOptions) {
     this.log = options.log ?? pino({ level: process.env.EVOLITH_LOG_LEVEL ?? 'info' });
-    this.bus = options.bus ?? new MemoryEventBus();
-    this.telemetry = options.telemetry ?? new NoopTelemetry();
-    this.order = startOrder(options.services, options.remote !== undefined);
+    this.bus = options.bus;
+    this.telemetry = options.telemetry?.enabled ? options.telemetry : undefined;
+    this.policies = options.policies instanceof PolicyTable ? options.policies : new PolicyTable(options.policies ?? {});
+    this.order = startOrder(options.services, options.placement !== undefined);
     const env: HostEnvironment = {
       client: (contract, parent, from) => this.client(contract, parent, undefined, from),
       bus: this.bus,
+      outbox: options.outbox,
+      migrator: options.migrator,
       telemetry: this.telemetry,
       log: this.log,
       config: (service) => options.config?.[service] ?? {},
-      validateInput: false,
       eventTimeoutMs: options.eventTimeoutMs ?? 30_000,
     };
     for (const def of this.order) this.hosts.set(def.contract.name, new ServiceHost(def, env));
-    this.policy = new LocalPolicy(options.policies);
-    this.discovery = new LocalDiscovery(this.hosts.keys());
-    this.transport = new InProcessTransport(this.hosts, this.discovery, new FirstBalancer(), options.checkSerializable ?? false);
   }
 
   get services(): readonly ServiceDefinition[] {
@@ -109,8 +111,7 @@ export class Runtime {
       }
     }
     await this.bus.close();
-    await this.transport.close?.();
-    await this.options.remote?.transport.close?.();
+    await this.options.placement?.close?.();
   }
 
   /** Client half of the pipeline. `parent` is the calling handler's metadata, if any. */
@@ -122,26 +123,23 @@ export class Runtime {
     options?: CallOptions,
     from?: string,
   ): Promise<unknown> {
+    // The first link of every chain: nothing invalid leaves the caller.
     const r = method.input.safeParse(input);
     if (!r.success) {
       const issues = zodIssues(r.error);
-      return Promise.reject(
-        new ValidationError(`invalid input for ${method.fullName}: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`, issues),
-      );
+      const err = new ValidationError(`invalid input for ${method.fullName}: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`, issues);
+      // The same error the callee's side gives input it refuses, wherever it runs.
+      err.origin = method.fullName;
+      return Promise.reject(err);
     }
-    const local = this.hosts.has(method.service);
-    const remote = local ? undefined : this.options.remote;
-    const policy = remote ? remote.policy : this.policy;
     const now = Date.now();
-    let deadline = now + (options?.timeoutMs ?? root?.timeoutMs ?? policy.timeoutFor(method));
+    let deadline = now + (options?.timeoutMs ?? root?.timeoutMs ?? this.policies.timeoutFor(method));
     if (parent && parent.deadline < deadline) deadline = parent.deadline;
     if (deadline <= now) return Promise.reject(new TimeoutError(`no time left to call ${method.fullName}: the caller's deadline has passed`));
     const meta: CallMeta = parent
       ? { deadline, trace: childTrace(parent.trace), caller: parent.caller, from }
       : { deadline, trace: root?.trace ? childTrace(root.trace) : newTrace(), caller: root?.caller, from };
-    if (!remote) return this.transport.invoke(method, r.data, meta);
-    const value = r.data;
-    return remote.policy.execute(method, (m) => remote.transport.invoke(method, value, m), meta);
+    return this.chain(method.service)(new Call(method, input, r.data, meta));
   }
 
   /** A typed client. Inside a handler use `ctx.client()`, which carries deadline, trace and caller. */
@@ -158,42 +156,62 @@ export class Runtime {
     if (!h) throw new UnavailableError(`no service named ${service} in this app`);
     return h;
   }
+
+  /** The chain to `service`, assembled on the first call to it. */
+  private chain(service: string): Next {
+    let next = this.chains.get(service);
+    if (!next) {
+      next = this.assembleChain(service);
+      this.chains.set(service, next);
+    }
+    return next;
+  }
+
+  private assembleChain(service: string): Next {
+    const host = this.hosts.get(service);
+    if (host) return assemble({ links: [], terminal: new LocalTerminal(host, this.options.checkSerializable ?? false) });
+    const provider = this.options.placement;
+    if (!provider) {
+      return () => Promise.reject(new UnavailableError(`service ${service} is not part of this app`));
+    }
+    const inner = assemble(provider.placement(service));
+    // Failures raised on the way (no instance, circuit open, the transport's own timeout) are
+    // the callee's: naming it keeps a caller's caller from blaming the caller.
+    return (call) => inner(call).then(undefined, (err) => Promise.reject(attribute(err, call.method)));
+  }
 }
 
-/** Monolith transport: a call is a function call on the local host. No codec, no socket. */
-export class InProcessTransport implements Transport {
-  readonly name = 'in-process';
-  private readonly resolved = new Map<string, ServiceHost | undefined>();
+function attribute(err: unknown, method: MethodDef): unknown {
+  if (err instanceof EvolithError && err.origin === undefined) err.origin = method.fullName;
+  return err;
+}
+
+/**
+ * The monolith's terminal, and every architecture's for services in the same process: a call is
+ * a function call on the local host. No codec, no socket. With `checkSerializable` it fails
+ * any call whose data would not cross a wire unchanged, and rebuilds errors from their
+ * serialised form, as a wire would.
+ */
+export class LocalTerminal implements Terminal {
+  readonly name = 'local';
   constructor(
-    private readonly hosts: ReadonlyMap<string, ServiceHost>,
-    private readonly discovery: Discovery,
-    private readonly balancer: Balancer,
+    private readonly host: ServiceHost,
     private readonly checkSerializable: boolean,
   ) {}
 
-  private hostFor(method: MethodDef): ServiceHost | undefined {
-    // Endpoints of an in-process app never change, so the lookup is made once per service.
-    if (!this.resolved.has(method.service)) {
-      const endpoint = this.balancer.pick(this.discovery.endpoints(method.service), method, undefined);
-      this.resolved.set(method.service, endpoint ? this.hosts.get(endpoint.service) : undefined);
-    }
-    return this.resolved.get(method.service);
+  send(call: Call): Promise<unknown> {
+    if (!this.checkSerializable) return this.host.handle(call.method, call.parsed, call.meta);
+    return this.checked(call);
   }
 
-  invoke(method: MethodDef, input: unknown, meta: CallMeta): Promise<unknown> {
-    const host = this.hostFor(method);
-    if (!host) return Promise.reject(new UnavailableError(`service ${method.service} is not part of this app`));
-    if (!this.checkSerializable) return host.handle(method, input, meta);
-    return this.checked(host, method, input, meta);
-  }
-
-  private async checked(host: ServiceHost, method: MethodDef, input: unknown, meta: CallMeta): Promise<unknown> {
-    assertSerializable(input, `input of ${method.fullName}`);
+  private async checked(call: Call): Promise<unknown> {
+    const { method } = call;
+    // What would cross the wire is the caller's own input, so that is what must survive it.
+    assertSerializable(call.input, `input of ${method.fullName}`);
     let out: unknown;
     try {
-      out = await host.handle(method, input, meta);
+      out = await this.host.handle(method, call.parsed, call.meta);
     } catch (err) {
-      // Errors must survive the wire too: rebuild them from their serialised form.
       throw deserializeError(serializeError(err));
     }
     assertSerializable(out, `output of ${method.fullName}`);

@@ -31,8 +31,8 @@ import {
   ValidationError,
   type SerializedError,
 } from '../kernel/errors.js';
-import { DEFAULT_TIMEOUT_MS } from '../kernel/local-plugins.js';
-import type { CallMeta, Identity, Transport } from '../kernel/plugins.js';
+import { DEFAULT_TIMEOUT_MS } from '../kernel/policy-table.js';
+import type { CallMeta, Identity } from '../kernel/plugins.js';
 import { formatTraceparent, newTrace, parseTraceparent } from '../kernel/trace.js';
 import type { RpcResolver } from './tcp-server.js';
 
@@ -44,6 +44,8 @@ const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, structured
 
 export interface RpcHttpOptions {
   resolve: RpcResolver;
+  /** The deadline of a call that names none (the process's policy table); default the contract's timeout. */
+  timeoutFor?: (method: MethodDef) => number;
   /** Largest request body in bytes; default 4 MiB (the TCP frame limit). */
   bodyLimit?: number;
 }
@@ -83,8 +85,8 @@ function callerFrom(req: FastifyRequest): Identity | undefined {
   return o.claims == null ? { subject: o.subject, roles: o.roles } : { subject: o.subject, roles: o.roles, claims: o.claims as Record<string, unknown> };
 }
 
-function deadlineFrom(req: FastifyRequest, method: MethodDef, now: number): number {
-  let deadline = now + (method.timeoutMs ?? DEFAULT_TIMEOUT_MS);
+function deadlineFrom(req: FastifyRequest, method: MethodDef, now: number, timeoutMs: number): number {
+  let deadline = now + timeoutMs;
   const absolute = header(req, 'x-evolith-deadline');
   if (absolute !== undefined) {
     const d = Number(absolute);
@@ -149,7 +151,7 @@ export async function rpcHttpPlugin(app: FastifyInstance, options: RpcHttpOption
     const target = options.resolve(service, name);
     if (!target) throw new NotFoundError(`this instance serves no method ${service}.${name}`);
     const now = Date.now();
-    const deadline = deadlineFrom(req, target.method, now);
+    const deadline = deadlineFrom(req, target.method, now, options.timeoutFor?.(target.method) ?? target.method.timeoutMs ?? DEFAULT_TIMEOUT_MS);
     if (deadline <= now) throw new TimeoutError(`${service}.${name} arrived after its deadline`, { deadline: new Date(deadline).toISOString() });
     const from = header(req, 'x-evolith-from');
     const meta: CallMeta = {
@@ -183,7 +185,7 @@ function isSerializedError(v: unknown): v is SerializedError {
 }
 
 /** The client side of RPC over HTTP, on the global fetch (undici, keep-alive). */
-export class HttpTransport implements Transport {
+export class HttpTransport {
   readonly name = 'http';
   private readonly format: Format;
   private readonly cursor = new Map<string, number>();

@@ -18,15 +18,16 @@ export interface RpcTarget {
 export type RpcResolver = (service: string, method: string) => RpcTarget | undefined;
 
 /**
- * A resolver over running service hosts. The hosts must validate input (`validateInput`):
- * nothing checked the input on this side of the wire.
+ * A resolver over running service hosts, for callers on the other side of a wire: each host
+ * parses the caller's input itself (nothing on this side checked it).
  */
 export function hostResolver(hosts: Iterable<ServiceHost>): RpcResolver {
   // Maps, not the contract's method objects, so that "constructor" or "__proto__" find nothing.
   const table = new Map<string, Map<string, RpcTarget>>();
   for (const host of hosts) {
     const methods = new Map<string, RpcTarget>();
-    for (const method of Object.values(host.definition.contract.methods)) methods.set(method.name, { method, host });
+    const wire = { handle: (m: MethodDef, input: unknown, meta: CallMeta) => host.handle(m, input, meta, true) };
+    for (const method of Object.values(host.definition.contract.methods)) methods.set(method.name, { method, host: wire });
     table.set(host.name, methods);
   }
   return (service, method) => table.get(service)?.get(method);

@@ -3,7 +3,7 @@ import pino, { type Logger } from 'pino';
 import type { MethodDef } from '../contract/define.js';
 import { DeadlineEntry, unwatch, watch, withDeadline } from '../kernel/deadline.js';
 import { ConfigError, deserializeError, NotSerializableError, TimeoutError, UnavailableError } from '../kernel/errors.js';
-import type { CallMeta, Transport } from '../kernel/plugins.js';
+import type { CallMeta } from '../kernel/plugins.js';
 import { formatTraceparent } from '../kernel/trace.js';
 import { BatchedWriter } from './batched-writer.js';
 import { DEFAULT_MAX_FRAME_BYTES, encodeFrame, FrameDecoder, FrameEncodeError, parseAddress, type Message } from './frame.js';
@@ -39,7 +39,7 @@ export interface TcpTransportOptions {
  * reached a server (not connected, refused, shutting down), so even a non-idempotent call may
  * be retried elsewhere.
  */
-export class TcpTransport implements Transport {
+export class TcpTransport {
   readonly name = 'tcp';
   private readonly pools = new Map<string, AddressPool>();
   private readonly cursor = new Map<string, number>();

@@ -1,4 +1,5 @@
-import { Migrator, type Kysely, type Migration as KyselyMigration } from 'kysely';
+import { Migrator as KyselyMigrator, type Kysely, type Migration as KyselyMigration } from 'kysely';
+import type { Migrator } from '../kernel/plugins.js';
 import type { Migration } from '../kernel/service.js';
 import { ConfigError } from '../kernel/errors.js';
 
@@ -11,7 +12,7 @@ export async function migrate(
 ): Promise<string[]> {
   const provided: Record<string, KyselyMigration> = {};
   for (const [name, up] of Object.entries(migrations)) provided[name] = { up };
-  const migrator = new Migrator({
+  const migrator = new KyselyMigrator({
     db,
     provider: { getMigrations: async () => provided },
     migrationTableName: 'evolith_migration',
@@ -29,3 +30,6 @@ export async function migrate(
   }
   return (results ?? []).filter((r) => r.status === 'Success').map((r) => r.migrationName);
 }
+
+/** Kysely's migrator, with its tracking tables in each service's own database. */
+export const kyselyMigrator: Migrator = { migrate };

@@ -8,6 +8,7 @@ import { silentLog } from '../../test/fixtures/unit-kit.js';
 import { defineContract } from '../contract/define.js';
 import type { ServiceStore } from '../kernel/plugins.js';
 import { Runtime } from '../kernel/runtime.js';
+import { inProcessPlugins } from '../worker/backends.js';
 import { database, implement } from '../kernel/service.js';
 import { migrate } from './migrate.js';
 import { PostgresStorage } from './postgres.js';
@@ -143,7 +144,7 @@ describe.skipIf(unavailable !== undefined)('PostgresStorage', () => {
       database: database({ migrations: { '001': async (db) => db.schema.createTable('trail').addColumn('v', 'text').execute() } }),
       handlers: {},
     });
-    const rt = new Runtime({ services: [svc, audit], storage, log: silentLog, checkSerializable: true });
+    const rt = new Runtime({ services: [svc, audit], ...inProcessPlugins(), storage, log: silentLog, checkSerializable: true });
     await rt.start();
     try {
       await rt.client(c).add({ cents: 5_000_000_000 });

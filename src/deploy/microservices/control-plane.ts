@@ -1,46 +1,15 @@
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
-import type { AppDefinition } from '../app/define.js';
-import { RegistryServer } from '../discovery/registry-server.js';
-import { ConfigError } from '../kernel/errors.js';
-import { Supervisor } from './supervisor.js';
-import { watchTopology, type Topology, type TopologyOverrides, type TopologyWatch } from './topology.js';
+import type { AppDefinition } from '../../app/define.js';
+import { RegistryServer } from '../../discovery/registry-server.js';
+import { ConfigError } from '../../kernel/errors.js';
+import { Supervisor } from '../supervisor.js';
+import { serviceGroups, type ServiceGroup } from './groups.js';
+import { watchTopology, type Topology, type TopologyOverrides, type TopologyWatch } from '../topology.js';
 
-export interface ServiceGroup {
-  readonly name: string;
-  readonly services: readonly string[];
-  readonly replicas: number;
-}
-
-/** Groups from the topology; every service not named in one runs in a group of its own. */
-export function serviceGroups(app: AppDefinition, topology: Topology): ServiceGroup[] {
-  const known = new Set(app.services.map((s) => s.contract.name));
-  const placed = new Map<string, string>();
-  const problems: string[] = [];
-  for (const [group, services] of Object.entries(topology.groups)) {
-    for (const s of services) {
-      if (!known.has(s)) problems.push(`group ${group} names ${s}, which is not a service of ${app.name}`);
-      else if (placed.has(s)) problems.push(`${s} is in two groups: ${placed.get(s)} and ${group}`);
-      else placed.set(s, group);
-    }
-  }
-  const groups = new Map<string, string[]>();
-  for (const s of app.services.map((d) => d.contract.name)) {
-    const g = placed.get(s) ?? s;
-    if (!placed.has(s) && topology.groups[s]) problems.push(`service ${s} is not in group ${s}, yet a group has its name`);
-    groups.set(g, [...(groups.get(g) ?? []), s]);
-  }
-  for (const name of Object.keys(topology.replicas)) {
-    if (!groups.has(name)) problems.push(`replicas names ${name}, which is neither a group nor an ungrouped service`);
-  }
-  if (groups.has('edge')) problems.push('"edge" is reserved for the HTTP gateway process');
-  if (problems.length) throw new ConfigError(`invalid microservices topology:\n${problems.map((p) => `  ${p}`).join('\n')}`);
-  return [...groups].map(([name, services]) => ({ name, services, replicas: topology.replicas[name] ?? 1 }));
-}
-
-const bin = resolve(fileURLToPath(new URL('../../bin/evolith.mjs', import.meta.url)));
+const bin = resolve(fileURLToPath(new URL('../../../bin/evolith.mjs', import.meta.url)));
 
 export interface RunningDeployment {
   readonly url: string;
@@ -68,7 +37,7 @@ export async function runMicroservices(
   const registry = new RegistryServer({ log: log.child({ component: 'registry' }) });
   // The control plane's own view beside the registry's: processes, pids, restarts.
   registry.app.get('/processes', async () => ({ processes: supervisor.status() }));
-  await registry.listen(0, '127.0.0.1');
+  await registry.listen(0, topology.internalHost);
   const registryUrl = registry.url!;
   const env = { EVOLITH_TOPOLOGY_OVERRIDES: JSON.stringify(overrides) };
   const spawnWorker = (group: string, replica: number) =>
@@ -158,41 +127,3 @@ async function waitUntilReady(registry: RegistryServer, groups: ServiceGroup[], 
   }
 }
 
-interface StatusInstance {
-  id: string;
-  service: string;
-  address: string;
-  ready: boolean;
-  health: string;
-  metadata?: Record<string, string>;
-}
-
-/** A table of what a running deployment (found through its data directory) has where. */
-export async function deploymentStatus(dataDir: string): Promise<string> {
-  const file = join(dataDir, '.evolith', 'control-plane.json');
-  let control: { registryUrl: string; url: string; pid: number };
-  try {
-    control = JSON.parse(readFileSync(file, 'utf8'));
-  } catch {
-    throw new ConfigError(`no running microservices deployment found (no ${file}); start one with --arch microservices`);
-  }
-  let instances: StatusInstance[];
-  let processes: { name: string; replica: number; pid?: number; state: string; restarts: number }[];
-  try {
-    const [s, p] = await Promise.all([fetch(`${control.registryUrl}/status`), fetch(`${control.registryUrl}/processes`)]);
-    instances = ((await s.json()) as { instances: StatusInstance[] }).instances;
-    processes = ((await p.json()) as { processes: typeof processes }).processes;
-  } catch (err) {
-    throw new ConfigError(`the control plane at ${control.registryUrl} (pid ${control.pid}) does not answer: ${(err as Error).message}`);
-  }
-  const rows = [['process', 'pid', 'state', 'restarts', 'instances (address, health)']];
-  for (const p of processes) {
-    const mine = instances.filter((i) => i.metadata?.pid !== undefined && Number(i.metadata.pid) === p.pid);
-    const where = mine.map((i) => `${i.service}@${i.address} ${i.health}${i.ready ? '' : ' (not ready)'}`).join(', ') || '-';
-    const http = mine.find((i) => i.metadata?.http)?.metadata?.http;
-    rows.push([`${p.name}#${p.replica}`, String(p.pid ?? '-'), p.state, String(p.restarts), http ? `${where} (rpc over http ${http})` : where]);
-  }
-  const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
-  const lines = rows.map((r) => r.map((cell, c) => cell.padEnd(widths[c]!)).join('  ').trimEnd());
-  return `edge ${control.url}, control plane pid ${control.pid}, registry ${control.registryUrl}\n${lines.join('\n')}\n`;
-}

@@ -4,11 +4,13 @@ import { Kit } from '../../test/fixtures/unit-kit.js';
 import { defineContract, type MethodDef } from '../contract/define.js';
 import { ConsistentHashBalancer, RoundRobinBalancer } from '../discovery/balancers.js';
 import { BusinessError, ConfigError, ErrorCodes, ForbiddenError, TimeoutError, UnavailableError, ValidationError } from '../kernel/errors.js';
-import type { CallMeta, CallPolicy, Discovery, Endpoint } from '../kernel/plugins.js';
+import { assemble, Call, type Next, type PlacementProvider } from '../kernel/placement.js';
+import type { CallMeta, Discovery, Endpoint } from '../kernel/plugins.js';
+import { checkOverrides, PolicyTable, type PolicyOverrides } from '../kernel/policy-table.js';
 import { implement } from '../kernel/service.js';
 import { newTrace } from '../kernel/trace.js';
-import { ResilientPolicy, type ResilientPolicyOptions } from './policy.js';
-import { resilientRemote } from './remote.js';
+import type { Affinity } from '../discovery/balancers.js';
+import { Resilience, type ResilienceOptions } from './resilience.js';
 
 const warehouse = defineContract({
   name: 'warehouse',
@@ -58,14 +60,65 @@ class Fake {
 
 const ok: Behaviour = async (_m, e) => ({ from: e.id });
 
-function policy(endpoints: Endpoint[], options: Partial<ResilientPolicyOptions> = {}): ResilientPolicy {
-  return new ResilientPolicy({
+/**
+ * The resilience links of one process, driven the way a chain drives them: each call runs down
+ * bulkhead → retry → choose endpoint → circuit to a terminal that makes `attempt` against the
+ * chosen endpoint.
+ */
+class Harness {
+  readonly resilience: Resilience;
+  private readonly chains = new Map<string, Next>();
+  constructor(options: ResilienceOptions) {
+    this.resilience = new Resilience(options);
+  }
+  get stats() {
+    return this.resilience.stats;
+  }
+  execute(method: MethodDef, attempt: (m: CallMeta, e: Endpoint) => Promise<unknown>, m: CallMeta, input?: unknown): Promise<unknown> {
+    let chain = this.chains.get(method.service);
+    if (!chain) {
+      chain = assemble({ links: this.resilience.links(method.service), terminal: { name: 'fake', send: (call: Call) => current.get(call)!(call.meta, call.endpoint!) } });
+      this.chains.set(method.service, chain);
+    }
+    const call = new Call(method, input, input, m);
+    current.set(call, attempt);
+    return chain(call);
+  }
+  health() {
+    return this.resilience.health();
+  }
+  guard(e: Endpoint) {
+    return this.resilience.guards.guard(e);
+  }
+  timeoutFor(method: MethodDef): number {
+    return this.resilience.policies.timeoutFor(method);
+  }
+  setOverrides(overrides: PolicyOverrides): void {
+    this.resilience.policies.set(overrides);
+  }
+  /** A configuration push: all of it or, if any part is invalid, none of it. */
+  configure(update: { policies?: PolicyOverrides; affinity?: Affinity }): void {
+    if (update.policies) checkOverrides(update.policies);
+    if (update.affinity) this.resilience.setAffinity(update.affinity);
+    if (update.policies) this.setOverrides(update.policies);
+  }
+}
+const current = new WeakMap<Call, (m: CallMeta, e: Endpoint) => Promise<unknown>>();
+
+type HarnessOptions = Omit<Partial<ResilienceOptions>, 'policies'> & { overrides?: PolicyOverrides; defaultTimeoutMs?: number; failoverUnsent?: boolean };
+
+function harness(endpoints: Endpoint[], options: HarnessOptions = {}): Harness {
+  const { overrides, defaultTimeoutMs, failoverUnsent, ...rest } = options;
+  return new Harness({
     discovery: new StaticDiscovery(endpoints),
     balancer: new RoundRobinBalancer(),
-    retry: { initialDelayMs: 1, maxDelayMs: 5 },
-    ...options,
+    ...rest,
+    retry: { initialDelayMs: 1, maxDelayMs: 5, ...(failoverUnsent === undefined ? {} : { failoverUnsent }), ...rest.retry },
+    policies: new PolicyTable(overrides ?? {}, defaultTimeoutMs),
   });
 }
+
+const policy = harness;
 
 async function failure(p: Promise<unknown>): Promise<any> {
   try {
@@ -279,7 +332,7 @@ describe('bulkhead per callee', () => {
     expect(err).toBeInstanceOf(UnavailableError);
     expect(err.code).toBe(ErrorCodes.UNAVAILABLE);
     expect(err.message).toBe(
-      'warehouse.getProduct: too many calls to warehouse (bulkhead full: 2 in flight, 1 queued); shed load or raise policies.warehouse.bulkhead',
+      'warehouse.getProduct: too many calls to warehouse (bulkhead full: 2 in flight, 1 queued); shed load or raise policies.warehouse.maxConcurrent',
     );
     // The queued call runs once a slot frees.
     gates.shift()!();
@@ -391,7 +444,7 @@ describe('timeouts and live overrides', () => {
   });
 
   test('an invalid push is refused whole and the running overrides stay', () => {
-    const p = new ResilientPolicy({ discovery: new StaticDiscovery([A]) });
+    const p = harness([A], { balancer: undefined });
     p.setOverrides({ warehouse: { timeoutMs: 300 } });
     expect(() => p.setOverrides({ warehouse: { timeoutMs: 100 }, '*': { retries: -1 } })).toThrow(ConfigError);
     expect(p.timeoutFor(list)).toBe(300);
@@ -401,7 +454,7 @@ describe('timeouts and live overrides', () => {
 
   test('affinity pushed live applies to the next call', async () => {
     const fake = new Fake({ [A.address]: ok, [B.address]: ok, [C.address]: ok });
-    const p = new ResilientPolicy({ discovery: new StaticDiscovery([A, B, C]) });
+    const p = harness([A, B, C], { balancer: undefined });
     p.configure({ affinity: { 'warehouse.getProduct': 'id' }, policies: { warehouse: { timeoutMs: 400 } } });
     const first = await p.execute(getProduct, fake.attempt, meta(), { id: 'p-3' });
     for (let i = 0; i < 10; i++) expect(await p.execute(getProduct, fake.attempt, meta(), { id: 'p-3' })).toEqual(first);
@@ -435,7 +488,7 @@ describe('endpoint choice', () => {
   test('the balancer sees the calls in flight through shared statistics', async () => {
     const gates: Array<() => void> = [];
     const fake = new Fake({ [A.address]: () => new Promise((r) => gates.push(() => r('a'))), [B.address]: ok });
-    const p = new ResilientPolicy({ discovery: new StaticDiscovery([A, B]) });
+    const p = harness([A, B], { balancer: undefined });
     const slow = [1, 2, 3].map(() => p.execute(list, fake.attempt, meta()));
     await sleep(5);
     // Power of two choices: with two endpoints, every pick compares both.
@@ -464,31 +517,37 @@ describe('with the Runtime', () => {
   });
   const shopService = implement(shop, { dependsOn: [stock], handlers: { check: async ({ sku }, ctx) => ctx.client(stock).level({ sku }) } });
 
-  test('fills the remote slot: calls reach a live endpoint, with the contract\'s timeout', async () => {
+  test('as a placement: calls reach a live endpoint with the caller\'s input and the contract\'s timeout', async () => {
     const s1: Endpoint = { service: 'stock', id: 's1', address: '10.0.1.1:7001' };
     const s2: Endpoint = { service: 'stock', id: 's2', address: '10.0.1.2:7001' };
     const sent: Array<{ address: string; input: unknown; method: MethodDef; budgetMs: number }> = [];
-    const p = new ResilientPolicy({ discovery: new StaticDiscovery([s1, s2]), balancer: new RoundRobinBalancer() });
-    const remote = resilientRemote(p, {
-      name: 'fake',
-      send: async (e, method, input, m) => {
-        sent.push({ address: e.address, input, method, budgetMs: m.deadline - Date.now() });
-        if (e === s1) throw refused();
-        return { n: 5 };
-      },
-    });
-    const rt = await kit.start([shopService], { remote });
+    const policies = new PolicyTable();
+    const resilience = new Resilience({ discovery: new StaticDiscovery([s1, s2]), balancer: new RoundRobinBalancer(), policies });
+    const placement: PlacementProvider = {
+      placement: (service) => ({
+        links: resilience.links(service),
+        terminal: {
+          name: 'fake',
+          send: async (call) => {
+            const e = call.endpoint!;
+            sent.push({ address: e.address, input: call.input, method: call.method, budgetMs: call.meta.deadline - Date.now() });
+            if (e === s1) throw refused();
+            return { n: 5 };
+          },
+        },
+      }),
+    };
+    const rt = await kit.start([shopService], { placement, policies });
     expect(await rt.client(shop).check({ sku: 'x' })).toEqual({ n: 5 });
     expect(sent.map((s) => s.address)).toEqual([s1.address, s2.address]);
     expect(sent[1]).toMatchObject({ input: { sku: 'x' } });
     expect(sent[1]!.method.fullName).toBe('stock.level');
     expect(sent[0]!.budgetMs).toBeLessThanOrEqual(700);
     expect(sent[0]!.budgetMs).toBeGreaterThan(600);
-  });
-
-  test('is a CallPolicy', () => {
-    const p: CallPolicy = new ResilientPolicy({ discovery: new StaticDiscovery([]) });
-    expect(p.timeoutFor(getProduct)).toBe(2_000);
+    // The runtime and the links read one table: an edit reaches the next call's deadline.
+    policies.set({ stock: { timeoutMs: 200 } });
+    sent.length = 0;
+    expect(await rt.client(shop).check({ sku: 'y' })).toEqual({ n: 5 });
+    expect(sent[0]!.budgetMs).toBeLessThanOrEqual(200);
   });
 });
-

@@ -1,0 +1,109 @@
+/**
+ * The microservices envelope: what the microservices deployer gives each of its workers.
+ *
+ * - Placement: every callee hosted elsewhere gets the client library's resilience links
+ *   (bulkhead → retry → choose endpoint → circuit) ending in TCP to the chosen instance;
+ *   discovery comes from the control plane's registry.
+ * - Serving: the hosted services answer RPC (TCP, and HTTP for interop) on the internal host,
+ *   and are registered with the registry; an edge worker registers its URL. Every worker also
+ *   serves its own resilience state (`GET /evolith/endpoints`) on the internal HTTP listener,
+ *   never on the public edge.
+ */
+import type { AddressInfo } from 'node:net';
+import Fastify, { type FastifyInstance } from 'fastify';
+import type { Logger } from 'pino';
+import { InstanceAgent } from '../../discovery/instance-agent.js';
+import { RegistryClient } from '../../discovery/registry-client.js';
+import type { MethodDef } from '../../contract/define.js';
+import type { PolicyTable } from '../../kernel/policy-table.js';
+import type { Runtime } from '../../kernel/runtime.js';
+import { Resilience } from '../../resilience/resilience.js';
+import { rpcHttpPlugin } from '../../rpc/http-transport.js';
+import { hostResolver, RpcServer } from '../../rpc/tcp-server.js';
+import { TcpTerminal } from '../../rpc/terminals.js';
+import { TcpTransport } from '../../rpc/tcp-transport.js';
+import type { Envelope, Offer } from '../../worker/worker.js';
+import type { Topology } from '../topology.js';
+
+export interface MicroservicesWorkerOptions {
+  readonly topology: Topology;
+  readonly registryUrl: string;
+  /** The service group this worker hosts, or the edge. */
+  readonly role: { kind: 'group'; group: string } | { kind: 'edge' };
+  readonly replica: number;
+}
+
+export function microservicesEnvelope(options: MicroservicesWorkerOptions) {
+  return async ({ policies, log }: { policies: PolicyTable; log: Logger }): Promise<Envelope> => {
+    const { topology, registryUrl } = options;
+    const registry = new RegistryClient({ url: registryUrl, log }).start();
+    const resilience = new Resilience({ discovery: registry, policies, affinity: topology.affinity, log });
+    const tcp = new TcpTransport({ addressesFor: () => [], log });
+    const terminal = new TcpTerminal(tcp);
+    await registry.whenSynced(5_000);
+    return {
+      placement: {
+        placement: (service) => ({ links: resilience.links(service), terminal }),
+        async close() {
+          await tcp.close();
+          registry.close();
+        },
+      },
+      reconfigure: (next) => resilience.setAffinity(next.affinity),
+      serve: ({ runtime, edgeUrl }) => serve(options, runtime, edgeUrl, resilience, policies, log),
+    };
+  };
+}
+
+async function serve(
+  options: MicroservicesWorkerOptions,
+  runtime: Runtime,
+  edgeUrl: string | undefined,
+  resilience: Resilience,
+  policies: PolicyTable,
+  log: Logger,
+): Promise<Offer> {
+  const { topology, registryUrl, replica } = options;
+  const resolve = hostResolver(runtime.hosts.values());
+  const hosted = [...runtime.hosts.values()];
+  const rpc = hosted.length > 0 ? new RpcServer({ resolve, log, host: topology.internalHost, drainMs: topology.drainMs }) : undefined;
+  if (rpc) await rpc.listen();
+  // The internal HTTP listener: the same methods as RPC over HTTP (interop, debugging) and
+  // this worker's view of the endpoints it calls.
+  const http: FastifyInstance = Fastify({ logger: false });
+  if (hosted.length > 0) await http.register(rpcHttpPlugin, { resolve, timeoutFor: (m: MethodDef) => policies.timeoutFor(m) });
+  http.get('/evolith/endpoints', async () => resilience.health());
+  await http.listen({ port: 0, host: topology.internalHost });
+  const httpUrl = `http://${hostForUrl(topology.internalHost)}:${(http.server.address() as AddressInfo).port}`;
+  const metadata = { pid: String(process.pid), http: httpUrl, replica: String(replica) };
+  const agents =
+    options.role.kind === 'edge'
+      ? [new InstanceAgent({ url: registryUrl, instance: { id: `edge-${replica}`, service: 'edge', version: '1', address: new URL(edgeUrl!).host, metadata }, log })]
+      : hosted.map(
+          (h) =>
+            new InstanceAgent({
+              url: registryUrl,
+              instance: {
+                id: `${h.name}-${replica}`,
+                service: h.name,
+                version: h.definition.contract.version,
+                address: rpc!.address,
+                metadata: { ...metadata, group: (options.role as { group: string }).group },
+              },
+              log,
+            }),
+        );
+  await Promise.all(agents.map((a) => a.start()));
+  return {
+    address: rpc?.address ?? httpUrl,
+    async withdraw() {
+      // Leave the registry first so callers stop choosing this instance, then drain.
+      await Promise.all(agents.map((a) => a.stop()));
+      await Promise.all([rpc?.close(), http.close()]);
+    },
+  };
+}
+
+function hostForUrl(host: string): string {
+  return host.includes(':') ? `[${host}]` : host;
+}

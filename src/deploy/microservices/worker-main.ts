@@ -1,0 +1,53 @@
+/**
+ * One process of a microservices deployment, as the control plane starts it
+ * (`evolith worker <appDir> --registry <url> --group <name> | --edge --replica <n>`): the
+ * shared worker runtime with the microservices envelope.
+ */
+import pino from 'pino';
+import type { AppDefinition } from '../../app/define.js';
+import { ConfigError } from '../../kernel/errors.js';
+import { startWorker, type RunningWorker } from '../../worker/worker.js';
+import { loadTopology, type TopologyOverrides } from '../topology.js';
+import { microservicesEnvelope } from './envelope.js';
+import { serviceGroups } from './groups.js';
+
+export interface WorkerArgs {
+  registry: string;
+  group?: string;
+  edge?: boolean;
+  replica: number;
+}
+
+export async function runMicroservicesWorker(
+  app: AppDefinition,
+  appDir: string,
+  overrides: TopologyOverrides,
+  args: WorkerArgs,
+): Promise<{ label: string; worker: RunningWorker; log: pino.Logger }> {
+  const topology = loadTopology(appDir, overrides);
+  const label = `${args.edge ? 'edge' : args.group}#${args.replica}`;
+  const log = pino({ level: process.env.EVOLITH_LOG_LEVEL ?? 'info', base: { app: app.name, process: label } });
+  let services: readonly string[] = [];
+  if (!args.edge) {
+    const group = serviceGroups(app, topology).find((g) => g.name === args.group);
+    if (!group) throw new ConfigError(`no service group named ${args.group}`);
+    services = group.services;
+  }
+  const worker = await startWorker({
+    app,
+    appDir,
+    topology,
+    overrides,
+    log,
+    services,
+    edge: args.edge === true,
+    crossProcess: true,
+    envelope: microservicesEnvelope({
+      topology,
+      registryUrl: args.registry,
+      role: args.edge ? { kind: 'edge' } : { kind: 'group', group: args.group! },
+      replica: args.replica,
+    }),
+  });
+  return { label, worker, log };
+}

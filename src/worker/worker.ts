@@ -1,0 +1,150 @@
+/**
+ * The worker runtime: one runtime that hosts a group of services for every deployer (the
+ * weavelet to a deployer's envelope, in Service Weaver's terms). A deployer hands it a small
+ * environment — what to host, whether to serve the public edge, and an envelope that says how
+ * to reach services hosted elsewhere and how to offer these ones to the rest — and the worker
+ * does everything else the same way in every architecture: backends from the topology, the
+ * kernel with its plugins, the edge, live policy changes from evolith.yaml, orderly shutdown.
+ */
+import type { FastifyInstance } from 'fastify';
+import type { Logger } from 'pino';
+import type { AppDefinition } from '../app/define.js';
+import { startEdge } from '../deploy/edge.js';
+import { watchTopology, type Topology, type TopologyOverrides, type TopologyWatch } from '../deploy/topology.js';
+import { MemoryEventBus } from '../events/memory-bus.js';
+import { ConfigError } from '../kernel/errors.js';
+import type { PlacementProvider } from '../kernel/placement.js';
+import type { Identity } from '../kernel/plugins.js';
+import { checkOverrides, PolicyTable } from '../kernel/policy-table.js';
+import { Runtime } from '../kernel/runtime.js';
+import { PrometheusTelemetry } from '../observe/telemetry.js';
+import { dataPlugins, eventBusFor, storageFor } from './backends.js';
+
+/** What a deployer provides for one worker: how it reaches, and is reached by, the rest. */
+export interface Envelope {
+  /** Chains to the services this worker does not host (absent: it hosts every one it calls). */
+  readonly placement?: PlacementProvider;
+  /**
+   * Turns an identity the edge verified into one a callee in another process can check (e.g.
+   * by signing it for this deployment). Absent: identities never leave the process.
+   */
+  assertIdentity?(identity: Identity): Identity;
+  /** Offers the running worker to the rest of the deployment (listeners, registration). */
+  serve?(worker: ServedWorker): Promise<Offer>;
+  /** A new valid topology arrived (the policy table is already updated). */
+  reconfigure?(topology: Topology): void;
+  /** Releases what the envelope holds, after the runtime stopped. */
+  close?(): Promise<void>;
+}
+
+/** What an envelope offers of a worker to the rest of the deployment. */
+export interface Offer {
+  /** Where other workers (or operators) reach it, for logs and the start-up line. */
+  readonly address: string;
+  /** Stops new calls from arriving (deregister, close listeners), letting calls in flight finish. */
+  withdraw(): Promise<void>;
+}
+
+/** The running worker as an envelope sees it. */
+export interface ServedWorker {
+  readonly runtime: Runtime;
+  /** The edge's URL when this worker serves it. */
+  readonly edgeUrl: string | undefined;
+}
+
+export interface WorkerEnvironment {
+  readonly app: AppDefinition;
+  readonly appDir: string;
+  readonly topology: Topology;
+  /** The command-line overrides the topology was loaded with, applied again on every reload. */
+  readonly overrides: TopologyOverrides;
+  readonly log: Logger;
+  /** The services this worker hosts (none for an edge-only worker). */
+  readonly services: readonly string[];
+  /** Serve the app's public HTTP edge from this worker. */
+  readonly edge: boolean;
+  /** Events must reach other processes: use the topology's bus, not in-process delivery. */
+  readonly crossProcess: boolean;
+  /** The deployer's envelope, made with the worker's live policy table. */
+  envelope?(context: { policies: PolicyTable; log: Logger }): Envelope | Promise<Envelope>;
+}
+
+export interface RunningWorker {
+  readonly runtime: Runtime;
+  /** The edge's URL, when this worker serves it. */
+  readonly url: string | undefined;
+  /** Where the envelope offers this worker (RPC address), if it does. */
+  readonly address: string | undefined;
+  stop(): Promise<void>;
+}
+
+export async function startWorker(env: WorkerEnvironment): Promise<RunningWorker> {
+  const { app, topology, log } = env;
+  const services = app.services.filter((s) => env.services.includes(s.contract.name));
+  if (services.length !== env.services.length) {
+    const known = new Set(app.services.map((s) => s.contract.name));
+    throw new ConfigError(`a worker was asked to host services the app does not have: ${env.services.filter((s) => !known.has(s)).join(', ')}`);
+  }
+  const policies = new PolicyTable(topology.policies);
+  const envelope: Envelope = (await env.envelope?.({ policies, log })) ?? {};
+  const telemetry = new PrometheusTelemetry({ collectDefault: true });
+  const runtime = new Runtime({
+    services,
+    storage: storageFor(topology),
+    bus: env.crossProcess ? await eventBusFor(topology, log) : new MemoryEventBus(),
+    ...dataPlugins,
+    telemetry,
+    log,
+    config: topology.config,
+    policies,
+    placement: envelope.placement,
+    checkSerializable: topology.checkSerializable,
+    drainMs: topology.drainMs,
+  });
+
+  let gateway: FastifyInstance | undefined;
+  let url: string | undefined;
+  let offer: Offer | undefined;
+  let watch: TopologyWatch | undefined;
+  let stopping: Promise<void> | undefined;
+  const stop = (): Promise<void> =>
+    (stopping ??= (async () => {
+      watch?.close();
+      // Callers first stop finding this worker, then the edge stops taking requests; calls
+      // in flight finish; then the services drain and close their stores.
+      await offer?.withdraw();
+      await gateway?.close();
+      await runtime.stop();
+      await envelope.close?.();
+    })());
+
+  try {
+    await runtime.start();
+    if (env.edge) {
+      const edge = await startEdge(app, env.appDir, topology, runtime, telemetry, log, envelope.assertIdentity);
+      gateway = edge.gateway;
+      url = `http://${topology.host}:${edge.port}`;
+    }
+    offer = await envelope.serve?.({ runtime, edgeUrl: url });
+    // Timeouts, retries, bulkheads (and whatever the envelope follows) track evolith.yaml live.
+    watch = watchTopology(
+      env.appDir,
+      env.overrides,
+      (next) => {
+        try {
+          checkOverrides(next.policies);
+          envelope.reconfigure?.(next);
+          policies.set(next.policies);
+          log.info({ policies: next.policies }, 'policies updated from the topology');
+        } catch (err) {
+          log.error({ err: (err as Error).message }, 'policy update refused; the previous policies stay');
+        }
+      },
+      (err) => log.error({ err: err.message }, 'topology change ignored: the file is invalid'),
+    );
+  } catch (err) {
+    await stop().catch((e) => log.error({ err: e }, 'stop after a failed start failed'));
+    throw err;
+  }
+  return { runtime, url, address: offer?.address, stop };
+}

@@ -1,0 +1,75 @@
+/**
+ * One set of services reachable three ways, for tests that must see the same behaviour in each:
+ * in-process (the monolith's chain), over TCP and over HTTP (a caller runtime whose chain ends
+ * in the RPC terminal, and a server runtime hosting the services behind the RPC listener).
+ */
+import type { AddressInfo } from 'node:net';
+import Fastify from 'fastify';
+import type { AnyContract, MethodDef } from '../../src/contract/define.js';
+import type { PlacementProvider, Terminal } from '../../src/kernel/placement.js';
+import type { CallMeta } from '../../src/kernel/plugins.js';
+import type { RootCall, Runtime } from '../../src/kernel/runtime.js';
+import type { Client, ServiceDefinition } from '../../src/kernel/service.js';
+import { newTrace } from '../../src/kernel/trace.js';
+import { HttpTransport, rpcHttpPlugin } from '../../src/rpc/http-transport.js';
+import { hostResolver, RpcServer } from '../../src/rpc/tcp-server.js';
+import { HttpTerminal, TcpTerminal } from '../../src/rpc/terminals.js';
+import { TcpTransport } from '../../src/rpc/tcp-transport.js';
+import { silentLog, type Kit } from '../fixtures/unit-kit.js';
+
+export interface CallMode {
+  readonly name: 'in-process' | 'tcp' | 'http';
+  /** A typed client, as a handler or the edge would use it. */
+  client<C extends AnyContract>(contract: C, root?: RootCall, from?: string): Client<C>;
+  /** Hands `input` to the callee's side as a peer that skipped the caller's checks would. */
+  raw(method: MethodDef, input: unknown, meta?: Partial<CallMeta>): Promise<unknown>;
+}
+
+const placementTo = (terminal: Terminal): PlacementProvider => ({ placement: () => ({ links: [], terminal }) });
+const metaOf = (m: Partial<CallMeta> | undefined): CallMeta => ({ deadline: Date.now() + 5_000, trace: newTrace(), ...m });
+
+export async function inProcess(kit: Kit, services: readonly ServiceDefinition[]): Promise<CallMode> {
+  const rt = await kit.start(services);
+  return {
+    name: 'in-process',
+    client: (contract, root, from) => rt.client(contract, undefined, root, from),
+    raw: (method, input, meta) => rt.host(method.service).handle(method, input, metaOf(meta), true),
+  };
+}
+
+async function server(kit: Kit, services: readonly ServiceDefinition[]): Promise<Runtime> {
+  return kit.start(services);
+}
+
+export async function overTcp(kit: Kit, services: readonly ServiceDefinition[], cleanup: (fn: () => Promise<unknown>) => void): Promise<CallMode> {
+  const rt = await server(kit, services);
+  const rpc = new RpcServer({ resolve: hostResolver(rt.hosts.values()), log: silentLog });
+  const address = await rpc.listen();
+  const tcp = new TcpTransport({ addressesFor: () => [], log: silentLog });
+  const caller = await kit.start([], { placement: placementTo(new TcpTerminal(tcp, address)) });
+  cleanup(async () => {
+    await tcp.close();
+    await rpc.close(100);
+  });
+  return {
+    name: 'tcp',
+    client: (contract, root, from) => caller.client(contract, undefined, root, from),
+    raw: (method, input, meta) => tcp.send(address, method, input, metaOf(meta)),
+  };
+}
+
+export async function overHttp(kit: Kit, services: readonly ServiceDefinition[], cleanup: (fn: () => Promise<unknown>) => void): Promise<CallMode> {
+  const rt = await server(kit, services);
+  const http = Fastify({ logger: false });
+  await http.register(rpcHttpPlugin, { resolve: hostResolver(rt.hosts.values()), timeoutFor: (m: MethodDef) => rt.policies.timeoutFor(m) });
+  await http.listen({ port: 0, host: '127.0.0.1' });
+  const address = `127.0.0.1:${(http.server.address() as AddressInfo).port}`;
+  const caller = await kit.start([], { placement: placementTo(new HttpTerminal({}, address)) });
+  const transport = new HttpTransport({ addressesFor: () => [address] });
+  cleanup(() => http.close());
+  return {
+    name: 'http',
+    client: (contract, root, from) => caller.client(contract, undefined, root, from),
+    raw: (method, input, meta) => transport.invoke(method, input, metaOf(meta)),
+  };
+}
