@@ -195,11 +195,11 @@ const contenders: Contender[] = [
   },
   {
     name: 'evolith-http',
-    detail: 'HttpTransport.invoke (global fetch, JSON) → fastify + rpcHttpPlugin → ServiceHost.handle',
+    detail: 'HttpTransport.send (global fetch, JSON) → fastify + rpcHttpPlugin → ServiceHost.handle',
     server: ['evolith-http'],
     async connect(address) {
-      const t = new HttpTransport({ addressesFor: () => [address], format: 'json' });
-      return { call: () => t.invoke(echo, payload, { deadline: Date.now() + DEADLINE_MS, trace: newTrace(), caller: undefined, from: 'bench' }), close: async () => undefined };
+      const t = new HttpTransport({ format: 'json' });
+      return { call: () => t.send(address, echo, payload, { deadline: Date.now() + DEADLINE_MS, trace: newTrace() }), close: async () => undefined };
     },
   },
   {

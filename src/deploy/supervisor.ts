@@ -10,6 +10,11 @@ export interface ProcessSpec {
   readonly args: readonly string[];
   readonly env?: Readonly<Record<string, string>>;
   readonly cwd?: string;
+  /**
+   * A message sent to each new incarnation over its private IPC channel as soon as it is
+   * spawned (credentials, which must not sit in its environment or on disk). Called per start.
+   */
+  readonly message?: () => unknown;
 }
 
 export type ProcessState = 'starting' | 'running' | 'backoff' | 'stopping' | 'stopped';
@@ -107,6 +112,14 @@ export class Supervisor {
     return [...this.procs.values()].map((m) => m.status());
   }
 
+  /** Sends a message to a running process over its IPC channel; false when it is not running. */
+  send(name: string, replica: number, message: unknown): boolean {
+    const child = this.procs.get(Supervisor.key(name, replica))?.child;
+    if (!child?.connected) return false;
+    child.send(message as never, (err) => err && this.write(`[${name}#${replica}] could not be sent a message: ${err.message}`));
+    return true;
+  }
+
   /** Stops one process gracefully and forgets it. */
   async stop(name: string, replica: number): Promise<void> {
     const key = Supervisor.key(name, replica);
@@ -149,6 +162,7 @@ export class Supervisor {
       });
     });
     child.once('spawn', () => {
+      if (spec.message) child.send(spec.message() as never, (err) => err && this.write(`${prefix}could not be sent its start message: ${err.message}`));
       if (m.state === 'starting') m.state = 'running';
       this.options.onChange?.(m.status());
     });

@@ -4,12 +4,15 @@
  * the registry restarts, or after a pause long enough to expire).
  */
 import pino, { type Logger } from 'pino';
+import { tokenOf } from './registry-protocol.js';
 import type { InstanceInfo } from './registry.js';
 import type { RegisterBody } from './registry-protocol.js';
 
 export interface InstanceAgentOptions {
   /** The registry's base URL. */
   url: string;
+  /** This process's credential: it must name the instance's id and service. */
+  token: string | (() => string);
   instance: InstanceInfo;
   /** Default 10 s. */
   ttlMs?: number;
@@ -126,7 +129,7 @@ export class InstanceAgent {
     const signal = AbortSignal.timeout(this.timeoutMs);
     const res = await fetch(url, {
       method,
-      headers: body === undefined ? {} : { 'content-type': 'application/json' },
+      headers: { authorization: `Bearer ${tokenOf(this.options.token)}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
       body: body === undefined ? undefined : JSON.stringify(body),
       signal,
     });

@@ -3,20 +3,23 @@ import { InstanceAgent } from './instance-agent.js';
 import { Registry } from './registry.js';
 import { RegistryClient } from './registry-client.js';
 import { RegistryServer, startRegistryServer, type RegistryServerOptions } from './registry-server.js';
+import { authority } from '../../test/fixtures/plane-kit.js';
+
+const worker = authority.issue({ sub: 'warehouse', svc: ['warehouse'], ins: Array.from({ length: 10 }, (_, n) => `warehouse-${n}`) });
 
 const cleanups: Array<() => unknown> = [];
 afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 
-async function registry(options: RegistryServerOptions & { port?: number } = {}): Promise<RegistryServer> {
-  const s = await startRegistryServer({ registry: new Registry({ sweepIntervalMs: 20, defaultTtlMs: 300 }), pingIntervalMs: 200, ...options });
+async function registry(options: Partial<RegistryServerOptions> & { port?: number } = {}): Promise<RegistryServer> {
+  const s = await startRegistryServer({ trust: authority.trust, registry: new Registry({ sweepIntervalMs: 20, defaultTtlMs: 300 }), pingIntervalMs: 200, ...options });
   cleanups.push(() => s.close());
   return s;
 }
 
 function client(url: string, services?: string[]): RegistryClient {
-  const c = new RegistryClient({ url, services, reconnectInitialMs: 20, reconnectMaxMs: 100 }).start();
+  const c = new RegistryClient({ url, token: worker.token, services, reconnectInitialMs: 20, reconnectMaxMs: 100 }).start();
   cleanups.push(() => c.close());
   return c;
 }
@@ -24,6 +27,7 @@ function client(url: string, services?: string[]): RegistryClient {
 function agent(url: string, n: number, options: Partial<ConstructorParameters<typeof InstanceAgent>[0]> = {}): InstanceAgent {
   const a = new InstanceAgent({
     url,
+    token: worker.token,
     instance: { id: `warehouse-${n}`, service: 'warehouse', version: '1.0.0', address: `127.0.0.1:${7000 + n}` },
     ttlMs: 300,
     heartbeatMs: 50,

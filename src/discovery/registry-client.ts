@@ -6,6 +6,7 @@
 import http, { type ClientRequest, type IncomingMessage } from 'node:http';
 import https from 'node:https';
 import pino, { type Logger } from 'pino';
+import { tokenOf } from './registry-protocol.js';
 import type { Discovery } from '../kernel/plugins.js';
 import { sameEndpoints, type ServiceEndpoint } from './registry.js';
 import type { EndpointsEvent, HelloEvent, SnapshotEvent } from './registry-protocol.js';
@@ -13,6 +14,8 @@ import type { EndpointsEvent, HelloEvent, SnapshotEvent } from './registry-proto
 export interface RegistryClientOptions {
   /** The registry's base URL, e.g. `http://127.0.0.1:7070`. */
   url: string;
+  /** This process's credential, which the registry requires. */
+  token: string | (() => string);
   /** Services to follow; omitted: every service the registry knows. */
   services?: readonly string[];
   log?: Logger;
@@ -127,7 +130,7 @@ export class RegistryClient implements Discovery {
     const url = new URL('/v1/watch', this.options.url);
     for (const s of this.options.services ?? []) url.searchParams.append('service', s);
     const get = url.protocol === 'https:' ? https.get : http.get;
-    const req = get(url, { headers: { accept: 'text/event-stream' } });
+    const req = get(url, { headers: { accept: 'text/event-stream', authorization: `Bearer ${tokenOf(this.options.token)}` } });
     this.request = req;
     this.armIdle(id);
     req.on('response', (res) => this.onResponse(id, res));

@@ -10,6 +10,10 @@
  *   GET    /v1/watch[?service=a&...]    Server-Sent Events, see below
  *   GET    /status                      → RegistryStatus
  *
+ * Every request carries `authorization: Bearer <credential>`, a credential of the deployment
+ * (see auth/credentials.ts). Instances may only be announced, renewed or removed by the
+ * process whose credential names them; a live instance cannot be taken over by another.
+ *
  * Watch stream (text/event-stream): `hello` (HelloEvent) then `snapshot` (SnapshotEvent) on
  * connect, `endpoints` (EndpointsEvent) on every change of a watched service, a fresh
  * `snapshot` when the registry's warm-up ends, and a `: ping` comment every `pingIntervalMs`
@@ -67,4 +71,9 @@ export interface RegistryStatus {
 
 export interface ErrorBody {
   error: SerializedError;
+}
+
+/** A credential given as a value or as a getter (renewed credentials replace the value). */
+export function tokenOf(token: string | (() => string)): string {
+  return typeof token === 'function' ? token() : token;
 }

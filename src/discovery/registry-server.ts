@@ -7,12 +7,15 @@ import type { ServerResponse } from 'node:http';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import pino, { type Logger } from 'pino';
 import { z } from 'zod';
-import { EvolithError, NotFoundError, serializeError, ValidationError } from '../kernel/errors.js';
+import { CredentialVerifier, type CredentialClaims, type Trust } from '../auth/credentials.js';
+import { EvolithError, ForbiddenError, NotFoundError, serializeError, UnauthenticatedError, ValidationError } from '../kernel/errors.js';
 import { parseOrThrow } from '../kernel/validate.js';
 import { Registry, type ServiceList } from './registry.js';
 import type { EndpointsEvent, ErrorBody, HelloEvent, RegistryStatus, SnapshotEvent } from './registry-protocol.js';
 
 export interface RegistryServerOptions {
+  /** The deployment's trust: every request must present a credential it vouches for. */
+  trust: Trust;
   /** The registry to serve; a new one (default options) when omitted. */
   registry?: Registry;
   log?: Logger;
@@ -54,11 +57,16 @@ export class RegistryServer {
   private readonly unsubscribe: () => void;
   private addressUrl: string | undefined;
 
-  constructor(options: RegistryServerOptions = {}) {
+  private readonly verifier: CredentialVerifier;
+  private readonly log: Logger;
+
+  constructor(options: RegistryServerOptions) {
     this.ownsRegistry = options.registry === undefined;
     this.registry = options.registry ?? new Registry();
     this.pingIntervalMs = options.pingIntervalMs ?? 10_000;
     const log = options.log ?? pino({ level: 'silent' });
+    this.log = log;
+    this.verifier = new CredentialVerifier(options.trust);
     this.app = Fastify({
       loggerInstance: log.child({ component: 'registry' }) as unknown as FastifyBaseLogger,
       logController: new LogController({ disableRequestLogging: true }),
@@ -71,6 +79,18 @@ export class RegistryServer {
     this.pingTimer = setInterval(() => this.ping(), this.pingIntervalMs);
     this.pingTimer.unref();
     this.unsubscribe = this.registry.onChange((list) => this.broadcast(list));
+    this.app.decorateRequest('peer', null);
+    // Nothing is served to a caller that has not proven it belongs to this deployment.
+    this.app.addHook('onRequest', async (req) => {
+      const m = /^bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
+      try {
+        if (!m) throw new UnauthenticatedError('the registry needs a credential of this deployment (authorization: Bearer <credential>)');
+        (req as unknown as RequestWithPeer).peer = this.verifier.verify(m[1]!);
+      } catch (err) {
+        this.log.warn({ remote: req.ip, url: req.url, reason: (err as Error).message }, 'registry request refused');
+        throw err;
+      }
+    });
     this.routes();
     this.app.addHook('preClose', async () => {
       for (const s of this.streams) s.res.end();
@@ -128,21 +148,25 @@ export class RegistryServer {
 
     app.put<{ Params: { id: string } }>('/v1/instances/:id', async (req) => {
       const body = parseOrThrow(registerBody, req.body ?? {}, 'registration');
-      return { instance: registry.register({ ...body, id: req.params.id }) };
+      const peer = announcer(req, req.params.id);
+      if (!(peer.svc.includes(body.service) || (body.service === 'edge' && peer.edge === true))) {
+        throw this.refuse(req, new ForbiddenError(`${peer.sub} does not host ${body.service}`));
+      }
+      return { instance: registry.register({ ...body, id: req.params.id, owner: peer.sub }) };
     });
 
     app.put<{ Params: { id: string } }>('/v1/instances/:id/heartbeat', async (req) => {
-      if (!registry.heartbeat(req.params.id)) throw unknownInstance(req.params.id);
+      if (!registry.heartbeat(req.params.id, announcer(req, req.params.id).sub)) throw unknownInstance(req.params.id);
       return { ok: true };
     });
 
     app.put<{ Params: { id: string } }>('/v1/instances/:id/ready', async (req) => {
       const { ready } = parseOrThrow(readyBody, req.body ?? {}, 'readiness');
-      if (!registry.setReady(req.params.id, ready)) throw unknownInstance(req.params.id);
+      if (!registry.setReady(req.params.id, ready, announcer(req, req.params.id).sub)) throw unknownInstance(req.params.id);
       return { instance: registry.instance(req.params.id) };
     });
 
-    app.delete<{ Params: { id: string } }>('/v1/instances/:id', async (req) => ({ removed: registry.deregister(req.params.id) }));
+    app.delete<{ Params: { id: string } }>('/v1/instances/:id', async (req) => ({ removed: registry.deregister(req.params.id, announcer(req, req.params.id).sub) }));
 
     app.get('/v1/services', async () => ({ services: registry.allLists() }));
 
@@ -168,6 +192,12 @@ export class RegistryServer {
       res.write(sse('hello', hello));
       res.write(sse('snapshot', this.snapshot(services)));
     });
+  }
+
+  /** Logs a refusal (attacks and misconfigurations both deserve a line) and returns it. */
+  refuse(req: { ip: string; url: string }, err: EvolithError): EvolithError {
+    this.log.warn({ remote: req.ip, url: req.url, reason: err.message }, 'registry request refused');
+    return err;
   }
 
   private snapshot(services: Set<string> | undefined): SnapshotEvent {
@@ -197,7 +227,7 @@ export class RegistryServer {
 }
 
 /** Creates a registry server and starts listening; `port` 0 picks a free port. */
-export async function startRegistryServer(options: RegistryServerOptions & { port?: number; host?: string } = {}): Promise<RegistryServer> {
+export async function startRegistryServer(options: RegistryServerOptions & { port?: number; host?: string }): Promise<RegistryServer> {
   const server = new RegistryServer(options);
   await server.listen(options.port ?? 0, options.host ?? '127.0.0.1');
   return server;
@@ -205,6 +235,27 @@ export async function startRegistryServer(options: RegistryServerOptions & { por
 
 function sse(event: string, data: unknown): string {
   return `event: ${event}\ndata: ${JSON.stringify(data)}\n\n`;
+}
+
+interface RequestWithPeer {
+  peer: CredentialClaims;
+}
+
+/** The credential a request proved (every route has one: see the onRequest hook). */
+export function peerOf(req: unknown): CredentialClaims {
+  return (req as RequestWithPeer).peer;
+}
+
+/** Only the process whose credential names an instance id may announce or change it. */
+function announcer(req: unknown, id: string): CredentialClaims {
+  const peer = peerOf(req);
+  if (!peer.ins.includes(id)) throw new ForbiddenError(`${peer.sub} may not announce instance ${id}`);
+  return peer;
+}
+
+/** For routes meant for operators (the CLI), not for workers. */
+export function requireOperator(req: unknown): void {
+  if (peerOf(req).op !== true) throw new ForbiddenError('only an operator credential may read this');
 }
 
 function unknownInstance(id: string): NotFoundError {

@@ -3,7 +3,7 @@
  * whether they are ready; clients see only live, ready instances, and hear about every change.
  */
 import type { Endpoint } from '../kernel/plugins.js';
-import { ValidationError } from '../kernel/errors.js';
+import { ConflictError, ValidationError } from '../kernel/errors.js';
 
 /** What an instance tells the registry about itself. */
 export interface InstanceInfo {
@@ -17,6 +17,13 @@ export interface InstanceInfo {
 }
 
 export interface Registration extends InstanceInfo {
+  /**
+   * Who registers it: the process slot its credential names (`warehouse#0`), the same for
+   * every incarnation of that slot, so a restarted process takes its instance back. While the
+   * instance is live, only its owner may register it again, renew it or change its
+   * readiness. Undefined: the control plane itself.
+   */
+  readonly owner?: string;
   /** Heartbeats must arrive within this many milliseconds, or the instance expires. */
   readonly ttlMs?: number;
   /** Registered but not ready instances are known to the registry and never handed to clients. */
@@ -62,6 +69,7 @@ export interface RegistryOptions {
 
 interface Entry {
   info: InstanceInfo;
+  owner: string | undefined;
   ttlMs: number;
   ready: boolean;
   registeredAt: number;
@@ -119,6 +127,12 @@ export class Registry {
     if (issues.length > 0) throw new ValidationError(`invalid registration: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`, issues);
     const now = this.now();
     const existing = this.instances.get(reg.id);
+    if (existing && existing.expiredAt === undefined && reg.owner !== undefined && existing.owner !== reg.owner) {
+      throw new ConflictError(
+        `instance ${reg.id} is live at ${existing.info.address}; only the process that registered it may register it again (or it must expire or be removed first)`,
+        { id: reg.id, address: existing.info.address },
+      );
+    }
     const info: InstanceInfo = {
       id: reg.id,
       service: reg.service,
@@ -128,6 +142,7 @@ export class Registry {
     };
     const rec: Entry = {
       info,
+      owner: reg.owner,
       ttlMs: reg.ttlMs ?? this.defaultTtlMs,
       ready: reg.ready ?? true,
       // An instance that moves to another service is a new registration.
@@ -141,17 +156,19 @@ export class Registry {
   }
 
   /** Renews the TTL. False when the instance is unknown or already expired: it must register again. */
-  heartbeat(id: string): boolean {
+  heartbeat(id: string, owner?: string): boolean {
     const rec = this.instances.get(id);
     if (!rec || rec.expiredAt !== undefined) return false;
+    this.checkOwner(rec, owner);
     rec.lastHeartbeat = this.now();
     return true;
   }
 
   /** Marks an instance ready (served to clients) or not (kept, not served). False when unknown or expired. */
-  setReady(id: string, ready: boolean): boolean {
+  setReady(id: string, ready: boolean, owner?: string): boolean {
     const rec = this.instances.get(id);
     if (!rec || rec.expiredAt !== undefined) return false;
+    this.checkOwner(rec, owner);
     rec.lastHeartbeat = this.now();
     if (rec.ready !== ready) {
       rec.ready = ready;
@@ -160,12 +177,18 @@ export class Registry {
     return true;
   }
 
-  deregister(id: string): boolean {
+  deregister(id: string, owner?: string): boolean {
     const rec = this.instances.get(id);
     if (!rec) return false;
+    if (rec.expiredAt === undefined) this.checkOwner(rec, owner);
     this.instances.delete(id);
     this.recompute(rec.info.service);
     return true;
+  }
+
+  /** `owner` undefined: the control plane itself, which may change any instance. */
+  private checkOwner(rec: Entry, owner: string | undefined): void {
+    if (owner !== undefined && rec.owner !== owner) throw new ConflictError(`instance ${rec.info.id} belongs to another process`, { id: rec.info.id });
   }
 
   /**

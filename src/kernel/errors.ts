@@ -11,6 +11,7 @@ export const ErrorCodes = {
   FORBIDDEN: 'EVOLITH_FORBIDDEN',
   UNAUTHENTICATED: 'EVOLITH_UNAUTHENTICATED',
   NOT_FOUND: 'EVOLITH_NOT_FOUND',
+  CONFLICT: 'EVOLITH_CONFLICT',
   NOT_SERIALIZABLE: 'EVOLITH_NOT_SERIALIZABLE',
   INTERNAL: 'EVOLITH_INTERNAL',
   CONFIG: 'EVOLITH_CONFIG',
@@ -96,6 +97,13 @@ export class NotFoundError extends EvolithError {
   }
 }
 
+/** The change conflicts with the current state (e.g. an id held by someone else). */
+export class ConflictError extends EvolithError {
+  constructor(message: string, details?: unknown) {
+    super(ErrorCodes.CONFLICT, message, { details, httpStatus: 409 });
+  }
+}
+
 /** A value that would not survive a network hop was passed across a service boundary. */
 export class NotSerializableError extends EvolithError {
   constructor(message: string, details?: unknown) {
@@ -133,6 +141,7 @@ const byCode: Record<string, (e: SerializedError) => EvolithError> = {
   [ErrorCodes.FORBIDDEN]: (e) => new ForbiddenError(e.message, e.details),
   [ErrorCodes.UNAUTHENTICATED]: (e) => new UnauthenticatedError(e.message, e.details),
   [ErrorCodes.NOT_FOUND]: (e) => new NotFoundError(e.message, e.details),
+  [ErrorCodes.CONFLICT]: (e) => new ConflictError(e.message, e.details),
   [ErrorCodes.NOT_SERIALIZABLE]: (e) => new NotSerializableError(e.message, e.details),
   [ErrorCodes.INTERNAL]: (e) => new InternalError(e.message, e.details),
   [ErrorCodes.CONFIG]: (e) => new ConfigError(e.message, e.details),

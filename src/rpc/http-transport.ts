@@ -27,12 +27,15 @@ import {
   NotSerializableError,
   TimeoutError,
   toEvolithError,
+  UnauthenticatedError,
   UnavailableError,
   ValidationError,
   type SerializedError,
 } from '../kernel/errors.js';
 import { DEFAULT_TIMEOUT_MS } from '../kernel/policy-table.js';
 import type { CallMeta, Identity } from '../kernel/plugins.js';
+import type { InternalPlane } from '../auth/internal-plane.js';
+import type { Logger } from 'pino';
 import { formatTraceparent, newTrace, parseTraceparent } from '../kernel/trace.js';
 import type { RpcResolver } from './tcp-server.js';
 
@@ -44,6 +47,10 @@ const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, structured
 
 export interface RpcHttpOptions {
   resolve: RpcResolver;
+  /** Checks callers' credentials and identities; without it only anonymous calls are taken. */
+  plane?: InternalPlane;
+  /** Where refused calls are logged. */
+  log?: Logger;
   /** The deadline of a call that names none (the process's policy table); default the contract's timeout. */
   timeoutFor?: (method: MethodDef) => number;
   /** Largest request body in bytes; default 4 MiB (the TCP frame limit). */
@@ -66,23 +73,6 @@ function header(req: FastifyRequest, name: string): string | undefined {
 
 function badHeader(name: string, message: string): ValidationError {
   return new ValidationError(`header ${name}: ${message}`, [{ path: name, message }]);
-}
-
-function callerFrom(req: FastifyRequest): Identity | undefined {
-  const raw = header(req, 'x-evolith-caller');
-  if (raw === undefined || raw === '') return undefined;
-  let v: unknown;
-  try {
-    v = JSON.parse(raw);
-  } catch {
-    throw badHeader('x-evolith-caller', 'is not JSON');
-  }
-  const o = v as { subject?: unknown; roles?: unknown; claims?: unknown } | null;
-  if (typeof o !== 'object' || o === null || typeof o.subject !== 'string' || !Array.isArray(o.roles) || !o.roles.every((r) => typeof r === 'string')) {
-    throw badHeader('x-evolith-caller', 'must be {"subject": string, "roles": string[], "claims"?: object}');
-  }
-  if (o.claims != null && (typeof o.claims !== 'object' || Array.isArray(o.claims))) throw badHeader('x-evolith-caller', 'claims must be an object');
-  return o.claims == null ? { subject: o.subject, roles: o.roles } : { subject: o.subject, roles: o.roles, claims: o.claims as Record<string, unknown> };
 }
 
 function deadlineFrom(req: FastifyRequest, method: MethodDef, now: number, timeoutMs: number): number {
@@ -128,6 +118,29 @@ function fromFastify(error: unknown): EvolithError {
   return toEvolithError(error);
 }
 
+const BEARER = /^bearer\s+(\S+)\s*$/i;
+
+/** The calling service and identity of a request, from what its credential proves; a typed, logged refusal otherwise. */
+function identify(req: FastifyRequest, options: RpcHttpOptions): { caller: Identity | undefined; from: string | undefined } {
+  const fromHeader = header(req, 'x-evolith-from') || undefined;
+  const callerHeader = header(req, 'x-evolith-caller') || undefined;
+  try {
+    const plane = options.plane;
+    if (!plane) {
+      if (fromHeader !== undefined || callerHeader !== undefined) {
+        throw new UnauthenticatedError('this listener holds no credentials of a deployment: it takes anonymous calls only');
+      }
+      return { caller: undefined, from: undefined };
+    }
+    const m = BEARER.exec(header(req, 'authorization') ?? '');
+    if (!m) throw new UnauthenticatedError('internal calls must present the calling process’s credential (authorization: Bearer <credential>)');
+    return plane.identify(plane.peer(m[1]!), callerHeader, fromHeader);
+  } catch (err) {
+    options.log?.warn({ remote: req.ip, method: req.url, reason: (err as Error).message }, 'internal call refused');
+    throw err;
+  }
+}
+
 /**
  * The server side: a fastify plugin adding `POST /rpc/:service/:method`.
  * `app.register(rpcHttpPlugin, { resolve: hostResolver(hosts) })`.
@@ -153,13 +166,8 @@ export async function rpcHttpPlugin(app: FastifyInstance, options: RpcHttpOption
     const now = Date.now();
     const deadline = deadlineFrom(req, target.method, now, options.timeoutFor?.(target.method) ?? target.method.timeoutMs ?? DEFAULT_TIMEOUT_MS);
     if (deadline <= now) throw new TimeoutError(`${service}.${name} arrived after its deadline`, { deadline: new Date(deadline).toISOString() });
-    const from = header(req, 'x-evolith-from');
-    const meta: CallMeta = {
-      deadline,
-      trace: parseTraceparent(header(req, 'traceparent')) ?? newTrace(),
-      caller: callerFrom(req),
-      from: from === '' ? undefined : from,
-    };
+    const { caller, from } = identify(req, options);
+    const meta: CallMeta = { deadline, trace: parseTraceparent(header(req, 'traceparent')) ?? newTrace(), caller, from };
     const output = await target.host.handle(target.method, req.body, meta);
     if (output === undefined) return reply.status(204).send();
     try {
@@ -171,14 +179,11 @@ export async function rpcHttpPlugin(app: FastifyInstance, options: RpcHttpOption
 }
 
 export interface HttpTransportOptions {
-  /** Base URLs or "host:port" addresses serving a service. */
-  addressesFor: (service: string) => readonly string[];
   /** Body format of requests and answers; default json. */
   format?: Format;
+  /** This process's credentials: without them, calls go out anonymous (and a call that names a caller is refused). */
+  plane?: InternalPlane;
 }
-
-/** Header values must be ASCII: escape the rest of the JSON as \uXXXX (still the same JSON). */
-const asciiJson = (v: unknown): string => JSON.stringify(v).replace(/[\u007f-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
 
 function isSerializedError(v: unknown): v is SerializedError {
   return typeof v === 'object' && v !== null && typeof (v as SerializedError).code === 'string' && typeof (v as SerializedError).message === 'string';
@@ -188,19 +193,14 @@ function isSerializedError(v: unknown): v is SerializedError {
 export class HttpTransport {
   readonly name = 'http';
   private readonly format: Format;
-  private readonly cursor = new Map<string, number>();
 
-  constructor(private readonly options: HttpTransportOptions) {
+  constructor(private readonly options: HttpTransportOptions = {}) {
     this.format = options.format ?? 'json';
   }
 
-  invoke(method: MethodDef, input: unknown, meta: CallMeta): Promise<unknown> {
+  /** Calls the instance at `address` (a base URL or "host:port"). */
+  send(address: string, method: MethodDef, input: unknown, meta: CallMeta): Promise<unknown> {
     if (meta.deadline <= Date.now()) return Promise.reject(new TimeoutError(`no time left to call ${method.fullName}: its deadline has passed`));
-    const addresses = this.options.addressesFor(method.service);
-    if (addresses.length === 0) return Promise.reject(new UnavailableError(`no instance of ${method.service} is known`, { maybeExecuted: false }));
-    const n = this.cursor.get(method.service) ?? 0;
-    this.cursor.set(method.service, n + 1);
-    const address = addresses[n % addresses.length]!;
     const base = address.includes('://') ? address.replace(/\/+$/, '') : `http://${address}`;
     const url = `${base}/rpc/${encodeURIComponent(method.service)}/${encodeURIComponent(method.name)}`;
     const type = this.format === 'msgpack' ? MSGPACK_TYPE : JSON_TYPE;
@@ -209,8 +209,20 @@ export class HttpTransport {
       'x-evolith-deadline': String(meta.deadline),
       traceparent: formatTraceparent(meta.trace),
     };
-    if (meta.caller) headers['x-evolith-caller'] = asciiJson(meta.caller);
-    if (meta.from) headers['x-evolith-from'] = meta.from;
+    const plane = this.options.plane;
+    if (plane) {
+      let caller: string | undefined;
+      try {
+        caller = plane.callerField(meta);
+      } catch (err) {
+        return Promise.reject(err);
+      }
+      headers.authorization = `Bearer ${plane.credential.token}`;
+      if (caller !== undefined) headers['x-evolith-caller'] = caller;
+      if (meta.from) headers['x-evolith-from'] = meta.from;
+    } else if (meta.caller || meta.from) {
+      return Promise.reject(new UnauthenticatedError(`${method.fullName}: this process holds no internal credential to vouch for its caller`));
+    }
     let body: string | Uint8Array | undefined;
     if (input !== undefined) {
       headers['content-type'] = type;

@@ -5,7 +5,7 @@
  */
 import { ConfigError } from '../kernel/errors.js';
 import type { Call, Terminal } from '../kernel/placement.js';
-import { HttpTransport } from './http-transport.js';
+import type { HttpTransport } from './http-transport.js';
 import type { TcpTransport } from './tcp-transport.js';
 
 function addressOf(call: Call, fixed: string | undefined, terminal: string): string {
@@ -29,15 +29,11 @@ export class TcpTerminal implements Terminal {
 /** RPC over HTTP (`POST /rpc/<service>/<method>`), JSON or msgpack bodies. */
 export class HttpTerminal implements Terminal {
   readonly name = 'http';
-  private readonly transports = new Map<string, HttpTransport>();
   constructor(
-    private readonly options: { format?: 'json' | 'msgpack' } = {},
+    private readonly http: HttpTransport,
     private readonly fixedAddress?: string,
   ) {}
   send(call: Call): Promise<unknown> {
-    const address = addressOf(call, this.fixedAddress, this.name);
-    let t = this.transports.get(address);
-    if (!t) this.transports.set(address, (t = new HttpTransport({ addressesFor: () => [address], format: this.options.format })));
-    return t.invoke(call.method, call.input, call.meta);
+    return this.http.send(addressOf(call, this.fixedAddress, this.name), call.method, call.input, call.meta);
   }
 }

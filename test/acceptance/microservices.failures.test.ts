@@ -458,6 +458,43 @@ describe('microservices failures · one warehouse, editable topology', () => {
     expect(current.map((e) => [e.address, e.circuit]), JSON.stringify(recovered)).toEqual([[back.address, 'closed']]);
   }, 60_000);
 
+  it('a dead warehouse is blamed on the warehouse: paying, which never touches it, keeps working and the circuit to payment stays closed', async () => {
+    const before = await waitForInstances(cp.registryUrl, expected(1), RESTART_MS);
+    const [warehouse] = live(before, 'warehouse');
+    const pid = pidOf(warehouse!);
+    const http = new Http(base);
+    const token = (await login(http, ADMIN.username, ADMIN.password)).access_token;
+    const open: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      const o = await settleAttempt(base, token, 2);
+      expect(o.status, o.text).toBe(200);
+      open.push((o.body as { payId: string }).payId);
+    }
+
+    process.kill(pid, 'SIGKILL');
+    // Settlements need the warehouse: each fails with a 503 that names it, more than the circuit's threshold.
+    for (let i = 0; i < 8; i++) {
+      const o = await settleAttempt(base, token, 2);
+      expect(o.status, o.text).toBe(503);
+      expect((o.body as { message: string }).message).toMatch(/warehouse/);
+    }
+    const replaced = live(await registryStatus(cp.registryUrl), 'warehouse').some((i) => pidOf(i) !== pid);
+    expect(replaced, 'the warehouse came back before the test could observe it dead').toBe(false);
+    // The payment service is healthy: its own calls (pay and cancel need account and payment only) succeed…
+    for (const [i, payId] of open.entries()) {
+      const o = await attempt(`PATCH /restful/pay/${payId}`, `${base}/restful/pay/${payId}?state=${i === 0 ? 'PAYED' : 'CANCEL'}`, {
+        method: 'PATCH',
+        headers: { authorization: `bearer ${token}` },
+      });
+      expect(o.status, o.text).toBe(200);
+    }
+    // …and the edge holds nothing against it: the warehouse's failures were never payment's.
+    const payment = (await edgeEndpoints(base)).filter((e) => e.service === 'payment');
+    expect(payment.length).toBeGreaterThan(0);
+    for (const e of payment) expect([e.circuit, e.consecutiveFailures], JSON.stringify(e)).toEqual(['closed', 0]);
+    await waitFor('the restarted warehouse', async () => live(await registryStatus(cp.registryUrl), 'warehouse').find((i) => pidOf(i) !== pid), RESTART_MS, 200);
+  }, 60_000);
+
   it('times out calls to a hung warehouse (SIGSTOP), opens its circuit, and closes it with a half-open probe once it resumes', async () => {
     const before = await waitForInstances(cp.registryUrl, expected(1), RESTART_MS);
     const [warehouse] = live(before, 'warehouse');

@@ -21,6 +21,8 @@ export interface BookstoreOptions {
   app?: string;
   /** `--port`; default 0 (a free port). */
   port?: number;
+  /** `--host`: the address the edge listens on (default loopback). */
+  host?: string;
   /** `--data`; default a fresh temporary directory (fresh demo data). */
   dataDir?: string;
   /** `--storage`: `sqlite` or a `postgres://` URL. */
@@ -98,7 +100,7 @@ try {
 }
 
 const MAX_OUTPUT = 4 * 1024 * 1024;
-const LISTENING = /listening on (http:\/\/127\.0\.0\.1:(\d+))/;
+const LISTENING = /listening on http:\/\/(\[[^\]]+\]|[\d.]+):(\d+)/;
 
 export function makeDataDir(): string {
   const dir = mkdtempSync(join(tmpdir(), 'evolith-acceptance-'));
@@ -121,6 +123,7 @@ export async function startBookstore(options: BookstoreOptions = {}): Promise<Bo
     '--data',
     dataDir,
   ];
+  if (opts.host !== undefined) args.push('--host', opts.host);
   if (opts.storage !== undefined) args.push('--storage', opts.storage);
   if (opts.schemaPrefix !== undefined) args.push('--schema-prefix', opts.schemaPrefix);
   // Tests run with serialisability checks on, so a call that would break across a wire fails here first.
@@ -180,7 +183,9 @@ export async function startBookstore(options: BookstoreOptions = {}): Promise<Bo
         if (m) {
           clearTimeout(timer);
           child.stdout!.off('data', onData);
-          resolve(m[1]!);
+          // An edge on every interface is reached, like any other, on loopback.
+          const host = m[1] === '0.0.0.0' || m[1] === '[::]' ? '127.0.0.1' : m[1]!;
+          resolve(`http://${host}:${m[2]}`);
         }
       };
       child.stdout!.on('data', onData);

@@ -16,6 +16,7 @@ import { hostResolver, RpcServer } from '../../src/rpc/tcp-server.js';
 import { HttpTerminal, TcpTerminal } from '../../src/rpc/terminals.js';
 import { TcpTransport } from '../../src/rpc/tcp-transport.js';
 import { silentLog, type Kit } from '../fixtures/unit-kit.js';
+import { edgePlane, planeFor } from '../fixtures/plane-kit.js';
 
 export interface CallMode {
   readonly name: 'in-process' | 'tcp' | 'http';
@@ -61,15 +62,17 @@ export async function overTcp(kit: Kit, services: readonly ServiceDefinition[], 
 export async function overHttp(kit: Kit, services: readonly ServiceDefinition[], cleanup: (fn: () => Promise<unknown>) => void): Promise<CallMode> {
   const rt = await server(kit, services);
   const http = Fastify({ logger: false });
-  await http.register(rpcHttpPlugin, { resolve: hostResolver(rt.hosts.values()), timeoutFor: (m: MethodDef) => rt.policies.timeoutFor(m) });
+  const plane = planeFor('server#0', { svc: services.map((s) => s.contract.name) });
+  await http.register(rpcHttpPlugin, { resolve: hostResolver(rt.hosts.values()), timeoutFor: (m: MethodDef) => rt.policies.timeoutFor(m), plane });
   await http.listen({ port: 0, host: '127.0.0.1' });
   const address = `127.0.0.1:${(http.server.address() as AddressInfo).port}`;
-  const caller = await kit.start([], { placement: placementTo(new HttpTerminal({}, address)) });
-  const transport = new HttpTransport({ addressesFor: () => [address] });
+  // The caller plays the edge: it may call as 'edge' and vouch for the users it verified.
+  const transport = new HttpTransport({ plane: edgePlane });
+  const caller = await kit.start([], { placement: placementTo(new HttpTerminal(transport, address)) });
   cleanup(() => http.close());
   return {
     name: 'http',
     client: (contract, root, from) => caller.client(contract, undefined, root, from),
-    raw: (method, input, meta) => transport.invoke(method, input, metaOf(meta)),
+    raw: (method, input, meta) => transport.send(address, method, input, metaOf(meta)),
   };
 }

@@ -15,22 +15,37 @@ export interface ControlPlane {
   registryUrl: string;
   url: string;
   pid: number;
+  /** The operator credential the control plane wrote for its CLI. */
+  operatorToken: string;
 }
+
+/** Control planes read so far, by registry URL and by edge URL, so helpers can present their operator credential. */
+const byRegistry = new Map<string, ControlPlane>();
+const byEdge = new Map<string, ControlPlane>();
 
 /** Reads `<data>/.evolith/control-plane.json`. */
 export function readControlPlane(dataDir: string): ControlPlane {
   const cp = JSON.parse(readFileSync(join(dataDir, '.evolith', 'control-plane.json'), 'utf8')) as ControlPlane;
-  if (typeof cp.registryUrl !== 'string' || typeof cp.url !== 'string' || !Number.isInteger(cp.pid)) {
+  if (typeof cp.registryUrl !== 'string' || typeof cp.url !== 'string' || !Number.isInteger(cp.pid) || typeof cp.operatorToken !== 'string') {
     throw new Error(`control-plane.json is incomplete: ${JSON.stringify(cp)}`);
   }
+  byRegistry.set(cp.registryUrl, cp);
+  byEdge.set(cp.url, cp);
   return cp;
+}
+
+/** The operator's authorization header for a control plane read with readControlPlane. */
+export function operatorAuth(registryUrl: string): { authorization: string } {
+  const cp = byRegistry.get(registryUrl);
+  if (!cp) throw new Error(`no control plane with registry ${registryUrl} was read: call readControlPlane first`);
+  return { authorization: `Bearer ${cp.operatorToken}` };
 }
 
 export interface RegistryInstance {
   id: string;
   service: string;
   address: string;
-  metadata?: { group?: string; replica?: string; pid?: string };
+  metadata?: { group?: string; replica?: string; pid?: string; http?: string };
   ready: boolean;
   health: 'passing' | 'expired';
   ttlMs?: number;
@@ -44,7 +59,7 @@ export interface RegistryStatus {
 }
 
 export async function registryStatus(registryUrl: string, timeoutMs = 2_000): Promise<RegistryStatus> {
-  const res = await fetch(`${registryUrl}/status`, { signal: AbortSignal.timeout(timeoutMs) });
+  const res = await fetch(`${registryUrl}/status`, { headers: operatorAuth(registryUrl), signal: AbortSignal.timeout(timeoutMs) });
   if (res.status !== 200) throw new Error(`GET ${registryUrl}/status answered ${res.status}: ${await res.text()}`);
   return (await res.json()) as RegistryStatus;
 }
@@ -92,7 +107,7 @@ export function processAlive(pid: number): boolean {
   }
 }
 
-/** A row of the edge's `GET /evolith/endpoints` (the edge's own resilience policy). */
+/** A row of the edge worker's `GET /evolith/endpoints` (its resilience state, on its internal listener). */
 export interface EndpointHealth {
   service: string;
   id: string;
@@ -105,8 +120,14 @@ export interface EndpointHealth {
   consecutiveFailures: number;
 }
 
+/** The edge worker's view of its callees, from its internal listener (found through the registry), as an operator. */
 export async function edgeEndpoints(baseUrl: string): Promise<EndpointHealth[]> {
-  const res = await fetch(`${baseUrl}/evolith/endpoints`, { signal: AbortSignal.timeout(5_000) });
+  const cp = byEdge.get(baseUrl);
+  if (!cp) throw new Error(`no control plane with edge ${baseUrl} was read: call readControlPlane first`);
+  const edge = (await registryStatus(cp.registryUrl)).instances.find((i) => i.service === 'edge' && i.health === 'passing');
+  const internal = (edge?.metadata as { http?: string } | undefined)?.http;
+  if (!internal) throw new Error(`the registry lists no live edge with an internal listener: ${JSON.stringify(edge)}`);
+  const res = await fetch(`${internal}/evolith/endpoints`, { headers: operatorAuth(cp.registryUrl), signal: AbortSignal.timeout(5_000) });
   if (res.status !== 200) throw new Error(`GET /evolith/endpoints answered ${res.status}: ${await res.text()}`);
   return (await res.json()) as EndpointHealth[];
 }
@@ -252,7 +273,7 @@ export function watchRegistry(registryUrl: string): { events: WatchEvent[]; sync
     onSynced = resolve;
     onFailed = reject;
   });
-  const req = http.get(new URL('/v1/watch', registryUrl), { headers: { accept: 'text/event-stream' } });
+  const req = http.get(new URL('/v1/watch', registryUrl), { headers: { accept: 'text/event-stream', ...operatorAuth(registryUrl) } });
   req.on('error', (err) => onFailed(err));
   req.on('response', (res) => {
     if (res.statusCode !== 200) {

@@ -1,11 +1,13 @@
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
 import type { AppDefinition } from '../../app/define.js';
-import { RegistryServer } from '../../discovery/registry-server.js';
+import { DeploymentAuthority } from '../../auth/credentials.js';
+import { RegistryServer, requireOperator } from '../../discovery/registry-server.js';
 import { ConfigError } from '../../kernel/errors.js';
 import { Supervisor } from '../supervisor.js';
+import { CREDENTIAL_TTL_MS, CREDENTIALS, RENEWAL, type CredentialsMessage, type RenewalMessage } from './credentials-channel.js';
 import { serviceGroups, type ServiceGroup } from './groups.js';
 import { watchTopology, type Topology, type TopologyOverrides, type TopologyWatch } from '../topology.js';
 
@@ -33,13 +35,26 @@ export async function runMicroservices(
   options: { readyTimeoutMs?: number } = {},
 ): Promise<RunningDeployment> {
   let groups = serviceGroups(app, topology);
-  const supervisor = new Supervisor({});
-  const registry = new RegistryServer({ log: log.child({ component: 'registry' }) });
-  // The control plane's own view beside the registry's: processes, pids, restarts.
-  registry.app.get('/processes', async () => ({ processes: supervisor.status() }));
+  // The deployment's authority: every process gets a credential signed by it, and nothing on
+  // the internal plane (registry, RPC, interop) answers a caller without one.
+  const authority = new DeploymentAuthority();
+  // The credential each running process was last given, renewed while it runs.
+  const tokens = new Map<string, string>();
+  const supervisor = new Supervisor({
+    onChange: (p) => {
+      if (p.state === 'stopped') tokens.delete(Supervisor.key(p.name, p.replica));
+    },
+  });
+  const registry = new RegistryServer({ trust: authority.trust, log: log.child({ component: 'registry' }) });
+  // The control plane's own view beside the registry's: processes, pids, restarts (operators only).
+  registry.app.get('/processes', async (req) => {
+    requireOperator(req);
+    return { processes: supervisor.status() };
+  });
   await registry.listen(0, topology.internalHost);
   const registryUrl = registry.url!;
   const env = { EVOLITH_TOPOLOGY_OVERRIDES: JSON.stringify(overrides) };
+  const servicesOf = (group: string) => groups.find((g) => g.name === group)?.services ?? [];
   const spawnWorker = (group: string, replica: number) =>
     supervisor.start({
       name: group,
@@ -47,13 +62,37 @@ export async function runMicroservices(
       command: process.execPath,
       args: [bin, 'worker', appDir, '--registry', registryUrl, ...(group === 'edge' ? ['--edge'] : ['--group', group]), '--replica', String(replica)],
       env,
+      message: (): CredentialsMessage => {
+        const key = Supervisor.key(group, replica);
+        const svc = group === 'edge' ? [] : servicesOf(group);
+        const bundle = authority.issue(
+          { sub: key, svc, ins: group === 'edge' ? [`edge-${replica}`] : svc.map((s) => `${s}-${replica}`), edge: group === 'edge' },
+          CREDENTIAL_TTL_MS,
+        );
+        tokens.set(key, bundle.token);
+        return { type: CREDENTIALS, bundle };
+      },
     });
   for (const g of groups) for (let r = 0; r < g.replicas; r++) spawnWorker(g.name, r);
   spawnWorker('edge', 0);
+  // Renew every running process's credential long before it lapses.
+  const renewals = setInterval(() => {
+    for (const [key, token] of tokens) {
+      const [name, replica] = [key.slice(0, key.lastIndexOf('#')), Number(key.slice(key.lastIndexOf('#') + 1))];
+      const renewed = authority.renew(token, CREDENTIAL_TTL_MS);
+      tokens.set(key, renewed);
+      supervisor.send(name, replica, { type: RENEWAL, token: renewed } satisfies RenewalMessage);
+    }
+  }, CREDENTIAL_TTL_MS / 3);
+  renewals.unref();
 
-  const controlFile = join(topology.data, '.evolith', 'control-plane.json');
-  mkdirSync(join(topology.data, '.evolith'), { recursive: true });
+  const stateDir = join(topology.data, '.evolith');
+  const controlFile = join(stateDir, 'control-plane.json');
+  mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+  chmodSync(stateDir, 0o700);
+  let watch: TopologyWatch | undefined;
   const stopAll = async () => {
+    clearInterval(renewals);
     watch?.close();
     // The edge first, so that no new request starts; then the services, which drain their calls.
     await supervisor.stop('edge', 0);
@@ -72,7 +111,7 @@ export async function runMicroservices(
 
   // Live topology: replica counts are reconciled here; timeouts and retries reach the running
   // processes through their own watch of the same file.
-  let watch: TopologyWatch | undefined = watchTopology(
+  watch = watchTopology(
     appDir,
     overrides,
     (next) => {
@@ -94,7 +133,11 @@ export async function runMicroservices(
     (err) => log.error({ err: err.message }, 'topology change ignored: the file is invalid'),
   );
 
-  writeFileSync(controlFile, JSON.stringify({ registryUrl, url, pid: process.pid }, null, 2));
+  // What `evolith status` (and an operator's tools) need: where the control plane is, and an
+  // operator credential. Readable by this user only.
+  const operator = authority.issue({ sub: 'operator', op: true }, 30 * 24 * 60 * 60 * 1000);
+  writeFileSync(controlFile, JSON.stringify({ registryUrl, url, pid: process.pid, operatorToken: operator.token }, null, 2), { mode: 0o600 });
+  chmodSync(controlFile, 0o600);
 
   return {
     url,

@@ -8,11 +8,15 @@
  *   and are registered with the registry; an edge worker registers its URL. Every worker also
  *   serves its own resilience state (`GET /evolith/endpoints`) on the internal HTTP listener,
  *   never on the public edge.
+ * - Identity: every internal request carries this process's credential; the edge signs the
+ *   users it verified so that callees in other processes can check them.
  */
 import type { AddressInfo } from 'node:net';
 import Fastify, { type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
+import type { InternalPlane } from '../../auth/internal-plane.js';
 import { InstanceAgent } from '../../discovery/instance-agent.js';
+import { UnauthenticatedError } from '../../kernel/errors.js';
 import { RegistryClient } from '../../discovery/registry-client.js';
 import type { MethodDef } from '../../contract/define.js';
 import type { PolicyTable } from '../../kernel/policy-table.js';
@@ -27,6 +31,8 @@ import type { Topology } from '../topology.js';
 
 export interface MicroservicesWorkerOptions {
   readonly topology: Topology;
+  /** This process's credentials, from the control plane. */
+  readonly plane: InternalPlane;
   readonly registryUrl: string;
   /** The service group this worker hosts, or the edge. */
   readonly role: { kind: 'group'; group: string } | { kind: 'edge' };
@@ -35,8 +41,9 @@ export interface MicroservicesWorkerOptions {
 
 export function microservicesEnvelope(options: MicroservicesWorkerOptions) {
   return async ({ policies, log }: { policies: PolicyTable; log: Logger }): Promise<Envelope> => {
-    const { topology, registryUrl } = options;
-    const registry = new RegistryClient({ url: registryUrl, log }).start();
+    const { topology, registryUrl, plane } = options;
+    const token = () => plane.credential.token;
+    const registry = new RegistryClient({ url: registryUrl, token, log }).start();
     const resilience = new Resilience({ discovery: registry, policies, affinity: topology.affinity, log });
     const tcp = new TcpTransport({ addressesFor: () => [], log });
     const terminal = new TcpTerminal(tcp);
@@ -50,6 +57,7 @@ export function microservicesEnvelope(options: MicroservicesWorkerOptions) {
         },
       },
       reconfigure: (next) => resilience.setAffinity(next.affinity),
+      assertIdentity: plane.signer ? (identity) => plane.signer!.assert(identity) : undefined,
       serve: ({ runtime, edgeUrl }) => serve(options, runtime, edgeUrl, resilience, policies, log),
     };
   };
@@ -63,7 +71,8 @@ async function serve(
   policies: PolicyTable,
   log: Logger,
 ): Promise<Offer> {
-  const { topology, registryUrl, replica } = options;
+  const { topology, registryUrl, replica, plane } = options;
+  const token = () => plane.credential.token;
   const resolve = hostResolver(runtime.hosts.values());
   const hosted = [...runtime.hosts.values()];
   const rpc = hosted.length > 0 ? new RpcServer({ resolve, log, host: topology.internalHost, drainMs: topology.drainMs }) : undefined;
@@ -71,18 +80,29 @@ async function serve(
   // The internal HTTP listener: the same methods as RPC over HTTP (interop, debugging) and
   // this worker's view of the endpoints it calls.
   const http: FastifyInstance = Fastify({ logger: false });
-  if (hosted.length > 0) await http.register(rpcHttpPlugin, { resolve, timeoutFor: (m: MethodDef) => policies.timeoutFor(m) });
-  http.get('/evolith/endpoints', async () => resilience.health());
+  if (hosted.length > 0) await http.register(rpcHttpPlugin, { resolve, plane, log, timeoutFor: (m: MethodDef) => policies.timeoutFor(m) });
+  http.get('/evolith/endpoints', async (req, reply) => {
+    const m = /^bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
+    try {
+      if (!m) throw new UnauthenticatedError('this worker’s state is for the deployment’s processes and operators: present a credential');
+      plane.peer(m[1]!);
+    } catch (err) {
+      log.warn({ remote: req.ip, reason: (err as Error).message }, 'internal request refused');
+      return reply.status(401).send({ code: 'EVOLITH_UNAUTHENTICATED', message: (err as Error).message });
+    }
+    return resilience.health();
+  });
   await http.listen({ port: 0, host: topology.internalHost });
   const httpUrl = `http://${hostForUrl(topology.internalHost)}:${(http.server.address() as AddressInfo).port}`;
   const metadata = { pid: String(process.pid), http: httpUrl, replica: String(replica) };
   const agents =
     options.role.kind === 'edge'
-      ? [new InstanceAgent({ url: registryUrl, instance: { id: `edge-${replica}`, service: 'edge', version: '1', address: new URL(edgeUrl!).host, metadata }, log })]
+      ? [new InstanceAgent({ url: registryUrl, token, instance: { id: `edge-${replica}`, service: 'edge', version: '1', address: new URL(edgeUrl!).host, metadata }, log })]
       : hosted.map(
           (h) =>
             new InstanceAgent({
               url: registryUrl,
+              token,
               instance: {
                 id: `${h.name}-${replica}`,
                 service: h.name,

@@ -8,6 +8,8 @@ import type { AppDefinition } from '../../app/define.js';
 import { ConfigError } from '../../kernel/errors.js';
 import { startWorker, type RunningWorker } from '../../worker/worker.js';
 import { loadTopology, type TopologyOverrides } from '../topology.js';
+import { InternalPlane } from '../../auth/internal-plane.js';
+import { onRenewal, receiveCredentials } from './credentials-channel.js';
 import { microservicesEnvelope } from './envelope.js';
 import { serviceGroups } from './groups.js';
 
@@ -33,6 +35,14 @@ export async function runMicroservicesWorker(
     if (!group) throw new ConfigError(`no service group named ${args.group}`);
     services = group.services;
   }
+  const plane = new InternalPlane(await receiveCredentials());
+  onRenewal((token) => {
+    try {
+      plane.credential.renewed(token);
+    } catch (err) {
+      log.error({ err: (err as Error).message }, 'refused a credential renewal');
+    }
+  });
   const worker = await startWorker({
     app,
     appDir,
@@ -44,6 +54,7 @@ export async function runMicroservicesWorker(
     crossProcess: true,
     envelope: microservicesEnvelope({
       topology,
+      plane,
       registryUrl: args.registry,
       role: args.edge ? { kind: 'edge' } : { kind: 'group', group: args.group! },
       replica: args.replica,
