@@ -1,38 +1,16 @@
-import { existsSync } from 'node:fs';
-import { join, resolve } from 'node:path';
-import { pathToFileURL } from 'node:url';
+import { resolve } from 'node:path';
 import { Command, InvalidArgumentError } from 'commander';
 import pino from 'pino';
 import type { AppDefinition } from '../app/define.js';
+import { loadApp } from '../app/load.js';
+import { stopOnSignals } from '../deploy/process-signals.js';
 import { contractDocument } from '../contract/schema.js';
 import { openApiDocument } from '../edge/openapi.js';
 import { runMicroservices } from '../deploy/microservices/control-plane.js';
 import { deploymentStatus } from '../deploy/microservices/status.js';
-import { runMicroservicesWorker } from '../deploy/microservices/worker-main.js';
 import { runMonolith } from '../deploy/monolith.js';
 import { ARCHITECTURES, loadTopology, type Topology, type TopologyOverrides } from '../deploy/topology.js';
 import { EvolithError } from '../kernel/errors.js';
-
-const APP_ENTRIES = ['app.ts', 'app.js', 'index.ts', 'index.js'];
-
-/** Loads the app an app directory exports by default from app.ts (or index.ts). */
-export async function loadApp(appDir: string): Promise<AppDefinition> {
-  if (!existsSync(appDir)) throw new CliError(`app directory ${appDir} does not exist`);
-  const entry = APP_ENTRIES.map((f) => join(appDir, f)).find((f) => existsSync(f));
-  if (!entry) throw new CliError(`no app entry in ${appDir}: expected one of ${APP_ENTRIES.join(', ')}`);
-  let mod: { default?: AppDefinition };
-  try {
-    mod = (await import(pathToFileURL(entry).href)) as { default?: AppDefinition };
-  } catch (err) {
-    // Outside an ESM package, TypeScript files load as CommonJS and fail with a riddle instead.
-    if ((err as NodeJS.ErrnoException).code === 'ERR_REQUIRE_CYCLE_MODULE' || /require\(\) ES Module/.test(String(err))) {
-      throw new CliError(`${entry} could not be loaded as an ES module: put a package.json with "type": "module" in ${appDir} or a parent directory`);
-    }
-    throw err;
-  }
-  if (!mod.default || mod.default.kind !== 'app') throw new CliError(`${entry} must export default defineApp({...})`);
-  return mod.default;
-}
 
 class CliError extends Error {}
 
@@ -76,7 +54,7 @@ async function run(appDirArg: string, opts: TopologyOverrides & { storage?: stri
   const log = pino({ level: process.env.EVOLITH_LOG_LEVEL ?? 'info', base: { app: app.name } });
   const running = await deploy(app, appDir, topology, opts, log);
   printBanner(running);
-  installSignalHandlers(running, log);
+  stopOnSignals(running, log);
 }
 
 function printBanner(running: Running): void {
@@ -86,30 +64,6 @@ function printBanner(running: Running): void {
     `evolith: listening on ${running.url}`,
   ];
   process.stdout.write(lines.join('\n') + '\n');
-}
-
-function installSignalHandlers(running: Running, log: pino.Logger): void {
-  let stopping = false;
-  const onSignal = (signal: NodeJS.Signals) => {
-    if (stopping) {
-      log.warn({ signal }, 'second signal: exiting without draining');
-      process.exit(1);
-    }
-    stopping = true;
-    log.info({ signal }, 'stopping: no new requests, draining in-flight calls');
-    running.stop().then(
-      () => {
-        process.stdout.write('evolith: stopped\n');
-        process.exit(0);
-      },
-      (err) => {
-        log.error({ err }, 'stop failed');
-        process.exit(1);
-      },
-    );
-  };
-  process.on('SIGTERM', onSignal);
-  process.on('SIGINT', onSignal);
 }
 
 export async function main(argv: string[]): Promise<void> {
@@ -140,29 +94,6 @@ export async function main(argv: string[]): Promise<void> {
         schemaPrefix: o.schemaPrefix as string | undefined,
         set: o.set as string[],
       });
-    });
-
-  program
-    .command('worker', { hidden: true })
-    .description('one process of a microservices deployment (started by `run --arch microservices`)')
-    .argument('<appDir>')
-    .requiredOption('--registry <url>', 'the control plane registry')
-    .option('--group <name>', 'the service group this process hosts')
-    .option('--edge', 'run the HTTP edge instead of a service group')
-    .option('--replica <n>', 'replica number', (v) => Number(v), 0)
-    .action(async (appDirArg: string, o: { registry: string; group?: string; edge?: boolean; replica: number }) => {
-      // A supervised worker dies with its supervisor, whatever killed it — also while it is
-      // still starting, so the watch goes first.
-      if (process.send) {
-        process.on('disconnect', () => process.exit(1));
-        if (!process.connected) process.exit(1);
-      }
-      const appDir = resolve(appDirArg);
-      const overrides = JSON.parse(process.env.EVOLITH_TOPOLOGY_OVERRIDES ?? '{}') as TopologyOverrides;
-      const app = await loadApp(appDir);
-      const { label, worker, log } = await runMicroservicesWorker(app, appDir, overrides, o);
-      process.stdout.write(`evolith: ${label} serving on ${worker.url ?? worker.address}\n`);
-      installSignalHandlers({ url: worker.url ?? worker.address ?? '', architecture: 'microservices', services: [], stop: () => worker.stop() }, log);
     });
 
   program

@@ -158,20 +158,14 @@ export class ServiceHost {
     }
     const ctx = new HandlerContext(this, this.env, meta, undefined);
     this.inflight++;
-    return new Promise<unknown>((resolve, reject) => {
-      const call = new PendingCall(this, method, ctx, resolve, reject);
-      let work: Promise<unknown>;
-      try {
-        work = handler(value, ctx);
-      } catch (err) {
-        work = Promise.reject(err);
-      }
-      watch(call);
-      work.then(
-        (result) => call.succeed(result),
-        (err) => call.fail(err),
-      );
+    const call = new PendingCall(this, method, ctx);
+    const answer = new Promise<unknown>((resolve, reject) => {
+      call.resolve = resolve;
+      call.reject = reject;
     });
+    watch(call);
+    void run(handler, value, ctx, call);
+    return answer;
   }
 
   /** The handler's work settled: only now may a draining stop() close the store under it. */
@@ -231,14 +225,26 @@ export class ServiceHost {
 }
 
 /** One in-flight call: its deadline entry and its outcome, without per-call closures. */
+/** Runs a handler and reports how it ended; no closure per call, unlike then(onOk, onError). */
+async function run(handler: (i: unknown, c: ServiceContext<any>) => Promise<unknown>, value: unknown, ctx: HandlerContext, call: PendingCall): Promise<void> {
+  let result: unknown;
+  try {
+    result = await handler(value, ctx);
+  } catch (err) {
+    call.fail(err);
+    return;
+  }
+  call.succeed(result);
+}
+
 class PendingCall extends DeadlineEntry {
   private readonly started: number;
+  resolve!: (v: unknown) => void;
+  reject!: (e: unknown) => void;
   constructor(
     private readonly host: ServiceHost,
     private readonly method: MethodDef,
     private readonly ctx: HandlerContext,
-    private readonly resolve: (v: unknown) => void,
-    private readonly reject: (e: unknown) => void,
   ) {
     super();
     this.deadline = ctx.deadline;

@@ -84,10 +84,10 @@ describe('placement: the chain a deployer assembles per callee', () => {
     // What crosses a wire is what the caller gave; the parsed form is for in-process handlers.
     expect(call.input).toEqual({ sku: 'a-1' });
     expect(call.parsed).toEqual({ sku: 'A-1' });
-    expect(call.meta.caller).toMatchObject({ subject: 'ann' });
-    expect(call.meta.from).toBe('shop');
+    expect(call.caller).toMatchObject({ subject: 'ann' });
+    expect(call.from).toBe('shop');
     // The hop's deadline comes from the callee's contract (700 ms from when the handler called it).
-    const budget = call.meta.deadline - terminal.sentAt[0]!;
+    const budget = call.deadline - terminal.sentAt[0]!;
     expect(budget).toBeLessThanOrEqual(700);
     expect(budget).toBeGreaterThan(600);
     // Assembled once, on the first call: later calls reuse it.
@@ -149,7 +149,7 @@ describe('placement: the chain a deployer assembles per callee', () => {
     const terminal = new Recording();
     const placement = { links: [tracing('a', seen), tracing('b', seen), tracing('c', seen)], terminal };
     const run = assemble(placement);
-    await run(new Call(stock.methods.level, { sku: 'q' }, { sku: 'Q' }, { deadline: Date.now() + 1000, trace: { traceId: 't', spanId: 's', sampled: true } }));
+    await run(new Call(stock.methods.level, { sku: 'q' }, { sku: 'Q' }, Date.now() + 1000, { traceId: 't', spanId: 's', sampled: true }, undefined, undefined));
     expect(seen).toEqual(['a', 'b', 'c']);
     expect(describePlacement(placement)).toBe('a → b → c → recording');
   });

@@ -16,10 +16,14 @@
  * callee's side parses it again with the same schema.
  */
 import type { MethodDef } from '../contract/define.js';
-import type { CallMeta, Endpoint } from './plugins.js';
+import type { CallMeta, Endpoint, Identity } from './plugins.js';
+import type { TraceContext } from './trace.js';
 
-/** One call travelling down a chain. */
-export class Call {
+/**
+ * One call travelling down a chain. It is its own metadata (deadline, trace, caller, calling
+ * service): an in-process call allocates one object for both.
+ */
+export class Call implements CallMeta {
   /** The instance an endpoint-choosing link picked for the current attempt. */
   endpoint: Endpoint | undefined = undefined;
   /** Per-call state the chain's links share (e.g. the attempt log of a retrying chain). */
@@ -31,7 +35,10 @@ export class Call {
     readonly input: unknown,
     /** The input after the contract's schema (defaults, transforms): what an in-process handler receives. */
     readonly parsed: unknown,
-    readonly meta: CallMeta,
+    readonly deadline: number,
+    readonly trace: TraceContext,
+    readonly caller: Identity | undefined,
+    readonly from: string | undefined,
   ) {}
 }
 

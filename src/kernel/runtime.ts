@@ -136,10 +136,10 @@ export class Runtime {
     let deadline = now + (options?.timeoutMs ?? root?.timeoutMs ?? this.policies.timeoutFor(method));
     if (parent && parent.deadline < deadline) deadline = parent.deadline;
     if (deadline <= now) return Promise.reject(new TimeoutError(`no time left to call ${method.fullName}: the caller's deadline has passed`));
-    const meta: CallMeta = parent
-      ? { deadline, trace: childTrace(parent.trace), caller: parent.caller, from }
-      : { deadline, trace: root?.trace ? childTrace(root.trace) : newTrace(), caller: root?.caller, from };
-    return this.chain(method.service)(new Call(method, input, r.data, meta));
+    const call = parent
+      ? new Call(method, input, r.data, deadline, childTrace(parent.trace), parent.caller, from)
+      : new Call(method, input, r.data, deadline, root?.trace ? childTrace(root.trace) : newTrace(), root?.caller, from);
+    return this.chain(method.service)(call);
   }
 
   /** A typed client. Inside a handler use `ctx.client()`, which carries deadline, trace and caller. */
@@ -200,7 +200,7 @@ export class LocalTerminal implements Terminal {
   ) {}
 
   send(call: Call): Promise<unknown> {
-    if (!this.checkSerializable) return this.host.handle(call.method, call.parsed, call.meta);
+    if (!this.checkSerializable) return this.host.handle(call.method, call.parsed, call);
     return this.checked(call);
   }
 
@@ -210,7 +210,7 @@ export class LocalTerminal implements Terminal {
     assertSerializable(call.input, `input of ${method.fullName}`);
     let out: unknown;
     try {
-      out = await this.host.handle(method, call.parsed, call.meta);
+      out = await this.host.handle(method, call.parsed, call);
     } catch (err) {
       throw deserializeError(serializeError(err));
     }

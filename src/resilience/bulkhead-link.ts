@@ -49,7 +49,7 @@ export class BulkheadLink implements Link {
   private queued(call: Call, next: Next, policy: BulkheadPolicy, size: BulkheadSize): Promise<unknown> {
     const controller = new AbortController();
     const work = policy.execute(() => next(call), controller.signal).catch((err) => Promise.reject(this.explain(err, call, size)));
-    return withDeadline(work, call.meta.deadline, `${call.method.fullName} (waiting for a free slot in the ${this.service} bulkhead)`, () => controller.abort());
+    return withDeadline(work, call.deadline, `${call.method.fullName} (waiting for a free slot in the ${this.service} bulkhead)`, () => controller.abort());
   }
 
   private explain(err: unknown, call: Call, size: BulkheadSize): unknown {

@@ -77,10 +77,10 @@ class Harness {
   execute(method: MethodDef, attempt: (m: CallMeta, e: Endpoint) => Promise<unknown>, m: CallMeta, input?: unknown): Promise<unknown> {
     let chain = this.chains.get(method.service);
     if (!chain) {
-      chain = assemble({ links: this.resilience.links(method.service), terminal: { name: 'fake', send: (call: Call) => current.get(call)!(call.meta, call.endpoint!) } });
+      chain = assemble({ links: this.resilience.links(method.service), terminal: { name: 'fake', send: (call: Call) => current.get(call)!(call, call.endpoint!) } });
       this.chains.set(method.service, chain);
     }
-    const call = new Call(method, input, input, m);
+    const call = new Call(method, input, input, m.deadline, m.trace, m.caller, m.from);
     current.set(call, attempt);
     return chain(call);
   }
@@ -530,7 +530,7 @@ describe('with the Runtime', () => {
           name: 'fake',
           send: async (call) => {
             const e = call.endpoint!;
-            sent.push({ address: e.address, input: call.input, method: call.method, budgetMs: call.meta.deadline - Date.now() });
+            sent.push({ address: e.address, input: call.input, method: call.method, budgetMs: call.deadline - Date.now() });
             if (e === s1) throw refused();
             return { n: 5 };
           },

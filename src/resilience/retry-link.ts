@@ -87,15 +87,15 @@ export class RetryLink implements Link {
   }
 
   private async run(call: Call, next: Next): Promise<unknown> {
-    const { method, meta } = call;
-    if (meta.deadline <= Date.now()) throw new TimeoutError(`no time left to call ${method.fullName}: the caller's deadline has passed`);
+    const { method } = call;
+    if (call.deadline <= Date.now()) throw new TimeoutError(`no time left to call ${method.fullName}: the caller's deadline has passed`);
     const log = attemptsOf(call);
     const maxRetries = method.idempotent ? this.policies.retriesFor(method, this.options.retries) : 0;
     this.budget.request();
     const controller = new AbortController();
     const work = this.loop.execute(() => this.once(call, next, log, maxRetries), controller.signal);
     try {
-      return await withDeadline(work, meta.deadline, method.fullName, () => {
+      return await withDeadline(work, call.deadline, method.fullName, () => {
         log.timedOut = true;
         controller.abort();
       });
@@ -106,7 +106,7 @@ export class RetryLink implements Link {
 
   private async once(call: Call, next: Next, log: AttemptLog, maxRetries: number): Promise<unknown> {
     // A backoff may end after the deadline fired: the caller has its answer, send nothing more.
-    if (log.timedOut || call.meta.deadline <= Date.now()) throw new Terminal(new TimeoutError(`${call.method.fullName}: deadline passed`));
+    if (log.timedOut || call.deadline <= Date.now()) throw new Terminal(new TimeoutError(`${call.method.fullName}: deadline passed`));
     log.attempts++;
     call.endpoint = undefined;
     try {
@@ -119,14 +119,14 @@ export class RetryLink implements Link {
   /** Decides after a failed attempt: retry (a RetrySignal with its delay) or stop (a Terminal). */
   private decide(call: Call, log: AttemptLog, err: unknown, maxRetries: number): Error {
     if (err instanceof Terminal) return err;
-    const { method, meta } = call;
+    const { method } = call;
     const stop = (why: string | undefined): Terminal => {
       log.stopped = why;
       return new Terminal(err);
     };
     if (!isEndpointFailure(err, method.service)) return stop(undefined);
     if (!(err instanceof EvolithError)) return stop(undefined);
-    const left = meta.deadline - Date.now();
+    const left = call.deadline - Date.now();
     if (left <= this.options.minTimeLeftMs) return stop('no time left before the deadline');
     if (wasNotSent(err) && (method.idempotent || this.options.failoverUnsent) && this.hasUntried(log)) {
       // It never reached the callee: try another endpoint at once, outside the budget.
@@ -159,7 +159,7 @@ export class RetryLink implements Link {
     const err = raw instanceof RetrySignal ? raw.failure : raw instanceof Terminal ? raw.failure : raw;
     if (log.timedOut || isTaskCancelledError(err)) {
       const tried = log.order.length > 0 ? ` after ${log.attempts} attempt${log.attempts === 1 ? '' : 's'} (${describeAttempts(log)})` : '';
-      return new TimeoutError(`${method.fullName}: no answer within the ${call.meta.deadline - log.startedAt} ms the call had${tried}`, failureDetails(call, log));
+      return new TimeoutError(`${method.fullName}: no answer within the ${call.deadline - log.startedAt} ms the call had${tried}`, failureDetails(call, log));
     }
     if (err === undefined || (log.order.length > 0 && isEndpointFailure(err, method.service))) return summarize(call, log, err);
     return err;

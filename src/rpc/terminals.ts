@@ -22,7 +22,7 @@ export class TcpTerminal implements Terminal {
     private readonly fixedAddress?: string,
   ) {}
   send(call: Call): Promise<unknown> {
-    return this.tcp.send(addressOf(call, this.fixedAddress, this.name), call.method, call.input, call.meta);
+    return this.tcp.send(addressOf(call, this.fixedAddress, this.name), call.method, call.input, call);
   }
 }
 
@@ -34,6 +34,6 @@ export class HttpTerminal implements Terminal {
     private readonly fixedAddress?: string,
   ) {}
   send(call: Call): Promise<unknown> {
-    return this.http.send(addressOf(call, this.fixedAddress, this.name), call.method, call.input, call.meta);
+    return this.http.send(addressOf(call, this.fixedAddress, this.name), call.method, call.input, call);
   }
 }

@@ -1,19 +1,22 @@
-/** The backends a topology names: where services keep their data and how events travel. */
+/**
+ * The backends a topology names: where services keep their data and how events travel. Each
+ * is loaded only when the topology names it, so a process carries no driver it does not use.
+ */
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { Topology } from '../deploy/topology.js';
 import { MemoryEventBus } from '../events/memory-bus.js';
-import { NatsEventBus } from '../events/nats-bus.js';
 import { sqlOutbox } from '../events/outbox.js';
-import { SqliteEventBus } from '../events/sqlite-bus.js';
 import type { EventBus, Migrator, OutboxStore, StorageProvider } from '../kernel/plugins.js';
 import { kyselyMigrator } from '../storage/migrate.js';
-import { PostgresStorage } from '../storage/postgres.js';
-import { SqliteStorage } from '../storage/sqlite.js';
 
-export function storageFor(topology: Topology): StorageProvider {
+export async function storageFor(topology: Topology): Promise<StorageProvider> {
   const s = topology.storage;
-  if (s === 'sqlite' || s.driver === 'sqlite') return new SqliteStorage(topology.data);
+  if (s === 'sqlite' || s.driver === 'sqlite') {
+    const { SqliteStorage } = await import('../storage/sqlite.js');
+    return new SqliteStorage(topology.data);
+  }
+  const { PostgresStorage } = await import('../storage/postgres.js');
   return new PostgresStorage({ connectionString: s.url, schemaPrefix: s.schemaPrefix, poolSize: s.poolSize });
 }
 
@@ -21,9 +24,11 @@ export async function eventBusFor(topology: Topology, log: Logger): Promise<Even
   const e = topology.events;
   if (e === 'memory') return new MemoryEventBus();
   if (e === 'sqlite' || e.driver === 'sqlite') {
+    const { SqliteEventBus } = await import('../events/sqlite-bus.js');
     const file = typeof e === 'object' && e.file ? e.file : join(topology.data, 'events.sqlite');
     return new SqliteEventBus(file, { log, synchronous: 'normal' });
   }
+  const { NatsEventBus } = await import('../events/nats-bus.js');
   // The subject prefix follows the stream, so two apps on one server never claim the same subjects.
   return NatsEventBus.connect({ servers: e.url.replace(/^nats:\/\//, ''), stream: e.stream, prefix: e.stream.toLowerCase(), log });
 }

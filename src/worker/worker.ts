@@ -9,7 +9,6 @@
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import type { AppDefinition } from '../app/define.js';
-import { startEdge } from '../deploy/edge.js';
 import { watchTopology, type Topology, type TopologyOverrides, type TopologyWatch } from '../deploy/topology.js';
 import { MemoryEventBus } from '../events/memory-bus.js';
 import { ConfigError } from '../kernel/errors.js';
@@ -17,7 +16,6 @@ import type { PlacementProvider } from '../kernel/placement.js';
 import type { Identity } from '../kernel/plugins.js';
 import { checkOverrides, PolicyTable } from '../kernel/policy-table.js';
 import { Runtime } from '../kernel/runtime.js';
-import { PrometheusTelemetry } from '../observe/telemetry.js';
 import { dataPlugins, eventBusFor, storageFor } from './backends.js';
 
 /** What a deployer provides for one worker: how it reaches, and is reached by, the rest. */
@@ -87,10 +85,13 @@ export async function startWorker(env: WorkerEnvironment): Promise<RunningWorker
   }
   const policies = new PolicyTable(topology.policies);
   const envelope: Envelope = (await env.envelope?.({ policies, log })) ?? {};
-  const telemetry = new PrometheusTelemetry({ collectDefault: true });
+  // Calls are counted where they are shown: the edge serves /metrics. (Loaded only there, like
+  // the edge itself: a worker carries no HTTP framework it does not serve.)
+  const edgeModule = env.edge ? await import('../deploy/edge.js') : undefined;
+  const telemetry = env.edge ? new (await import('../observe/telemetry.js')).PrometheusTelemetry({ collectDefault: true }) : undefined;
   const runtime = new Runtime({
     services,
-    storage: storageFor(topology),
+    storage: await storageFor(topology),
     bus: env.crossProcess ? await eventBusFor(topology, log) : new MemoryEventBus(),
     ...dataPlugins,
     telemetry,
@@ -120,8 +121,8 @@ export async function startWorker(env: WorkerEnvironment): Promise<RunningWorker
 
   try {
     await runtime.start();
-    if (env.edge) {
-      const edge = await startEdge(app, env.appDir, topology, runtime, telemetry, log, envelope.assertIdentity);
+    if (edgeModule && telemetry) {
+      const edge = await edgeModule.startEdge(app, env.appDir, topology, runtime, telemetry, log, envelope.assertIdentity);
       gateway = edge.gateway;
       url = `http://${topology.host}:${edge.port}`;
     }

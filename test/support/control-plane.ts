@@ -244,6 +244,8 @@ export function makeBookstoreAppDir(yaml: string): { dir: string; writeTopology(
   writeFileSync(join(dir, 'package.json'), JSON.stringify({ name: 'bookstore-topology-test', private: true, type: 'module' }) + '\n');
   writeFileSync(join(dir, 'app.ts'), `export { default } from ${JSON.stringify(join(bookstore, 'app.ts'))};\n`);
   symlinkSync(join(bookstore, 'public'), join(dir, 'public'), 'dir');
+  // Workers run a bundle built into the app directory: its packages come from node_modules there.
+  symlinkSync(join(repoRoot, 'node_modules'), join(dir, 'node_modules'), 'dir');
   const writeTopology = (text: string) => {
     // Write-then-rename, as editors do: the watcher must never read half a file.
     const tmp = join(dir, '.evolith.yaml.tmp');

@@ -1,0 +1,32 @@
+/**
+ * The entry of a microservices worker process: the control plane bundles it with the app (see
+ * bundle.ts) and starts it as `node <bundle> --registry <url> (--group <name> | --edge) --replica <n>`.
+ */
+import { Command, InvalidArgumentError } from 'commander';
+import type { AppDefinition } from '../../app/define.js';
+import type { TopologyOverrides } from '../topology.js';
+import { exitWithSupervisor, stopOnSignals } from '../process-signals.js';
+import { runMicroservicesWorker, type WorkerArgs } from './worker-main.js';
+
+function replica(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError('must be a replica number');
+  return n;
+}
+
+export async function main(app: AppDefinition): Promise<void> {
+  exitWithSupervisor();
+  const program = new Command('evolith-worker')
+    .requiredOption('--app-dir <dir>', 'the app directory (evolith.yaml)')
+    .requiredOption('--registry <url>', 'the control plane registry')
+    .option('--group <name>', 'the service group this process hosts')
+    .option('--edge', 'run the HTTP edge instead of a service group')
+    .option('--replica <n>', 'replica number', replica, 0)
+    .exitOverride();
+  program.parse(process.argv);
+  const o = program.opts<WorkerArgs & { appDir: string }>();
+  const overrides = JSON.parse(process.env.EVOLITH_TOPOLOGY_OVERRIDES ?? '{}') as TopologyOverrides;
+  const { label, worker, log } = await runMicroservicesWorker(app, o.appDir, overrides, o);
+  process.stdout.write(`evolith: ${label} serving on ${worker.url ?? worker.address}\n`);
+  stopOnSignals(worker, log);
+}
