@@ -9,7 +9,8 @@
  * The edge signs once per token (and again shortly before expiry); callees check once per
  * assertion: calls after the first cost a map lookup.
  */
-import { createPrivateKey, createPublicKey, sign, verify, type KeyObject } from 'node:crypto';
+import { createPrivateKey, createPublicKey, type KeyObject } from 'node:crypto';
+import { CheckedTokens, openToken, signToken } from './signed-token.js';
 import { UnauthenticatedError } from '../kernel/errors.js';
 import type { Identity } from '../kernel/plugins.js';
 
@@ -18,7 +19,6 @@ const PREFIX = 'ua1.';
 const MAX_LIFE_MS = 15 * 60 * 1000;
 /** Made again once less than this is left, so a call chain never carries one about to lapse. */
 const RENEW_BEFORE_MS = 2 * 60 * 1000;
-const CACHE = 10_000;
 
 interface AssertedClaims {
   sub: string;
@@ -27,14 +27,9 @@ interface AssertedClaims {
   exp: number;
 }
 
-function remember<K, V>(map: Map<K, V>, key: K, value: V): void {
-  if (map.size >= CACHE) map.delete(map.keys().next().value as K);
-  map.set(key, value);
-}
-
 export class AssertionSigner {
   private readonly key: KeyObject;
-  private readonly made = new Map<string, Identity>();
+  private readonly made = new CheckedTokens<Identity>();
 
   constructor(privateKeyPem: string) {
     this.key = createPrivateKey(privateKeyPem);
@@ -54,10 +49,9 @@ export class AssertionSigner {
       ...(claims ? { claims: { ...claims } } : {}),
       exp: Math.min(tokenExp, now + MAX_LIFE_MS),
     };
-    const head = PREFIX + Buffer.from(JSON.stringify(body)).toString('base64url');
-    const assertion = `${head}.${sign(null, Buffer.from(head), this.key).toString('base64url')}`;
+    const assertion = signToken(PREFIX, body, this.key);
     const out: Identity = { subject: body.sub, roles: body.roles, ...(claims ? { claims } : {}), assertion };
-    remember(this.made, cacheKey, out);
+    this.made.set(cacheKey, out);
     return out;
   }
 }
@@ -69,7 +63,7 @@ function expiryOf(assertion: string): number {
 
 export class AssertionVerifier {
   private readonly key: KeyObject;
-  private readonly checked = new Map<string, { identity: Identity; exp: number }>();
+  private readonly checked = new CheckedTokens<{ identity: Identity; exp: number }>();
 
   constructor(publicKeyPem: string) {
     this.key = createPublicKey(publicKeyPem);
@@ -82,16 +76,9 @@ export class AssertionVerifier {
       if (known.exp <= Date.now()) throw new UnauthenticatedError(`the user assertion for ${known.identity.subject} expired`);
       return known.identity;
     }
-    if (typeof assertion !== 'string' || !assertion.startsWith(PREFIX) || assertion.length > 16_384) throw new UnauthenticatedError('not a user assertion');
-    const dot = assertion.lastIndexOf('.');
-    const head = assertion.slice(0, dot);
-    let body: AssertedClaims;
-    try {
-      if (!verify(null, Buffer.from(head), this.key, Buffer.from(assertion.slice(dot + 1), 'base64url'))) throw new Error('bad signature');
-      body = JSON.parse(Buffer.from(head.slice(PREFIX.length), 'base64url').toString('utf8')) as AssertedClaims;
-    } catch {
-      throw new UnauthenticatedError('user assertion not signed by this deployment’s edge');
-    }
+    if (typeof assertion !== 'string' || !assertion.startsWith(PREFIX)) throw new UnauthenticatedError('not a user assertion');
+    const body = openToken<AssertedClaims>(PREFIX, assertion, this.key, 16_384);
+    if (!body) throw new UnauthenticatedError('user assertion not signed by this deployment’s edge');
     if (typeof body.sub !== 'string' || !Array.isArray(body.roles) || !(body.exp > Date.now())) throw new UnauthenticatedError('user assertion malformed or expired');
     const identity: Identity = {
       subject: body.sub,
@@ -99,7 +86,7 @@ export class AssertionVerifier {
       ...(body.claims ? { claims: body.claims } : {}),
       assertion,
     };
-    remember(this.checked, assertion, { identity, exp: body.exp });
+    this.checked.set(assertion, { identity, exp: body.exp });
     return identity;
   }
 }

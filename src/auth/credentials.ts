@@ -14,6 +14,7 @@
  * directly; the claims are ours alone.
  */
 import { createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, randomUUID, sign, verify, type KeyObject } from 'node:crypto';
+import { CheckedTokens, openToken, signToken } from './signed-token.js';
 import { UnauthenticatedError } from '../kernel/errors.js';
 
 const PREFIX = 'ev1.';
@@ -60,8 +61,6 @@ export interface CredentialBundle {
   readonly assertionKey?: string;
 }
 
-const b64 = (buf: Buffer | Uint8Array): string => Buffer.from(buf).toString('base64url');
-
 /** The authority of one deployment: lives in the control plane only. */
 export class DeploymentAuthority {
   readonly trust: Trust;
@@ -96,8 +95,7 @@ export class DeploymentAuthority {
   }
 
   private sign(claims: CredentialClaims): string {
-    const body = PREFIX + b64(Buffer.from(JSON.stringify(claims)));
-    return `${body}.${b64(sign(null, Buffer.from(body), this.signingKey))}`;
+    return signToken(PREFIX, claims, this.signingKey);
   }
 
   /** A new credential and key pair for one process. */
@@ -129,7 +127,7 @@ export class DeploymentAuthority {
 /** Checks credentials against a deployment's trust; remembers the tokens it has checked. */
 export class CredentialVerifier {
   private readonly authority: KeyObject;
-  private readonly checked = new Map<string, CredentialClaims>();
+  private readonly checked = new CheckedTokens<CredentialClaims>();
 
   constructor(readonly trust: Trust) {
     this.authority = createPublicKey(trust.authority);
@@ -142,19 +140,11 @@ export class CredentialVerifier {
       if (known.exp <= Date.now()) throw new UnauthenticatedError(`credential of ${known.sub} expired`);
       return known;
     }
-    if (typeof token !== 'string' || !token.startsWith(PREFIX) || token.length > 4096) throw new UnauthenticatedError('not an internal credential');
-    const dot = token.lastIndexOf('.');
-    const body = token.slice(0, dot);
-    let claims: CredentialClaims;
-    try {
-      if (!verify(null, Buffer.from(body), this.authority, Buffer.from(token.slice(dot + 1), 'base64url'))) throw new Error('bad signature');
-      claims = JSON.parse(Buffer.from(body.slice(PREFIX.length), 'base64url').toString('utf8')) as CredentialClaims;
-    } catch {
-      throw new UnauthenticatedError('credential not signed by this deployment');
-    }
+    if (typeof token !== 'string' || !token.startsWith(PREFIX)) throw new UnauthenticatedError('not an internal credential');
+    const claims = openToken<CredentialClaims>(PREFIX, token, this.authority, 4096);
+    if (!claims) throw new UnauthenticatedError('credential not signed by this deployment');
     if (claims.dep !== this.trust.deployment) throw new UnauthenticatedError('credential of another deployment');
     if (!(claims.exp > Date.now())) throw new UnauthenticatedError(`credential of ${claims.sub} expired`);
-    if (this.checked.size >= 10_000) this.checked.delete(this.checked.keys().next().value!);
     this.checked.set(token, claims);
     return claims;
   }

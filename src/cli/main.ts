@@ -3,6 +3,7 @@ import { Command, InvalidArgumentError } from 'commander';
 import pino from 'pino';
 import type { AppDefinition } from '../app/define.js';
 import { loadApp } from '../app/load.js';
+import type { Deployer, RunningDeployment } from '../deploy/deployer.js';
 import { stopOnSignals } from '../deploy/process-signals.js';
 import { contractDocument } from '../contract/schema.js';
 import { openApiDocument } from '../edge/openapi.js';
@@ -13,15 +14,6 @@ import { ARCHITECTURES, loadTopology, type Topology, type TopologyOverrides } fr
 import { EvolithError } from '../kernel/errors.js';
 
 class CliError extends Error {}
-
-interface Running {
-  readonly url: string;
-  readonly architecture: string;
-  readonly services: { name: string; location: string }[];
-  stop(): Promise<void>;
-}
-
-type Deployer = (app: AppDefinition, appDir: string, topology: Topology, overrides: TopologyOverrides, log: pino.Logger) => Promise<Running>;
 
 const deployers: Partial<Record<string, Deployer>> = {
   monolith: runMonolith,
@@ -57,7 +49,7 @@ async function run(appDirArg: string, opts: TopologyOverrides & { storage?: stri
   stopOnSignals(running, log);
 }
 
-function printBanner(running: Running): void {
+function printBanner(running: RunningDeployment): void {
   const lines = [
     `evolith: ${running.services.length} ${running.architecture === 'monolith' ? 'services' : 'service groups'} running as ${running.architecture}`,
     ...running.services.map((s) => `  ${s.name.padEnd(12)} ${s.location}`),

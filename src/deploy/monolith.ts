@@ -2,15 +2,11 @@ import type { Logger } from 'pino';
 import type { AppDefinition } from '../app/define.js';
 import type { Runtime } from '../kernel/runtime.js';
 import { startWorker } from '../worker/worker.js';
+import type { RunningDeployment } from './deployer.js';
 import type { Topology, TopologyOverrides } from './topology.js';
 
-export interface RunningApp {
-  readonly url: string;
-  readonly architecture: string;
-  /** What runs where, for the start-up banner. */
-  readonly services: { name: string; location: string }[];
+export interface RunningApp extends RunningDeployment {
   readonly runtime: Runtime;
-  stop(): Promise<void>;
 }
 
 /**

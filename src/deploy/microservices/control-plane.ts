@@ -7,6 +7,7 @@ import { DeploymentAuthority } from '../../auth/credentials.js';
 import { RegistryServer, requireOperator } from '../../discovery/registry-server.js';
 import { ConfigError } from '../../kernel/errors.js';
 import { buildBundle } from '../bundle.js';
+import type { RunningDeployment } from '../deployer.js';
 import { Supervisor } from '../supervisor.js';
 import { CREDENTIAL_TTL_MS, CREDENTIALS, RENEWAL, type CredentialsMessage, type RenewalMessage } from './credentials-channel.js';
 import { serviceGroups, type ServiceGroup } from './groups.js';
@@ -15,14 +16,6 @@ import { watchTopology, type Topology, type TopologyOverrides, type TopologyWatc
 /** The worker process's entry, bundled with the app before any worker starts. */
 const here = fileURLToPath(import.meta.url);
 const workerEntry = resolve(dirname(here), `worker-process${extname(here)}`);
-
-export interface RunningDeployment {
-  readonly url: string;
-  readonly architecture: string;
-  readonly services: { name: string; location: string }[];
-  readonly registryUrl: string;
-  stop(): Promise<void>;
-}
 
 /**
  * Microservices on one machine: this process is the control plane (registry, supervisor and
@@ -36,7 +29,7 @@ export async function runMicroservices(
   overrides: TopologyOverrides,
   log: Logger,
   options: { readyTimeoutMs?: number } = {},
-): Promise<RunningDeployment> {
+): Promise<RunningDeployment & { readonly registryUrl: string }> {
   let groups = serviceGroups(app, topology);
   const bundle = await buildBundle(appDir, workerEntry, 'worker');
   // The deployment's authority: every process gets a credential signed by it, and nothing on
