@@ -258,6 +258,24 @@ function rssKb(pid: number): number | undefined {
   }
 }
 
+interface MemoryKb {
+  rss: number;
+  /** Proportional set size: shared pages (the node binary, libraries) divided among the processes sharing them. */
+  pss: number;
+  /** Pages no other process shares: what this process alone costs. */
+  private: number;
+}
+
+function memoryKb(pid: number): MemoryKb | undefined {
+  try {
+    const text = readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8');
+    const field = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(text)?.[1] ?? NaN);
+    return { rss: field('Rss'), pss: field('Pss'), private: field('Private_Clean') + field('Private_Dirty') };
+  } catch {
+    return undefined;
+  }
+}
+
 interface ProcessSet {
   pids: number[];
   /** For the report: what each pid is. */
@@ -268,9 +286,17 @@ async function processesOf(server: Server): Promise<ProcessSet> {
   const top = server.child.pid!;
   const labels = new Map<number, string>([[top, server.name === 'monolith' ? 'monolith' : 'control plane']]);
   if (server.name === 'microservices') {
-    const control = JSON.parse(readFileSync(join(server.dataDir, '.evolith', 'control-plane.json'), 'utf8')) as { registryUrl: string; url: string; pid: number };
+    const control = JSON.parse(readFileSync(join(server.dataDir, '.evolith', 'control-plane.json'), 'utf8')) as {
+      registryUrl: string;
+      url: string;
+      pid: number;
+      operatorToken: string;
+    };
     if (control.pid !== top) fail(`control-plane.json names pid ${control.pid}, but the control plane this bench started is ${top}`);
-    const status = JSON.parse((await call(`${control.registryUrl}/status`)).text) as { instances: { id: string; metadata?: Record<string, string> }[] };
+    // The registry answers credentials of its deployment only: the operator's, as `evolith status` does.
+    const status = JSON.parse((await call(`${control.registryUrl}/status`, { headers: { authorization: `Bearer ${control.operatorToken}` } })).text) as {
+      instances: { id: string; metadata?: Record<string, string> }[];
+    };
     for (const inst of status.instances) {
       const pid = Number(inst.metadata?.pid);
       if (!Number.isInteger(pid) || pid <= 0) fail(`registry instance ${inst.id} has no metadata.pid`);
@@ -603,6 +629,13 @@ async function main(): Promise<void> {
         `${s.name.padEnd(13)} on ${s.url}: ${set.pids.length} process${set.pids.length === 1 ? '' : 'es'} ` +
           `(${set.pids.map((p) => `${set.labels.get(p)}=${p}`).join(', ')}); stock raised; startup ${((Date.now() - started) / 1000).toFixed(1)} s since bench start`,
       );
+      // Memory of each process before any load: what an idle deployment holds.
+      const memRows: string[][] = [['process', 'RSS MB', 'PSS MB', 'private MB']];
+      for (const pid of set.pids) {
+        const m = memoryKb(pid);
+        if (m) memRows.push([set.labels.get(pid)!, f1(m.rss / 1024), f1(m.pss / 1024), f1(m.private / 1024)]);
+      }
+      printTable(`${s.name}: memory per process, idle after start (PSS shares the node binary and libraries among the processes using them)`, memRows);
     }
 
     const results = new Map<ArchName, RunResult[]>(ARCHS.map((a) => [a, []]));
