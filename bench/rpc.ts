@@ -150,12 +150,12 @@ const echo = benchContract.methods.echo;
 const contenders: Contender[] = [
   {
     name: 'evolith-tcp',
-    detail: 'TcpTransport.invoke → RpcServer → ServiceHost.handle; msgpackr frames; pool default (1 connection at this load)',
+    detail: 'TcpTransport.send → RpcServer → ServiceHost.handle; header + msgpackr payload frames; pool default (1 connection at this load)',
     server: ['evolith-tcp'],
     async connect(address) {
-      const t = new TcpTransport({ addressesFor: () => [address], log: quiet });
+      const t = new TcpTransport({ log: quiet });
       return {
-        call: () => t.invoke(echo, payload, { deadline: Date.now() + DEADLINE_MS, trace: newTrace(), caller: undefined, from: 'bench' }),
+        call: () => t.send(address, echo, payload, { deadline: Date.now() + DEADLINE_MS, trace: newTrace(), caller: undefined, from: 'bench' }),
         close: () => t.close(),
       };
     },

@@ -70,7 +70,7 @@ export async function runWorker(
     overrides: topology.policies,
     log,
   });
-  const tcp = new TcpTransport({ addressesFor: () => [], log });
+  const tcp = new TcpTransport({ log });
   const remote = resilientRemote(policy, { name: 'tcp', send: (endpoint, method, input, meta) => tcp.send(endpoint.address, method, input, meta), close: () => tcp.close() });
   const bus = await eventBusFor(topology, log);
   const telemetry = new PrometheusTelemetry({ collectDefault: true });
