@@ -17,4 +17,5 @@ export {
 } from './frame.js';
 export { hostResolver, RpcServer, type RpcResolver, type RpcServerOptions, type RpcServerStats, type RpcTarget } from './tcp-server.js';
 export { TcpTransport, type TcpTransportOptions } from './tcp-transport.js';
+export { Forwarder, type ForwarderOptions, type ForwarderStats, type ForwardRoute } from './forwarder.js';
 export { HttpTransport, MSGPACK_TYPE, rpcHttpPlugin, type HttpTransportOptions, type RpcHttpOptions } from './http-transport.js';
