@@ -3,9 +3,9 @@ import type { MethodDef } from '../contract/define.js';
 import { NotFoundError, NotSerializableError, toEvolithError } from '../kernel/errors.js';
 import type { ServiceHost } from '../kernel/host.js';
 import type { CallMeta } from '../kernel/plugins.js';
-import { newTrace, parseTraceparent } from '../kernel/trace.js';
 import { decodePayload, FrameEncodeError, PayloadError, writeFrame, type RequestHeader } from './frame.js';
 import { RpcListener, type InboundConnection, type ListenerOptions, type ListenerStats } from './listener.js';
+import { WireTrace } from './wire-trace.js';
 
 /** What serves one method: the server half of the call pipeline (authorise → validate → handler → validate output). */
 export interface RpcTarget {
@@ -74,7 +74,7 @@ export class RpcServer extends RpcListener {
       if (err instanceof PayloadError) return conn.protocolError(err.message);
       throw err;
     }
-    const meta: CallMeta = { deadline: header.deadline, trace: parseTraceparent(header.traceparent) ?? newTrace(), caller: header.caller, from: header.from };
+    const meta: CallMeta = { deadline: header.deadline, trace: new WireTrace(header.traceparent), caller: header.caller, from: header.from };
     const method = target.method;
     let work: Promise<unknown>;
     try {
