@@ -153,10 +153,10 @@ export abstract class RpcListener {
   /** @internal Checks that apply to every request, then hands it to the subclass. */
   dispatch(conn: InboundConnection, header: RequestHeader, frame: Buffer, payloadStart: number): void {
     this.counters.requests++;
-    if (conn.draining || this.closing) {
+    if (conn.isDraining || this.closing) {
       return conn.fail(header.id, new UnavailableError(`${this.address} is shutting down; call another instance`, { maybeExecuted: false }));
     }
-    if (conn.inflight >= this.maxInFlight) {
+    if (conn.inFlight >= this.maxInFlight) {
       this.counters.overloaded++;
       return conn.fail(
         header.id,
@@ -176,9 +176,8 @@ export abstract class RpcListener {
 export class InboundConnection implements FrameSink {
   private readonly decoder: FrameDecoder;
   readonly remote: string;
-  /** Calls taken (`begin`) and not yet answered (`end`). */
-  inflight = 0;
-  draining = false;
+  private inflight = 0;
+  private draining = false;
   private paused = false;
   private readonly writer: BatchedWriter;
   private closed = false;
@@ -223,6 +222,16 @@ export class InboundConnection implements FrameSink {
 
   get isClosed(): boolean {
     return this.closed;
+  }
+
+  /** Told to go away: takes no new calls. */
+  get isDraining(): boolean {
+    return this.draining;
+  }
+
+  /** Calls taken (`begin`) and not yet answered (`end`). */
+  get inFlight(): number {
+    return this.inflight;
   }
 
   get limits(): FrameLimits {
@@ -272,11 +281,19 @@ export class InboundConnection implements FrameSink {
   /** Answers call `id` with an error. */
   fail(id: number, err: EvolithError): void {
     if (this.closed) return;
+    const limits = this.listener.limits;
     try {
-      writeFrame(this, { kind: 'error', id }, err.toJSON(), this.listener.limits);
+      writeFrame(this, { kind: 'error', id }, err.toJSON(), limits);
     } catch {
       // Details that cannot be encoded (or are too large) are dropped; code and message survive.
-      writeFrame(this, { kind: 'error', id }, { code: err.code, message: err.message.slice(0, 10_000), httpStatus: err.httpStatus, origin: err.origin }, this.listener.limits);
+      const message = err.message.slice(0, Math.min(10_000, limits.maxFrameBytes >> 3));
+      try {
+        writeFrame(this, { kind: 'error', id }, { code: err.code, message, httpStatus: err.httpStatus, origin: err.origin }, limits);
+      } catch (last) {
+        // Not even that fits: the caller would wait for an answer that cannot come.
+        this.listener.log.error({ err: last, remote: this.remote, code: err.code }, 'rpc error answer cannot be encoded; closing the connection');
+        this.destroy();
+      }
     }
   }
 
