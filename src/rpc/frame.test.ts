@@ -213,6 +213,10 @@ describe('frames', () => {
       [rawFrame(okHeader), /answer without a payload/],
       [rawFrame(pack([3, 1]), pack(1)), /ping or pong with a payload/],
       [rawFrame(pack([5, 0])), /goaway header needs/],
+      // The same checks hold for [kind, id] headers read without msgpackr.
+      [rawFrame(Buffer.from([0x92, 0x01, 0xce, 0, 0, 0, 1])), /answer without a payload/],
+      [rawFrame(Buffer.from([0x92, 0x03, 0xce, 0, 0, 0, 1]), pack(1)), /ping or pong with a payload/],
+      [rawFrame(Buffer.from([0x92, 0x09, 0xce, 0, 0, 0, 1])), /unknown frame kind 9/],
     ];
     for (const [bytes, reason] of cases) {
       const { decoder, got, errors } = collect(frameLimits(4096, 64));

@@ -393,6 +393,17 @@ export class FrameDecoder {
     if (headerLength === 0) return this.fail('empty header');
     if (headerLength > this.limits.maxHeaderBytes) return this.fail(`header of ${headerLength} bytes exceeds the ${this.limits.maxHeaderBytes}-byte limit`);
     if (payloadStart > frame.length) return this.fail(`header of ${headerLength} bytes overruns its ${frame.length - 4}-byte frame`);
+    const hasPayload = payloadStart < frame.length;
+    // Answers, pings and pongs, half of all frames, are [kind, id] as this module writes them:
+    // read those seven bytes directly rather than through msgpackr.
+    if (headerLength === 7 && frame[PREFIX_BYTES] === 0x92 && frame[PREFIX_BYTES + 2] === 0xce) {
+      const kind = frame[PREFIX_BYTES + 1]!;
+      if (kind >= OK && kind <= PONG) {
+        const header = toHeader([kind, frame.readUInt32BE(PREFIX_BYTES + ID_OFFSET)], hasPayload);
+        if (typeof header === 'string') return this.fail(`malformed header: ${header}`);
+        return this.onFrame(header, frame, payloadStart);
+      }
+    }
     let value: unknown;
     range.start = PREFIX_BYTES;
     range.end = payloadStart;
@@ -401,7 +412,7 @@ export class FrameDecoder {
     } catch (err) {
       return this.fail(`header is not valid msgpack: ${(err as Error)?.message ?? String(err)}`.slice(0, 300));
     }
-    const header = toHeader(value, payloadStart < frame.length);
+    const header = toHeader(value, hasPayload);
     if (typeof header === 'string') return this.fail(`malformed header: ${header}`);
     this.onFrame(header, frame, payloadStart);
   }
