@@ -3,6 +3,10 @@
  * event loop with the load generator:
  *
  *   node bin/run-ts.mjs bench/support/rpc-servers.ts <evolith-tcp|evolith-http|grpc|moleculer|raw-echo> [codec]
+ *   node bin/run-ts.mjs bench/support/rpc-servers.ts forwarder <upstream host:port>
+ *
+ * `forwarder` is Evolith's RPC forwarder in front of an evolith-tcp server: every call is routed
+ * by its header to the upstream and its payload relayed as bytes, never decoded.
  *
  * `raw-echo` is the floor, not a contender: a node:net server that writes every chunk it
  * reads straight back (no framing, no codec, no handler), showing what one round trip costs on
@@ -24,10 +28,12 @@ import { MemoryEventBus } from '../../src/events/memory-bus.js';
 import { ServiceHost, type HostEnvironment } from '../../src/kernel/host.js';
 import { dataPlugins } from '../../src/worker/backends.js';
 import { rpcHttpPlugin } from '../../src/rpc/http-transport.js';
+import { Forwarder } from '../../src/rpc/forwarder.js';
 import { hostResolver, RpcServer } from '../../src/rpc/tcp-server.js';
 import { SqliteStorage } from '../../src/storage/sqlite.js';
 import { benchService, grpcDefinition, moleculerSerializer, type Codec, type MoleculerSerializer } from './rpc-echo.js';
 
+// The second argument is the codec, or for the forwarder its upstream.
 const [kind, codec] = process.argv.slice(2);
 const log = pino({ level: 'warn' });
 const cleanup: (() => Promise<unknown>)[] = [];
@@ -67,6 +73,13 @@ async function main(): Promise<string> {
       const server = new RpcServer({ resolve: hostResolver([await echoHost()]), log });
       cleanup.unshift(() => server.close(1_000));
       return server.listen();
+    }
+    case 'forwarder': {
+      const upstream = codec;
+      if (!upstream) throw new Error('forwarder needs the upstream host:port');
+      const forwarder = new Forwarder({ route: () => upstream, log });
+      cleanup.unshift(() => forwarder.close(1_000));
+      return forwarder.listen();
     }
     case 'evolith-http': {
       const app = Fastify();
@@ -108,7 +121,7 @@ async function main(): Promise<string> {
       return `127.0.0.1:${(server.address() as { port: number }).port}`;
     }
     default:
-      throw new Error(`unknown server kind ${kind}: use evolith-tcp, evolith-http, grpc, moleculer or raw-echo`);
+      throw new Error(`unknown server kind ${kind}: use evolith-tcp, forwarder, evolith-http, grpc, moleculer or raw-echo`);
   }
 }
 

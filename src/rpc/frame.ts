@@ -1,30 +1,68 @@
 /**
  * The wire format of Evolith's TCP RPC.
  *
- * A connection carries frames both ways: a 4-byte big-endian length, then that many bytes
- * holding one msgpack value. Values are written as plain msgpack (no msgpackr records), so any
- * msgpack library can read them. Each value is an array whose first element says what it is:
+ * A connection carries frames both ways. Each frame is a small header, which says what the
+ * frame is and where a call goes, followed by an opaque payload, so that a proxy can read and
+ * rewrite the header and pass the payload on as bytes without decoding it:
  *
- *   [0, id, service, method, deadline, traceparent, caller, from, input]   request
- *   [1, id, output]                                                        answer: success
- *   [2, id, error]                                                         answer: a SerializedError
- *   [3, id]                                                                ping
- *   [4, id]                                                                pong
- *   [5, reason]                                                            goaway: send no new requests here
+ *   u32 length          big-endian: the bytes after this field (2 + header + payload)
+ *   u16 header length   big-endian: the bytes of the header
+ *   header              one msgpack array, [kind, id, ...]
+ *   payload             the rest of the frame: one msgpack value, or nothing
  *
+ *   kind  header                                                          payload
+ *   0     [0, id, service, method, deadline, traceparent, caller, from]   input              request
+ *   1     [1, id]                                                         output             answer: success
+ *   2     [2, id]                                                         SerializedError    answer: failure
+ *   3     [3, id]                                                         none               ping
+ *   4     [4, id]                                                         none               pong
+ *   5     [5, 0, reason]                                                  none               goaway: send no new requests here
+ *
+ * Both parts are plain msgpack (no msgpackr records), so any msgpack library can read them.
  * Tuples rather than maps: the header is a handful of small fields and keys would double it.
+ *
  * `id` is chosen by the requester and unique among its calls in flight on that connection;
- * answers may come in any order. `deadline` is epoch milliseconds; absent optional fields are nil.
+ * answers may come in any order. Writers here always encode it as a msgpack uint32 (0xce and
+ * four bytes) right after the kind, so a proxy that only renumbers calls can patch four bytes
+ * in place (`swapId`) and forward the frame as it came; readers accept any integer encoding.
+ * `deadline` is absolute, in epoch milliseconds; `traceparent` is W3C trace context; `caller`
+ * is the identity the call is made for, in the form identity-field.ts defines; `from` is the
+ * calling service. Absent optional fields are nil.
+ *
+ * Limits, checked before anything is decoded: a frame's length is at most `maxFrameBytes`
+ * (4 MiB by default) and its header at most `maxHeaderBytes` (16 KiB by default). A request or
+ * an answer has a payload; a ping, pong or goaway has none.
  */
-import { Packr, RESERVE_START_SPACE, Unpackr } from 'msgpackr';
+import { C1, Packr, RESERVE_START_SPACE, REUSE_BUFFER_MODE, Unpackr } from 'msgpackr';
 import type { SerializedError } from '../kernel/errors.js';
 import type { Identity } from '../kernel/plugins.js';
+import { identityFromWire, identityToWire } from './identity-field.js';
 
 export const DEFAULT_MAX_FRAME_BYTES = 4 * 1024 * 1024;
-const HEADER_BYTES = 4;
+export const DEFAULT_MAX_HEADER_BYTES = 16 * 1024;
+/** Length field plus header-length field. */
+const PREFIX_BYTES = 6;
+/** The u16 header length cannot say more. */
+const HEADER_LIMIT = 0xffff;
 const MAX_NAME_LENGTH = 256;
 
-export interface RequestMessage {
+export interface FrameLimits {
+  /** Largest frame, counted without its 4-byte length field. */
+  readonly maxFrameBytes: number;
+  /** Largest header. */
+  readonly maxHeaderBytes: number;
+}
+
+export const DEFAULT_LIMITS: FrameLimits = { maxFrameBytes: DEFAULT_MAX_FRAME_BYTES, maxHeaderBytes: DEFAULT_MAX_HEADER_BYTES };
+
+/** Limits from optional settings, checked; the header limit defaults to 16 KiB, or less in a smaller frame. */
+export function frameLimits(maxFrameBytes = DEFAULT_MAX_FRAME_BYTES, maxHeaderBytes = Math.min(DEFAULT_MAX_HEADER_BYTES, maxFrameBytes >>> 1)): FrameLimits {
+  if (!(maxHeaderBytes >= 16 && maxHeaderBytes <= HEADER_LIMIT)) throw new RangeError(`maxHeaderBytes must be between 16 and ${HEADER_LIMIT}`);
+  if (!(maxFrameBytes > maxHeaderBytes)) throw new RangeError('maxFrameBytes must be more than maxHeaderBytes');
+  return { maxFrameBytes, maxHeaderBytes };
+}
+
+export interface RequestHeader {
   readonly kind: 'request';
   readonly id: number;
   readonly service: string;
@@ -36,24 +74,26 @@ export interface RequestMessage {
   readonly caller: Identity | undefined;
   /** The calling service, if the call comes from a handler. */
   readonly from: string | undefined;
-  readonly input: unknown;
 }
 
-export type ResponseMessage =
-  | { readonly kind: 'response'; readonly id: number; readonly ok: true; readonly output: unknown }
-  | { readonly kind: 'response'; readonly id: number; readonly ok: false; readonly error: SerializedError };
+/** An answer to the request with the same id: the payload is the output (`ok`) or a SerializedError (`error`). */
+export interface AnswerHeader {
+  readonly kind: 'ok' | 'error';
+  readonly id: number;
+}
 
-export interface PingMessage {
+export interface PingHeader {
   readonly kind: 'ping' | 'pong';
   readonly id: number;
 }
 
-export interface GoAwayMessage {
+export interface GoAwayHeader {
   readonly kind: 'goaway';
+  readonly id: 0;
   readonly reason: string;
 }
 
-export type Message = RequestMessage | ResponseMessage | PingMessage | GoAwayMessage;
+export type FrameHeader = RequestHeader | AnswerHeader | PingHeader | GoAwayHeader;
 
 const REQUEST = 0;
 const OK = 1;
@@ -61,127 +101,320 @@ const ERROR = 2;
 const PING = 3;
 const PONG = 4;
 const GOAWAY = 5;
+const KIND_NAMES = ['request', 'ok', 'error', 'ping', 'pong', 'goaway'] as const;
 
-const packr = new Packr({ useRecords: false });
-// Peers are not trusted: no cyclic references (structured clone), and record definitions a
-// message declares are dropped after it (msgpackr does that for untrusted unpackers).
-const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, structuredClone: false });
-
-/** A message that cannot become a frame: a value msgpack cannot hold, or too many bytes. */
-export class FrameEncodeError extends Error {}
-
-function tupleOf(m: Message): unknown[] {
-  switch (m.kind) {
-    case 'request':
-      return [REQUEST, m.id, m.service, m.method, m.deadline, m.traceparent ?? null, m.caller ?? null, m.from ?? null, m.input];
-    case 'response':
-      return m.ok ? [OK, m.id, m.output] : [ERROR, m.id, m.error];
-    case 'ping':
-      return [PING, m.id];
-    case 'pong':
-      return [PONG, m.id];
-    case 'goaway':
-      return [GOAWAY, m.reason];
-  }
+/** Where frames go, typically a connection's socket writer. The parts of one frame are written back to back. */
+export interface FrameSink {
+  write(bytes: Buffer): void;
 }
 
-/** One frame, length prefix included, ready for `socket.write`. Throws FrameEncodeError. */
-export function encodeFrame(message: Message, maxFrameBytes = DEFAULT_MAX_FRAME_BYTES): Buffer {
-  let frame: Buffer;
-  try {
-    // msgpackr leaves room for the length prefix in front of the payload: no second copy.
-    frame = packr.pack(tupleOf(message), RESERVE_START_SPACE | HEADER_BYTES);
-  } catch (err) {
-    throw new FrameEncodeError(`cannot encode as msgpack: ${(err as Error)?.message ?? String(err)}`);
+/** A value that cannot become a frame: something msgpack cannot hold, or too many bytes. */
+export class FrameEncodeError extends Error {}
+
+// ---------------------------------------------------------------------------------------------
+// Encoding.
+
+// All Packr instances write into one shared buffer (msgpackr keeps it per module), each pack
+// after the last. A header is packed first and its bytes stay put while the payload is packed
+// behind it; REUSE_BUFFER_MODE returns the shared buffer with start and end instead of
+// allocating a view per header.
+const packr = new Packr({ useRecords: false });
+/** Packed in place of the id so that msgpackr writes a uint32 (0xce + 4 bytes); the real id replaces it. */
+const ID_PLACEHOLDER = 0xffffffff;
+/** Where the id's four bytes start in a header: after the fixarray byte, the kind and 0xce. */
+const ID_OFFSET = 3;
+/** RESERVE_START_SPACE takes the room to leave in front of the payload in one byte. */
+const MAX_RESERVE = 0xff;
+
+// Reused for every request header: msgpackr reads it synchronously and keeps no reference.
+const requestTuple: unknown[] = [REQUEST, ID_PLACEHOLDER, '', '', 0, null, null, null];
+const goAwayTuple: unknown[] = [GOAWAY, ID_PLACEHOLDER, ''];
+/** A header of kind and id only: fixarray(2), kind, 0xce, id. */
+const shortHeader = Buffer.from([0x92, 0, 0xce, 0, 0, 0, 0]);
+
+/** The packed header: bytes [headerStart, headerEnd) of headerBytes, valid until the next packHeader (of a short header). */
+let headerBytes: Buffer = shortHeader;
+let headerStart = 0;
+let headerEnd = 0;
+
+function packHeader(header: FrameHeader): void {
+  let tuple: unknown[];
+  switch (header.kind) {
+    case 'request':
+      tuple = requestTuple;
+      tuple[2] = header.service;
+      tuple[3] = header.method;
+      tuple[4] = header.deadline;
+      tuple[5] = header.traceparent ?? null;
+      tuple[6] = identityToWire(header.caller);
+      tuple[7] = header.from ?? null;
+      break;
+    case 'goaway':
+      tuple = goAwayTuple;
+      tuple[2] = header.reason;
+      break;
+    default:
+      shortHeader[1] = KIND_NAMES.indexOf(header.kind);
+      shortHeader.writeUInt32BE(header.id, ID_OFFSET);
+      headerBytes = shortHeader;
+      headerStart = 0;
+      headerEnd = shortHeader.length;
+      return;
   }
-  const length = frame.length - HEADER_BYTES;
-  if (length > maxFrameBytes) throw new FrameEncodeError(`${length} bytes is more than the ${maxFrameBytes}-byte frame limit`);
-  frame.writeUInt32BE(length, 0);
-  return frame;
+  let packed: Buffer & { start?: number; end?: number };
+  try {
+    packed = packr.pack(tuple, REUSE_BUFFER_MODE) as Buffer & { start?: number; end?: number };
+  } catch (err) {
+    throw new FrameEncodeError(`header cannot be encoded as msgpack: ${(err as Error)?.message ?? String(err)}`);
+  } finally {
+    // Nothing of a call outlives its encoding.
+    tuple.fill(null, 2);
+  }
+  headerBytes = packed;
+  headerStart = packed.start!;
+  headerEnd = packed.end!;
+  packed.writeUInt32BE(header.id, headerStart + ID_OFFSET);
+}
+
+function headerTooLarge(limits: FrameLimits): FrameEncodeError | undefined {
+  const length = headerEnd - headerStart;
+  return length > limits.maxHeaderBytes ? new FrameEncodeError(`a header of ${length} bytes is more than the ${limits.maxHeaderBytes}-byte header limit`) : undefined;
+}
+
+function frameTooLarge(length: number, limits: FrameLimits): FrameEncodeError | undefined {
+  return length > limits.maxFrameBytes ? new FrameEncodeError(`${length} bytes is more than the ${limits.maxFrameBytes}-byte frame limit`) : undefined;
+}
+
+/** Length field, header-length field and the packed header, at `at` in `into`. */
+function putPrefix(into: Buffer, at: number, length: number): void {
+  into.writeUInt32BE(length, at);
+  into.writeUInt16BE(headerEnd - headerStart, at + 4);
+  headerBytes.copy(into, at + PREFIX_BYTES, headerStart, headerEnd);
+}
+
+/** A buffer holding the frame's length, header length and header: what precedes a payload. */
+function prefixBuffer(payloadLength: number, limits: FrameLimits): Buffer {
+  const headerLength = headerEnd - headerStart;
+  const length = 2 + headerLength + payloadLength;
+  const err = headerTooLarge(limits) ?? frameTooLarge(length, limits);
+  if (err) throw err;
+  const head = Buffer.allocUnsafe(PREFIX_BYTES + headerLength);
+  putPrefix(head, 0, length);
+  return head;
 }
 
 /**
- * Turns a byte stream into messages, whatever the chunking: a frame split over many chunks, or
- * many frames in one. After the first protocol error (oversized or empty frame, bytes that are
- * not msgpack, a value of the wrong shape) it reports the reason once and ignores the rest:
- * the owner closes the connection.
+ * Encodes a frame and writes it to `sink`: `header`, then `payload` packed as msgpack (none for
+ * ping, pong and goaway). Throws FrameEncodeError, having written nothing, when the payload
+ * cannot be packed or the frame would break `limits`.
+ *
+ * The payload is packed once, behind room msgpackr leaves for the length fields and the header,
+ * so a frame is one buffer and its payload is never copied. msgpackr can leave at most 255
+ * bytes; a frame with a larger header is written as two buffers, header then payload, still
+ * without copying the payload.
+ */
+export function writeFrame(sink: FrameSink, header: FrameHeader, payload: unknown, limits: FrameLimits = DEFAULT_LIMITS): void {
+  packHeader(header);
+  if (header.kind !== 'request' && header.kind !== 'ok' && header.kind !== 'error') {
+    sink.write(prefixBuffer(0, limits));
+    return;
+  }
+  const headerLength = headerEnd - headerStart;
+  const reserve = PREFIX_BYTES + headerLength;
+  const fits = reserve <= MAX_RESERVE;
+  let packed: Buffer;
+  try {
+    packed = packr.pack(payload, fits ? RESERVE_START_SPACE | reserve : 0);
+  } catch (err) {
+    throw new FrameEncodeError(`cannot encode as msgpack: ${(err as Error)?.message ?? String(err)}`);
+  }
+  if (!fits) {
+    const head = prefixBuffer(packed.length, limits);
+    sink.write(head);
+    sink.write(packed);
+    return;
+  }
+  const err = headerTooLarge(limits) ?? frameTooLarge(packed.length - 4, limits);
+  if (err) throw err;
+  putPrefix(packed, 0, packed.length - 4);
+  sink.write(packed);
+}
+
+/**
+ * Writes `header` followed by the payload of a received frame, passed on as the bytes it is
+ * (never decoded). For proxies that rewrite more than the id; see `swapId` for the cheaper case.
+ */
+export function forwardFrame(sink: FrameSink, header: FrameHeader, frame: Buffer, payloadStart: number, limits: FrameLimits = DEFAULT_LIMITS): void {
+  packHeader(header);
+  const head = prefixBuffer(frame.length - payloadStart, limits);
+  sink.write(head);
+  if (payloadStart < frame.length) sink.write(frame.subarray(payloadStart));
+}
+
+/**
+ * Renumbers a received frame in place: the id becomes `id` and nothing else changes, so the
+ * frame can be forwarded whole. False (and nothing changed) when the sender did not encode the
+ * id as a uint32 right after the kind; re-encode the header with `forwardFrame` then.
+ */
+export function swapId(frame: Buffer, id: number): boolean {
+  const at = PREFIX_BYTES;
+  if (frame.length < at + 7 || frame.readUInt16BE(4) < 7) return false;
+  const array = frame[at]!;
+  if (array < 0x92 || array > 0x9f || frame[at + 1]! > 0x7f || frame[at + 2] !== 0xce) return false;
+  frame.writeUInt32BE(id, at + ID_OFFSET);
+  return true;
+}
+
+/** One frame as a single buffer (tests, tools, control frames). Throws FrameEncodeError. */
+export function encodeFrame(header: FrameHeader, payload?: unknown, limits: FrameLimits = DEFAULT_LIMITS): Buffer {
+  const parts: Buffer[] = [];
+  writeFrame({ write: (b) => void parts.push(b) }, header, payload, limits);
+  return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoding.
+
+// Peers are not trusted: no cyclic references (structured clone), and record definitions a
+// message declares are dropped after it (msgpackr does that for untrusted unpackers).
+const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, structuredClone: false });
+const range = { start: 0, end: 0 };
+
+/** A payload that is not one well-formed msgpack value. */
+export class PayloadError extends Error {}
+
+/**
+ * The payload of a received frame, decoded. Throws PayloadError when the bytes are not one
+ * msgpack value; the sender then broke the protocol, and the connection should close.
+ */
+export function decodePayload(frame: Buffer, payloadStart: number): unknown {
+  range.start = payloadStart;
+  range.end = frame.length;
+  let value: unknown;
+  try {
+    value = unpackr.unpack(frame, range);
+  } catch (err) {
+    throw new PayloadError(`payload is not valid msgpack: ${(err as Error)?.message ?? String(err)}`.slice(0, 300));
+  }
+  // msgpackr hands back a marker for 0xc1, a byte msgpack never uses, instead of failing.
+  if (value === C1) throw new PayloadError('payload is not valid msgpack: 0xc1');
+  return value;
+}
+
+/** Receives a frame: its checked header, and the frame's bytes (length field included) with where its payload starts. */
+export type FrameHandler = (header: FrameHeader, frame: Buffer, payloadStart: number) => void;
+
+/**
+ * Turns a byte stream into frames, whatever the chunking: a frame split over many chunks, or
+ * many frames in one. Only headers are decoded; payloads are handed on as bytes. After the
+ * first protocol error (an oversized or empty frame, a header that is too large, not msgpack
+ * or of the wrong shape) it reports the reason once and ignores the rest: the owner closes the
+ * connection.
  */
 export class FrameDecoder {
-  private readonly header = Buffer.alloc(HEADER_BYTES);
-  private headerFill = 0;
-  /** Length of the frame whose body is being collected; -1 while reading a header. */
-  private bodyLength = -1;
+  private readonly lengthField = Buffer.alloc(4);
+  private lengthFill = 0;
+  /** Length of the frame being collected; -1 while reading a length field. */
+  private frameLength = -1;
   private parts: Buffer[] = [];
   private received = 0;
   private failed = false;
 
   constructor(
-    private readonly onMessage: (message: Message) => void,
+    private readonly onFrame: FrameHandler,
     private readonly onError: (reason: string) => void,
-    private readonly maxFrameBytes = DEFAULT_MAX_FRAME_BYTES,
+    private readonly limits: FrameLimits = DEFAULT_LIMITS,
   ) {}
 
   /** True when bytes of an unfinished frame are buffered (a peer that hangs up now truncated it). */
   get partial(): boolean {
-    return this.headerFill > 0 || this.bodyLength >= 0;
+    return this.lengthFill > 0 || this.frameLength >= 0;
   }
 
   push(chunk: Buffer): void {
     const n = chunk.length;
     let offset = 0;
     while (offset < n && !this.failed) {
-      if (this.bodyLength < 0) {
+      if (this.frameLength < 0) {
         let length: number;
-        if (this.headerFill === 0 && n - offset >= HEADER_BYTES) {
+        if (this.lengthFill === 0 && n - offset >= 4) {
           length = chunk.readUInt32BE(offset);
-          offset += HEADER_BYTES;
+          if (!this.lengthOk(length)) return;
+          if (n - offset - 4 >= length) {
+            // The common case: the whole frame is in this chunk, hand it on in place.
+            this.deliver(chunk.subarray(offset, offset + 4 + length));
+            offset += 4 + length;
+            continue;
+          }
+          this.parts.push(chunk.subarray(offset, offset + 4));
+          offset += 4;
         } else {
-          const take = Math.min(HEADER_BYTES - this.headerFill, n - offset);
-          chunk.copy(this.header, this.headerFill, offset, offset + take);
-          this.headerFill += take;
+          const take = Math.min(4 - this.lengthFill, n - offset);
+          chunk.copy(this.lengthField, this.lengthFill, offset, offset + take);
+          this.lengthFill += take;
           offset += take;
-          if (this.headerFill < HEADER_BYTES) return;
-          this.headerFill = 0;
-          length = this.header.readUInt32BE(0);
+          if (this.lengthFill < 4) return;
+          this.lengthFill = 0;
+          length = this.lengthField.readUInt32BE(0);
+          if (!this.lengthOk(length)) return;
+          this.parts.push(Buffer.from(this.lengthField));
         }
-        if (length === 0) return this.fail('empty frame');
-        if (length > this.maxFrameBytes) return this.fail(`frame of ${length} bytes exceeds the ${this.maxFrameBytes}-byte limit`);
-        if (n - offset >= length) {
-          // The common case: the whole frame is in this chunk, decode it in place.
-          this.deliver(chunk.subarray(offset, offset + length));
-          offset += length;
-          continue;
-        }
-        // Collect the body as it arrives; memory grows with bytes received, not bytes promised.
-        this.bodyLength = length;
-        this.parts.push(chunk.subarray(offset));
-        this.received = n - offset;
-        return;
+        // Collect the frame as it arrives; memory grows with bytes received, not bytes promised.
+        this.frameLength = length;
+        this.received = 0;
+        continue;
       }
-      const take = Math.min(this.bodyLength - this.received, n - offset);
+      const take = Math.min(this.frameLength - this.received, n - offset);
       this.parts.push(chunk.subarray(offset, offset + take));
       this.received += take;
       offset += take;
-      if (this.received === this.bodyLength) {
-        const body = Buffer.concat(this.parts, this.bodyLength);
+      if (this.received === this.frameLength) {
+        const frame = Buffer.concat(this.parts, 4 + this.frameLength);
         this.parts = [];
         this.received = 0;
-        this.bodyLength = -1;
-        this.deliver(body);
+        this.frameLength = -1;
+        this.deliver(frame);
       }
     }
   }
 
-  private deliver(payload: Buffer): void {
-    let value: unknown;
-    try {
-      value = unpackr.unpack(payload);
-    } catch (err) {
-      return this.fail(`payload is not valid msgpack: ${(err as Error)?.message ?? String(err)}`.slice(0, 300));
+  private lengthOk(length: number): boolean {
+    if (length === 0) this.fail('empty frame');
+    else if (length > this.limits.maxFrameBytes) this.fail(`frame of ${length} bytes exceeds the ${this.limits.maxFrameBytes}-byte limit`);
+    else if (length < 2) this.fail(`frame of ${length} byte cannot hold a header length`);
+    else return true;
+    return false;
+  }
+
+  /** `frame` is whole: length field, header length, header, payload. */
+  private deliver(frame: Buffer): void {
+    const headerLength = frame.readUInt16BE(4);
+    const payloadStart = PREFIX_BYTES + headerLength;
+    if (headerLength === 0) return this.fail('empty header');
+    if (headerLength > this.limits.maxHeaderBytes) return this.fail(`header of ${headerLength} bytes exceeds the ${this.limits.maxHeaderBytes}-byte limit`);
+    if (payloadStart > frame.length) return this.fail(`header of ${headerLength} bytes overruns its ${frame.length - 4}-byte frame`);
+    const hasPayload = payloadStart < frame.length;
+    // Answers, pings and pongs, half of all frames, are [kind, id] as this module writes them:
+    // read those seven bytes directly rather than through msgpackr.
+    if (headerLength === 7 && frame[PREFIX_BYTES] === 0x92 && frame[PREFIX_BYTES + 2] === 0xce) {
+      const kind = frame[PREFIX_BYTES + 1]!;
+      if (kind >= OK && kind <= PONG) {
+        const header = toHeader([kind, frame.readUInt32BE(PREFIX_BYTES + ID_OFFSET)], hasPayload);
+        if (typeof header === 'string') return this.fail(`malformed header: ${header}`);
+        return this.onFrame(header, frame, payloadStart);
+      }
     }
-    const message = toMessage(value);
-    if (typeof message === 'string') return this.fail(`malformed message: ${message}`);
-    this.onMessage(message);
+    let value: unknown;
+    range.start = PREFIX_BYTES;
+    range.end = payloadStart;
+    try {
+      value = unpackr.unpack(frame, range);
+    } catch (err) {
+      return this.fail(`header is not valid msgpack: ${(err as Error)?.message ?? String(err)}`.slice(0, 300));
+    }
+    const header = toHeader(value, hasPayload);
+    if (typeof header === 'string') return this.fail(`malformed header: ${header}`);
+    this.onFrame(header, frame, payloadStart);
   }
 
   private fail(reason: string): void {
@@ -196,17 +429,46 @@ const isName = (v: unknown): v is string => typeof v === 'string' && v.length > 
 const isOptionalName = (v: unknown): v is string | null | undefined => v == null || isName(v);
 const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 
-function toIdentity(v: unknown): Identity | undefined | string {
-  if (v == null) return undefined;
-  if (!isRecord(v)) return 'caller is not a map';
-  const { subject, roles, claims } = v;
-  if (typeof subject !== 'string') return 'caller.subject is not a string';
-  if (!Array.isArray(roles) || !roles.every((r) => typeof r === 'string')) return 'caller.roles is not a list of strings';
-  if (claims != null && !isRecord(claims)) return 'caller.claims is not a map';
-  return claims == null ? { subject, roles } : { subject, roles, claims };
+/** Checks a decoded header against the header shapes; a string says what is wrong. */
+export function toHeader(v: unknown, hasPayload: boolean): FrameHeader | string {
+  if (!Array.isArray(v) || v.length < 2) return 'not an array of at least kind and id';
+  const kind = v[0];
+  const id = v[1];
+  if (!isId(id)) return 'id is not a 32-bit unsigned integer';
+  switch (kind) {
+    case REQUEST: {
+      if (v.length !== 8) return `request header has ${v.length} fields, not 8`;
+      if (!hasPayload) return 'request without a payload';
+      const [, , service, method, deadline, traceparent, caller, from] = v;
+      if (!isName(service) || !isName(method)) return 'request service and method must be non-empty strings';
+      if (typeof deadline !== 'number' || Number.isNaN(deadline)) return 'request deadline is not a number';
+      if (traceparent != null && (typeof traceparent !== 'string' || traceparent.length > 128)) return 'request traceparent is not a string';
+      const identity = identityFromWire(caller);
+      if (typeof identity === 'string') return `request ${identity}`;
+      if (!isOptionalName(from)) return 'request from is not a service name';
+      return { kind: 'request', id, service, method, deadline, traceparent: traceparent ?? undefined, caller: identity, from: from ?? undefined };
+    }
+    case OK:
+    case ERROR:
+      if (v.length !== 2) return 'answer header needs [kind, id]';
+      if (!hasPayload) return 'answer without a payload';
+      return { kind: kind === OK ? 'ok' : 'error', id };
+    case PING:
+    case PONG:
+      if (v.length !== 2) return 'ping and pong headers need [kind, id]';
+      if (hasPayload) return 'ping or pong with a payload';
+      return { kind: kind === PING ? 'ping' : 'pong', id };
+    case GOAWAY:
+      if (v.length !== 3 || typeof v[2] !== 'string') return 'goaway header needs [5, 0, reason]';
+      if (hasPayload) return 'goaway with a payload';
+      return { kind: 'goaway', id: 0, reason: v[2].slice(0, 500) };
+    default:
+      return `unknown frame kind ${JSON.stringify(kind)?.slice(0, 40)}`;
+  }
 }
 
-function toError(v: unknown): SerializedError | string {
+/** Checks a decoded error payload; a string says what is wrong. */
+export function toSerializedError(v: unknown): SerializedError | string {
   if (!isRecord(v)) return 'error is not a map';
   const { code, message, details, httpStatus, origin } = v;
   if (typeof code !== 'string' || typeof message !== 'string') return 'error needs a string code and message';
@@ -217,43 +479,6 @@ function toError(v: unknown): SerializedError | string {
   if (httpStatus != null) out.httpStatus = httpStatus as number;
   if (origin != null) out.origin = origin;
   return out;
-}
-
-/** Checks a decoded value against the message shapes; a string says what is wrong. */
-export function toMessage(v: unknown): Message | string {
-  if (!Array.isArray(v) || v.length === 0) return 'not a non-empty array';
-  switch (v[0]) {
-    case REQUEST: {
-      if (v.length !== 9) return `request has ${v.length} fields, not 9`;
-      const [, id, service, method, deadline, traceparent, caller, from, input] = v;
-      if (!isId(id)) return 'request id is not a 32-bit unsigned integer';
-      if (!isName(service) || !isName(method)) return 'request service and method must be non-empty strings';
-      if (typeof deadline !== 'number' || Number.isNaN(deadline)) return 'request deadline is not a number';
-      if (traceparent != null && (typeof traceparent !== 'string' || traceparent.length > 128)) return 'request traceparent is not a string';
-      const identity = toIdentity(caller);
-      if (typeof identity === 'string') return `request ${identity}`;
-      if (!isOptionalName(from)) return 'request from is not a service name';
-      return { kind: 'request', id, service, method, deadline, traceparent: traceparent ?? undefined, caller: identity, from: from ?? undefined, input };
-    }
-    case OK:
-      if (v.length !== 3 || !isId(v[1])) return 'answer needs [1, id, output]';
-      return { kind: 'response', id: v[1], ok: true, output: v[2] };
-    case ERROR: {
-      if (v.length !== 3 || !isId(v[1])) return 'error answer needs [2, id, error]';
-      const error = toError(v[2]);
-      if (typeof error === 'string') return error;
-      return { kind: 'response', id: v[1], ok: false, error };
-    }
-    case PING:
-    case PONG:
-      if (v.length !== 2 || !isId(v[1])) return 'ping and pong need [kind, id]';
-      return { kind: v[0] === PING ? 'ping' : 'pong', id: v[1] };
-    case GOAWAY:
-      if (v.length !== 2 || typeof v[1] !== 'string') return 'goaway needs [5, reason]';
-      return { kind: 'goaway', reason: v[1].slice(0, 500) };
-    default:
-      return `unknown message kind ${JSON.stringify(v[0])?.slice(0, 40)}`;
-  }
 }
 
 /** Splits "host:port" (or "[::1]:port"); undefined when it is not one. */

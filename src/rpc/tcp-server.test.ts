@@ -4,7 +4,7 @@ import pino from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
 import { eventually, Kit, silentLog } from '../../test/fixtures/unit-kit.js';
 import { UnavailableError } from '../kernel/errors.js';
-import { encodeFrame, FrameDecoder, type Message, type RequestMessage } from './frame.js';
+import { decodePayload, encodeFrame, FrameDecoder, type FrameHeader, type RequestHeader } from './frame.js';
 import { RpcServer, type RpcServerOptions } from './tcp-server.js';
 import { TcpTransport } from './tcp-transport.js';
 import { callMeta, echoContract, echoService, prng, startHosts, type ServingHosts } from '../../test/fixtures/rpc-kit.js';
@@ -39,14 +39,15 @@ async function serve(options: Partial<RpcServerOptions> = {}): Promise<RpcServer
   return s;
 }
 
-function client(address: string): TcpTransport {
-  const t = new TcpTransport({ addressesFor: () => [address], log: silentLog });
+function client(options: ConstructorParameters<typeof TcpTransport>[0] = {}): TcpTransport {
+  const t = new TcpTransport({ log: silentLog, ...options });
   cleanups.push(() => t.close());
   return t;
 }
 
-function request(id: number, method: string, input: unknown, service = 'echo'): RequestMessage {
-  return { kind: 'request', id, service, method, deadline: Date.now() + 10_000, traceparent: undefined, caller: undefined, from: undefined, input };
+function requestFrame(id: number, method: string, input: unknown, service = 'echo'): Buffer {
+  const header: RequestHeader = { kind: 'request', id, service, method, deadline: Date.now() + 10_000, traceparent: undefined, caller: undefined, from: undefined };
+  return encodeFrame(header, input);
 }
 
 function rawSocket(address: string): Promise<Socket> {
@@ -60,9 +61,8 @@ function rawSocket(address: string): Promise<Socket> {
 describe('TCP RPC server: limits', () => {
   test('beyond maxInFlight calls on one connection, calls are refused with a typed error, not dropped', async () => {
     const s = await serve({ maxInFlight: 5 });
-    const t = new TcpTransport({ addressesFor: () => [s.address], log: silentLog, maxConnectionsPerAddress: 1 });
-    cleanups.push(() => t.close());
-    const results = await Promise.allSettled(Array.from({ length: 20 }, () => t.invoke(m.slow, { ms: 50 }, callMeta())));
+    const t = client({ maxConnectionsPerAddress: 1 });
+    const results = await Promise.allSettled(Array.from({ length: 20 }, () => t.send(s.address, m.slow, { ms: 50 }, callMeta())));
     const ok = results.filter((r) => r.status === 'fulfilled');
     const refused = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
     expect(ok).toHaveLength(5);
@@ -72,7 +72,7 @@ describe('TCP RPC server: limits', () => {
       expect(r.reason.details).toMatchObject({ maybeExecuted: false });
     }
     expect(s.stats.overloaded).toBe(15);
-    expect(await t.invoke(m.echo, { text: 'still fine' }, callMeta())).toEqual({ text: 'still fine', n: 0 });
+    expect(await t.send(s.address, m.echo, { text: 'still fine' }, callMeta())).toEqual({ text: 'still fine', n: 0 });
   });
 
   test('a peer that does not read its answers is not read from until it catches up (backpressure)', async () => {
@@ -81,12 +81,12 @@ describe('TCP RPC server: limits', () => {
     cleanups.push(async () => socket.destroy());
     socket.pause();
     const N = 2_000;
-    socket.write(Buffer.concat(Array.from({ length: N }, (_, i) => encodeFrame(request(i + 1, 'blob', { bytes: 8_192 })))));
+    socket.write(Buffer.concat(Array.from({ length: N }, (_, i) => requestFrame(i + 1, 'blob', { bytes: 8_192 }))));
     await eventually(() => expect(s.stats.pauses).toBeGreaterThan(0), 5_000);
 
-    const answers = new Map<number, Message>();
+    const answers = new Map<number, { header: FrameHeader; output: unknown }>();
     const decoder = new FrameDecoder(
-      (msg) => answers.set((msg as { id: number }).id, msg),
+      (header, frame, payloadStart) => answers.set(header.id, { header, output: decodePayload(frame, payloadStart) }),
       (reason) => {
         throw new Error(reason);
       },
@@ -94,7 +94,7 @@ describe('TCP RPC server: limits', () => {
     socket.on('data', (chunk: Buffer) => decoder.push(chunk));
     socket.resume();
     await eventually(() => expect(answers.size).toBe(N), 10_000);
-    for (const a of answers.values()) expect(a).toMatchObject({ kind: 'response', ok: true });
+    for (const a of answers.values()) expect(a).toEqual({ header: { kind: 'ok', id: expect.any(Number) }, output: { data: 'x'.repeat(8_192) } });
   });
 
   test('a client whose server stops reading refuses new calls instead of queueing without bound', async () => {
@@ -109,12 +109,11 @@ describe('TCP RPC server: limits', () => {
       return new Promise((r) => deaf.close(r));
     });
     const address = `127.0.0.1:${(deaf.address() as { port: number }).port}`;
-    const t = new TcpTransport({ addressesFor: () => [address], log: silentLog, maxQueuedBytes: 1024 * 1024, closeDrainMs: 10 });
-    cleanups.push(() => t.close());
+    const t = client({ maxQueuedBytes: 1024 * 1024, closeDrainMs: 10 });
     const outcomes = await Promise.allSettled(
       Array.from({ length: 400 }, async (_, i) => {
         await new Promise((r) => setTimeout(r, i % 40)); // spread over a few ticks, so the socket buffer can fill
-        return t.invoke(m.echo, { text: 'z'.repeat(100_000) }, callMeta(300));
+        return t.send(address, m.echo, { text: 'z'.repeat(100_000) }, callMeta(300));
       }),
     );
     const reasons = outcomes.map((o) => (o.status === 'rejected' ? o.reason : undefined));
@@ -128,15 +127,15 @@ describe('TCP RPC server: limits', () => {
   test('a protocol error closes that connection with a logged reason; other connections carry on', async () => {
     const { log, lines } = capturingLog();
     const s = await serve({ log });
-    const t = client(s.address);
-    await t.invoke(m.echo, { text: 'before' }, callMeta());
+    const t = client();
+    await t.send(s.address, m.echo, { text: 'before' }, callMeta());
     const bad = await rawSocket(s.address);
     const closed = new Promise((r) => bad.once('close', r));
     bad.on('error', () => undefined);
     bad.write(Buffer.from([0xff, 0xff, 0xff, 0xff, 1, 2, 3]));
     await closed;
     expect(lines).toEqual([expect.objectContaining({ msg: 'rpc connection closed: protocol error', reason: expect.stringContaining('exceeds the 4194304-byte limit') })]);
-    expect(await t.invoke(m.echo, { text: 'after' }, callMeta())).toEqual({ text: 'after', n: 0 });
+    expect(await t.send(s.address, m.echo, { text: 'after' }, callMeta())).toEqual({ text: 'after', n: 0 });
     expect(s.stats.protocolErrors).toBe(1);
   });
 });
@@ -175,37 +174,66 @@ function randomBytes(rnd: () => number, n: number): Buffer {
   return b;
 }
 
-function lengthPrefixed(payload: Buffer): Buffer {
-  const h = Buffer.alloc(4);
-  h.writeUInt32BE(payload.length);
-  return Buffer.concat([h, payload]);
+/** A frame as the wire has it: length, header length, then header and payload bytes as given. */
+function rawFrame(header: Buffer, payload: Buffer = Buffer.alloc(0), headerLength = header.length): Buffer {
+  const prefix = Buffer.alloc(6);
+  prefix.writeUInt32BE(2 + header.length + payload.length);
+  prefix.writeUInt16BE(headerLength, 4);
+  return Buffer.concat([prefix, header, payload]);
 }
 
 const MAX_FRAME = 64 * 1024;
+const MAX_HEADER = 1024;
 
-/** One bad frame: random bytes, random msgpack, a mangled request, an oversized length, an empty or a truncated frame. */
+/**
+ * One bad frame: random bytes, a random msgpack header, a mangled request header, garbage for
+ * the payload of a valid request, an oversized length, an empty frame or header, a header
+ * length that lies, or a truncated frame.
+ */
 function badFrame(rnd: () => number, i: number): Buffer {
-  switch (i % 6) {
-    case 0:
-      return lengthPrefixed(randomBytes(rnd, 1 + Math.floor(rnd() * 200)));
+  switch (i % 8) {
+    case 0: {
+      if (rnd() < 0.5) return rawFrame(randomBytes(rnd, 1 + Math.floor(rnd() * 100)), randomBytes(rnd, Math.floor(rnd() * 100)));
+      const body = randomBytes(rnd, 1 + Math.floor(rnd() * 200));
+      const prefix = Buffer.alloc(4);
+      prefix.writeUInt32BE(body.length);
+      return Buffer.concat([prefix, body]);
+    }
     case 1:
-      return lengthPrefixed(pack(randomValue(rnd)));
+      return rawFrame(pack(randomValue(rnd)), rnd() < 0.5 ? Buffer.alloc(0) : pack(randomValue(rnd)));
     case 2: {
-      // A request with one field replaced by something random.
-      const tuple: unknown[] = [0, 1, 'echo', 'echo', Date.now() + 1000, null, null, null, { text: 'x' }];
+      // A request header with one field replaced by something random, or cut short.
+      const tuple: unknown[] = [0, 1, 'echo', 'echo', Date.now() + 1000, null, null, null];
       tuple[Math.floor(rnd() * tuple.length)] = randomValue(rnd);
-      if (rnd() < 0.3) tuple.length = Math.floor(rnd() * 9);
-      return lengthPrefixed(pack(tuple));
+      if (rnd() < 0.3) tuple.length = Math.floor(rnd() * 8);
+      return rawFrame(pack(tuple), pack({ text: 'x' }));
     }
     case 3: {
       const h = Buffer.alloc(4);
       h.writeUInt32BE(MAX_FRAME + 1 + Math.floor(rnd() * (0xffffffff - MAX_FRAME - 1)));
       return Buffer.concat([h, randomBytes(rnd, Math.floor(rnd() * 50))]);
     }
-    case 4:
-      return rnd() < 0.5 ? Buffer.alloc(4) : Buffer.concat([Buffer.alloc(4), randomBytes(rnd, 10)]);
+    case 4: {
+      const r = rnd();
+      if (r < 0.3) return Buffer.alloc(4); // length 0
+      if (r < 0.6) return rawFrame(Buffer.alloc(0), randomBytes(rnd, 10)); // header length 0
+      return Buffer.from([0, 0, 0, 1, 7]); // too short to hold a header length
+    }
+    case 5: {
+      // A well-formed request header whose payload is not msgpack.
+      const good = requestFrame(1, 'echo', { text: 'x' });
+      const headerEnd = 6 + good.readUInt16BE(4);
+      return rawFrame(good.subarray(6, headerEnd), Buffer.concat([Buffer.from([0xc1]), randomBytes(rnd, Math.floor(rnd() * 20))]));
+    }
+    case 6: {
+      // A header length that lies: past the end of the frame, or beyond the header limit.
+      const header = pack([0, 1, 'echo', 'echo', Date.now() + 1000, null, null, null]);
+      return rnd() < 0.5
+        ? rawFrame(header, Buffer.alloc(0), header.length + 1 + Math.floor(rnd() * 100))
+        : rawFrame(Buffer.concat([header, randomBytes(rnd, MAX_HEADER)]), pack(1), header.length + MAX_HEADER);
+    }
     default: {
-      const whole = encodeFrame(request(1, 'echo', { text: 'y'.repeat(Math.floor(rnd() * 500)) }));
+      const whole = requestFrame(1, 'echo', { text: 'y'.repeat(Math.floor(rnd() * 500)) });
       return whole.subarray(0, 1 + Math.floor(rnd() * (whole.length - 1)));
     }
   }
@@ -216,17 +244,19 @@ const methodNames = [...Object.keys(echoContract.methods), 'nope', 'constructor'
 /** A well-formed request with random content: random method (known or not), input, caller and deadline. */
 function randomRequest(rnd: () => number, id: number): Buffer {
   const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)]!;
-  return encodeFrame({
-    kind: 'request',
-    id,
-    service: rnd() < 0.8 ? 'echo' : pick(['ghost', 'constructor', '__proto__']),
-    method: pick(methodNames),
-    deadline: Date.now() + (rnd() < 0.1 ? -1_000 : 10_000),
-    traceparent: rnd() < 0.5 ? undefined : pick(['00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01', 'garbage']),
-    caller: rnd() < 0.5 ? undefined : { subject: 'fuzz', roles: rnd() < 0.5 ? ['ROLE_ADMIN'] : [] },
-    from: rnd() < 0.5 ? undefined : 'fuzzer',
-    input: rnd() < 0.3 ? { text: 'ok', n: 1 } : randomValue(rnd),
-  });
+  return encodeFrame(
+    {
+      kind: 'request',
+      id,
+      service: rnd() < 0.8 ? 'echo' : pick(['ghost', 'constructor', '__proto__']),
+      method: pick(methodNames),
+      deadline: Date.now() + (rnd() < 0.1 ? -1_000 : 10_000),
+      traceparent: rnd() < 0.5 ? undefined : pick(['00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01', 'garbage']),
+      caller: rnd() < 0.5 ? undefined : { subject: 'fuzz', roles: rnd() < 0.5 ? ['ROLE_ADMIN'] : [] },
+      from: rnd() < 0.5 ? undefined : 'fuzzer',
+    },
+    rnd() < 0.3 ? { text: 'ok', n: 1 } : randomValue(rnd),
+  );
 }
 
 /** Sends 0–2 random well-formed requests then one hostile frame on a fresh connection; returns the number of frames sent. */
@@ -256,15 +286,15 @@ async function fuzzConnection(address: string, rnd: () => number, i: number): Pr
 describe('TCP RPC server: hostile input', () => {
   test('10,000 random, truncated and oversized frames: no crash, every bad connection closed with a reason, and it still serves', async () => {
     const { log, lines } = capturingLog();
-    const s = await serve({ log, maxFrameBytes: MAX_FRAME });
-    const t = client(s.address);
+    const s = await serve({ log, maxFrameBytes: MAX_FRAME, maxHeaderBytes: MAX_HEADER });
+    const t = client();
 
     // A well-behaved client keeps calling while the fuzzing goes on.
     let running = true;
     let goodCalls = 0;
     const steady = (async () => {
       while (running) {
-        expect(await t.invoke(m.echo, { text: 'steady', n: goodCalls }, callMeta())).toEqual({ text: 'steady', n: goodCalls });
+        expect(await t.send(s.address, m.echo, { text: 'steady', n: goodCalls }, callMeta())).toEqual({ text: 'steady', n: goodCalls });
         goodCalls++;
         await new Promise((r) => setTimeout(r, 2));
       }
@@ -289,7 +319,7 @@ describe('TCP RPC server: hostile input', () => {
     await steady;
 
     expect(goodCalls).toBeGreaterThan(0);
-    expect(await t.invoke(m.echo, { text: 'after the storm' }, callMeta())).toEqual({ text: 'after the storm', n: 0 });
+    expect(await t.send(s.address, m.echo, { text: 'after the storm' }, callMeta())).toEqual({ text: 'after the storm', n: 0 });
     expect(sent).toBeGreaterThanOrEqual(FRAMES);
     expect(s.stats.accepted).toBe(hostile + 1);
     await eventually(() => expect(s.stats.connections).toBe(1));
@@ -298,7 +328,16 @@ describe('TCP RPC server: hostile input', () => {
     expect(s.stats.protocolErrors).toBeGreaterThan(hostile * 0.9);
     expect(lines.length).toBe(s.stats.protocolErrors);
     const reasons = new Set(lines.map((l) => l.reason!.replace(/[\d:].*$/, '')));
-    for (const r of ['frame of ', 'empty frame', 'payload is not valid msgpack', 'malformed message', 'peer closed the connection in the middle of a frame']) {
+    for (const r of [
+      'frame of ',
+      'empty frame',
+      'empty header',
+      'header of ',
+      'header is not valid msgpack',
+      'malformed header',
+      'payload is not valid msgpack',
+      'peer closed the connection in the middle of a frame',
+    ]) {
       expect([...reasons].some((x) => x.startsWith(r)), `a reason starting "${r}" in ${[...reasons].join(' | ')}`).toBe(true);
     }
   }, 30_000);

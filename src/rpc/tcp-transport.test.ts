@@ -1,7 +1,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
 import { Kit, silentLog } from '../../test/fixtures/unit-kit.js';
 import type { MethodDef } from '../contract/define.js';
-import { BusinessError, ForbiddenError, NotFoundError, NotSerializableError, TimeoutError, UnavailableError, ValidationError } from '../kernel/errors.js';
+import { BusinessError, ConfigError, ForbiddenError, NotFoundError, NotSerializableError, TimeoutError, UnavailableError, ValidationError } from '../kernel/errors.js';
 import { formatTraceparent } from '../kernel/trace.js';
 import { RpcServer, type RpcServerOptions } from './tcp-server.js';
 import { TcpTransport, type TcpTransportOptions } from './tcp-transport.js';
@@ -27,8 +27,8 @@ afterAll(async () => {
   await kit.cleanup();
 });
 
-function transport(options: Partial<TcpTransportOptions> = {}, address = server.address): TcpTransport {
-  const t = new TcpTransport({ addressesFor: () => [address], log: silentLog, ...options });
+function transport(options: Partial<TcpTransportOptions> = {}): TcpTransport {
+  const t = new TcpTransport({ log: silentLog, ...options });
   cleanups.push(() => t.close());
   return t;
 }
@@ -52,15 +52,15 @@ async function rejection(p: Promise<unknown>): Promise<any> {
 describe('TCP RPC: a round trip through a real server and real kernel hosts', () => {
   test('a call returns the handler output, with schema defaults applied on the server', async () => {
     const t = transport();
-    expect(await t.invoke(m.echo, { text: 'héllo' }, callMeta())).toEqual({ text: 'héllo', n: 0 });
-    expect(await t.invoke(m.add, { a: 1.5, b: 2, label: 'sum' }, callMeta())).toEqual({ sum: 3.5, label: 'sum' });
-    expect(await t.invoke(m.nothing, undefined, callMeta())).toBeUndefined();
+    expect(await t.send(server.address, m.echo, { text: 'héllo' }, callMeta())).toEqual({ text: 'héllo', n: 0 });
+    expect(await t.send(server.address, m.add, { a: 1.5, b: 2, label: 'sum' }, callMeta())).toEqual({ sum: 3.5, label: 'sum' });
+    expect(await t.send(server.address, m.nothing, undefined, callMeta())).toBeUndefined();
   });
 
   test('deadline, trace context, caller identity and calling service cross the hop', async () => {
     const t = transport();
     const meta = callMeta(4_000, { subject: 'icyfenix', roles: ['ROLE_USER'] }, 'payment');
-    const out = (await t.invoke(m.meta, {}, meta)) as { deadline: number; traceId: string; spanId: string; caller: unknown };
+    const out = (await t.send(server.address, m.meta, {}, meta)) as { deadline: number; traceId: string; spanId: string; caller: unknown };
     expect(out.deadline).toBe(meta.deadline);
     expect(out.traceId).toBe(meta.trace.traceId);
     expect(out.spanId).toBe(meta.trace.spanId);
@@ -71,54 +71,54 @@ describe('TCP RPC: a round trip through a real server and real kernel hosts', ()
 
   test('typed errors arrive as the same classes, codes, statuses and details', async () => {
     const t = transport();
-    const v = await rejection(t.invoke(m.add, { a: 'one', b: 1.5, label: 'x' }, callMeta()));
+    const v = await rejection(t.send(server.address, m.add, { a: 'one', b: 1.5, label: 'x' }, callMeta()));
     expect(v).toBeInstanceOf(ValidationError);
     expect(v.code).toBe('EVOLITH_VALIDATION');
     expect(v.httpStatus).toBe(400);
     expect((v as ValidationError).issues.map((i) => i.path).sort()).toEqual(['a', 'b', 'label']);
 
-    const b = await rejection(t.invoke(m.refuse, {}, callMeta()));
+    const b = await rejection(t.send(server.address, m.refuse, {}, callMeta()));
     expect(b).toBeInstanceOf(BusinessError);
     expect(b).toMatchObject({ code: 'NO_WAY', httpStatus: 422, message: 'refused by the rules', details: { why: 'rules' }, origin: 'echo.refuse' });
 
-    const f = await rejection(t.invoke(m.admin, {}, callMeta()));
+    const f = await rejection(t.send(server.address, m.admin, {}, callMeta()));
     expect(f).toBeInstanceOf(ForbiddenError);
     expect(f.httpStatus).toBe(403);
-    expect(await t.invoke(m.admin, {}, callMeta(1_000, { subject: 'root', roles: ['ROLE_ADMIN'] }))).toEqual({ subject: 'root' });
-    expect(await rejection(t.invoke(m.admin, {}, callMeta(1_000, { subject: 'bob', roles: ['ROLE_USER'] })))).toBeInstanceOf(ForbiddenError);
+    expect(await t.send(server.address, m.admin, {}, callMeta(1_000, { subject: 'root', roles: ['ROLE_ADMIN'] }))).toEqual({ subject: 'root' });
+    expect(await rejection(t.send(server.address, m.admin, {}, callMeta(1_000, { subject: 'bob', roles: ['ROLE_USER'] })))).toBeInstanceOf(ForbiddenError);
 
-    expect(await rejection(t.invoke(m.internalOnly, {}, callMeta()))).toBeInstanceOf(ForbiddenError);
-    expect(await t.invoke(m.internalOnly, {}, callMeta(1_000, undefined, 'payment'))).toBe('ok');
+    expect(await rejection(t.send(server.address, m.internalOnly, {}, callMeta()))).toBeInstanceOf(ForbiddenError);
+    expect(await t.send(server.address, m.internalOnly, {}, callMeta(1_000, undefined, 'payment'))).toBe('ok');
 
     const unknown: MethodDef = { ...m.echo, name: 'nope', fullName: 'echo.nope' };
-    const nf = await rejection(t.invoke(unknown, {}, callMeta()));
+    const nf = await rejection(t.send(server.address, unknown, {}, callMeta()));
     expect(nf).toBeInstanceOf(NotFoundError);
     expect(nf.message).toContain('echo.nope');
-    expect(await rejection(t.invoke({ ...m.echo, service: 'ghost', fullName: 'ghost.echo' }, {}, callMeta()))).toBeInstanceOf(NotFoundError);
+    expect(await rejection(t.send(server.address, { ...m.echo, service: 'ghost', fullName: 'ghost.echo' }, {}, callMeta()))).toBeInstanceOf(NotFoundError);
   });
 
   test('input that cannot travel is refused before it is sent', async () => {
     const t = transport();
     const cyclic: Record<string, unknown> = {};
     cyclic.self = cyclic;
-    expect(await rejection(t.invoke(m.echo, cyclic, callMeta()))).toBeInstanceOf(NotSerializableError);
+    expect(await rejection(t.send(server.address, m.echo, cyclic, callMeta()))).toBeInstanceOf(NotSerializableError);
     const small = transport({ maxFrameBytes: 1_000 });
-    expect(await rejection(small.invoke(m.echo, { text: 'x'.repeat(2_000) }, callMeta()))).toBeInstanceOf(NotSerializableError);
+    expect(await rejection(small.send(server.address, m.echo, { text: 'x'.repeat(2_000) }, callMeta()))).toBeInstanceOf(NotSerializableError);
   });
 
   test('output too large for a frame comes back as a typed error, and the connection stays usable', async () => {
     const s = await serve({ maxFrameBytes: 64 * 1024 });
-    const t = transport({}, s.address);
-    const err = await rejection(t.invoke(m.blob, { bytes: 100_000 }, callMeta()));
+    const t = transport();
+    const err = await rejection(t.send(s.address, m.blob, { bytes: 100_000 }, callMeta()));
     expect(err).toBeInstanceOf(NotSerializableError);
     expect(err.message).toContain('echo.blob');
-    expect(await t.invoke(m.blob, { bytes: 10 }, callMeta())).toEqual({ data: 'x'.repeat(10) });
+    expect(await t.send(s.address, m.blob, { bytes: 10 }, callMeta())).toEqual({ data: 'x'.repeat(10) });
   });
 
   test('200 concurrent calls are multiplexed on one connection and each gets its own answer', async () => {
     const s = await serve();
-    const t = transport({ maxConnectionsPerAddress: 1 }, s.address);
-    const outs = await Promise.all(Array.from({ length: 200 }, (_, i) => t.invoke(m.echo, { text: `call ${i}`, n: i }, callMeta())));
+    const t = transport({ maxConnectionsPerAddress: 1 });
+    const outs = await Promise.all(Array.from({ length: 200 }, (_, i) => t.send(s.address, m.echo, { text: `call ${i}`, n: i }, callMeta())));
     outs.forEach((o, i) => expect(o).toEqual({ text: `call ${i}`, n: i }));
     expect(s.stats.accepted).toBe(1);
     expect(s.stats.requests).toBe(200);
@@ -127,10 +127,10 @@ describe('TCP RPC: a round trip through a real server and real kernel hosts', ()
 
   test('a second connection opens only under load, up to the pool size', async () => {
     const s = await serve();
-    const t = transport({ maxConnectionsPerAddress: 2, spilloverAt: 50 }, s.address);
-    await t.invoke(m.echo, { text: 'warm' }, callMeta());
+    const t = transport({ maxConnectionsPerAddress: 2, spilloverAt: 50 });
+    await t.send(s.address, m.echo, { text: 'warm' }, callMeta());
     expect(t.connectionCount(s.address)).toBe(1);
-    await Promise.all(Array.from({ length: 300 }, (_, i) => t.invoke(m.echo, { text: String(i) }, callMeta())));
+    await Promise.all(Array.from({ length: 300 }, (_, i) => t.send(s.address, m.echo, { text: String(i) }, callMeta())));
     expect(t.connectionCount(s.address)).toBe(2);
     expect(s.stats.accepted).toBe(2);
   });
@@ -138,31 +138,31 @@ describe('TCP RPC: a round trip through a real server and real kernel hosts', ()
   test('the deadline is honoured across the hop: the caller gets a TimeoutError on time', async () => {
     const t = transport();
     const started = Date.now();
-    const err = await rejection(t.invoke(m.slow, { ms: 2_000 }, callMeta(150)));
+    const err = await rejection(t.send(server.address, m.slow, { ms: 2_000 }, callMeta(150)));
     const took = Date.now() - started;
     expect(err).toBeInstanceOf(TimeoutError);
     expect(err.code).toBe('EVOLITH_TIMEOUT');
     expect(took).toBeGreaterThanOrEqual(140);
     expect(took).toBeLessThan(1_000);
     // The connection is still good for the next call.
-    expect(await t.invoke(m.echo, { text: 'after' }, callMeta())).toEqual({ text: 'after', n: 0 });
+    expect(await t.send(server.address, m.echo, { text: 'after' }, callMeta())).toEqual({ text: 'after', n: 0 });
   });
 
   test('a call whose deadline already passed is not sent', async () => {
     const t = transport();
-    const err = await rejection(t.invoke(m.echo, { text: 'late' }, { ...callMeta(), deadline: Date.now() - 1 }));
+    const err = await rejection(t.send(server.address, m.echo, { text: 'late' }, { ...callMeta(), deadline: Date.now() - 1 }));
     expect(err).toBeInstanceOf(TimeoutError);
     expect(t.connectionCount()).toBe(0);
   });
 
-  test('no known instance, or nobody listening: UnavailableError that says the call never ran', async () => {
-    const none = new TcpTransport({ addressesFor: () => [], log: silentLog });
-    const e1 = await rejection(none.invoke(m.echo, { text: 'x' }, callMeta()));
-    expect(e1).toBeInstanceOf(UnavailableError);
+  test('an address that is not host:port is a configuration error; nobody listening is an UnavailableError that says the call never ran', async () => {
+    const e1 = await rejection(transport().send('localhost', m.echo, { text: 'x' }, callMeta()));
+    expect(e1).toBeInstanceOf(ConfigError);
+    expect(e1.message).toContain('"localhost" is not a host:port address');
     const s = await serve();
     const address = s.address;
     await s.close();
-    const e2 = await rejection(transport({}, address).invoke(m.echo, { text: 'x' }, callMeta()));
+    const e2 = await rejection(transport().send(address, m.echo, { text: 'x' }, callMeta()));
     expect(e2).toBeInstanceOf(UnavailableError);
     expect(e2.details).toMatchObject({ maybeExecuted: false });
     expect(e2.message).toContain('ECONNREFUSED');
@@ -172,35 +172,35 @@ describe('TCP RPC: a round trip through a real server and real kernel hosts', ()
     const first = await serve();
     const address = first.address;
     const port = Number(address.split(':').pop());
-    const t = transport({}, address);
-    expect(await t.invoke(m.echo, { text: 'before' }, callMeta())).toEqual({ text: 'before', n: 0 });
+    const t = transport();
+    expect(await t.send(address, m.echo, { text: 'before' }, callMeta())).toEqual({ text: 'before', n: 0 });
 
-    const inFlight = rejection(t.invoke(m.slow, { ms: 3_000 }, callMeta()));
+    const inFlight = rejection(t.send(address, m.slow, { ms: 3_000 }, callMeta()));
     await new Promise((r) => setTimeout(r, 30));
     await first.close(0); // no drain: connections are cut under the call
     const dropped = await inFlight;
     expect(dropped).toBeInstanceOf(UnavailableError);
     expect(dropped.details).toMatchObject({ maybeExecuted: true });
 
-    const down = await rejection(t.invoke(m.echo, { text: 'down' }, callMeta()));
+    const down = await rejection(t.send(address, m.echo, { text: 'down' }, callMeta()));
     expect(down).toBeInstanceOf(UnavailableError);
 
     const second = await serve({ port });
     expect(second.address).toBe(address);
-    expect(await t.invoke(m.echo, { text: 'after' }, callMeta())).toEqual({ text: 'after', n: 0 });
+    expect(await t.send(address, m.echo, { text: 'after' }, callMeta())).toEqual({ text: 'after', n: 0 });
     expect(second.stats.accepted).toBe(1);
   });
 
   test('graceful close lets calls in flight answer, then refuses new ones', async () => {
     const s = await serve();
-    const t = transport({}, s.address);
-    const slow = t.invoke(m.slow, { ms: 150 }, callMeta());
+    const t = transport();
+    const slow = t.send(s.address, m.slow, { ms: 150 }, callMeta());
     await new Promise((r) => setTimeout(r, 20));
     const closing = s.close();
     expect(await slow).toEqual({ slept: 150 });
     await closing;
     expect(s.stats.connections).toBe(0);
-    expect(await rejection(t.invoke(m.echo, { text: 'x' }, callMeta()))).toBeInstanceOf(UnavailableError);
+    expect(await rejection(t.send(s.address, m.echo, { text: 'x' }, callMeta()))).toBeInstanceOf(UnavailableError);
   });
 
   test('ping measures a round trip', async () => {

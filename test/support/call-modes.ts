@@ -46,7 +46,7 @@ export async function overTcp(kit: Kit, services: readonly ServiceDefinition[], 
   const rt = await server(kit, services);
   const rpc = new RpcServer({ resolve: hostResolver(rt.hosts.values()), log: silentLog });
   const address = await rpc.listen();
-  const tcp = new TcpTransport({ addressesFor: () => [], log: silentLog });
+  const tcp = new TcpTransport({ log: silentLog });
   const caller = await kit.start([], { placement: placementTo(new TcpTerminal(tcp, address)) });
   cleanup(async () => {
     await tcp.close();

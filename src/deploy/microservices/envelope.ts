@@ -45,7 +45,7 @@ export function microservicesEnvelope(options: MicroservicesWorkerOptions) {
     const token = () => plane.credential.token;
     const registry = new RegistryClient({ url: registryUrl, token, log }).start();
     const resilience = new Resilience({ discovery: registry, policies, affinity: topology.affinity, log });
-    const tcp = new TcpTransport({ addressesFor: () => [], log });
+    const tcp = new TcpTransport({ log });
     const terminal = new TcpTerminal(tcp);
     await registry.whenSynced(5_000);
     return {

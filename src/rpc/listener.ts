@@ -1,0 +1,337 @@
+import { createServer, type Server, type Socket } from 'node:net';
+import type { Logger } from 'pino';
+import { TimeoutError, UnavailableError, type EvolithError } from '../kernel/errors.js';
+import { BatchedWriter } from './batched-writer.js';
+import { FrameDecoder, frameLimits, writeFrame, type FrameHeader, type FrameLimits, type FrameSink, type RequestHeader } from './frame.js';
+
+/** Settings every Evolith RPC listener shares (the RPC server and the forwarder). */
+export interface ListenerOptions {
+  log: Logger;
+  /** Interface to listen on; default 127.0.0.1. */
+  host?: string;
+  /** Default 0: any free port (read it from `address` after `listen()`). */
+  port?: number;
+  /** Largest frame accepted or sent, in bytes; default 4 MiB. */
+  maxFrameBytes?: number;
+  /** Largest frame header accepted or sent, in bytes; default 16 KiB. */
+  maxHeaderBytes?: number;
+  /** Calls one connection may have in flight; beyond it calls are refused with EVOLITH_UNAVAILABLE. Default 1024. */
+  maxInFlight?: number;
+  /** Bytes of answers queued on a socket beyond which the connection stops reading requests; default 1 MiB. */
+  highWaterMark?: number;
+  /** How long `close()` lets calls in flight finish before cutting connections; default 10 s. */
+  drainMs?: number;
+}
+
+export interface ListenerStats {
+  /** Connections open now. */
+  connections: number;
+  /** Connections accepted since start. */
+  accepted: number;
+  requests: number;
+  /** Calls refused because their connection had `maxInFlight` calls already. */
+  overloaded: number;
+  /** Connections closed for sending something that is not a well-formed frame. */
+  protocolErrors: number;
+  /** Times a connection stopped reading because its peer did not read its answers. */
+  pauses: number;
+}
+
+type Counter = Exclude<keyof ListenerStats, 'connections'>;
+
+/**
+ * The accepting end of Evolith's TCP RPC (frames: see frame.ts): connections, limits,
+ * backpressure, ping, goaway and graceful close. What a request leads to is up to the
+ * subclass: the RPC server runs it, the forwarder passes it on.
+ */
+export abstract class RpcListener {
+  private readonly server: Server;
+  private readonly connections = new Set<InboundConnection>();
+  private closing: Promise<void> | undefined;
+  readonly log: Logger;
+  readonly limits: FrameLimits;
+  readonly maxInFlight: number;
+  readonly highWaterMark: number;
+  private readonly drainMs: number;
+  private readonly counters: Record<Counter, number> = { accepted: 0, requests: 0, overloaded: 0, protocolErrors: 0, pauses: 0 };
+  private bound: string | undefined;
+
+  constructor(
+    private readonly options: ListenerOptions,
+    component: string,
+  ) {
+    this.log = options.log.child({ component });
+    this.limits = frameLimits(options.maxFrameBytes, options.maxHeaderBytes);
+    this.maxInFlight = options.maxInFlight ?? 1024;
+    this.highWaterMark = options.highWaterMark ?? 1024 * 1024;
+    this.drainMs = options.drainMs ?? 10_000;
+    this.server = createServer({ noDelay: true, keepAlive: true, keepAliveInitialDelay: 30_000 }, (socket) => this.accept(socket));
+    this.server.on('error', (err) => this.log.error({ err }, 'rpc listener failed'));
+  }
+
+  /**
+   * Takes a well-formed request that may run: the connection is not draining, below its
+   * in-flight limit, and the deadline has not passed. Answer it exactly once, through `conn`.
+   */
+  protected abstract onRequest(conn: InboundConnection, header: RequestHeader, frame: Buffer, payloadStart: number): void;
+
+  /** Starts listening; resolves with the bound "host:port". */
+  listen(): Promise<string> {
+    const host = this.options.host ?? '127.0.0.1';
+    return new Promise((resolve, reject) => {
+      const onError = (err: Error) => reject(err);
+      this.server.once('error', onError);
+      this.server.listen(this.options.port ?? 0, host, () => {
+        this.server.off('error', onError);
+        const a = this.server.address();
+        this.bound = a && typeof a === 'object' ? (a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`) : String(a);
+        this.log.info({ address: this.bound }, 'rpc listening');
+        resolve(this.bound);
+      });
+    });
+  }
+
+  /** The bound "host:port" (after `listen()`). */
+  get address(): string {
+    if (!this.bound) throw new Error('the RPC listener is not listening yet');
+    return this.bound;
+  }
+
+  get isClosing(): boolean {
+    return this.closing !== undefined;
+  }
+
+  get stats(): ListenerStats {
+    return { connections: this.connections.size, ...this.counters };
+  }
+
+  /**
+   * Graceful close: stops accepting, tells every peer to send nothing new (goaway), lets calls
+   * in flight answer, then closes. Connections still busy after `drainMs` are cut.
+   */
+  close(drainMs = this.drainMs): Promise<void> {
+    this.closing ??= this.shutdown(drainMs);
+    return this.closing;
+  }
+
+  /** Runs after the connections are closed or cut (the forwarder closes its upstreams here). */
+  protected async afterClose(): Promise<void> {}
+
+  private async shutdown(drainMs: number): Promise<void> {
+    const listenerClosed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    const drained = [...this.connections].map((c) => c.goAway('shutting down'));
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<boolean>((resolve) => {
+      timer = setTimeout(() => resolve(true), drainMs);
+    });
+    const late = await Promise.race([Promise.all(drained).then(() => false), timedOut]);
+    clearTimeout(timer);
+    if (late) {
+      this.log.warn({ connections: this.connections.size, drainMs }, 'rpc drain timed out; cutting connections');
+      for (const c of this.connections) c.destroy();
+    }
+    await listenerClosed;
+    await this.afterClose();
+  }
+
+  private accept(socket: Socket): void {
+    if (this.closing) {
+      socket.destroy();
+      return;
+    }
+    this.counters.accepted++;
+    const conn = new InboundConnection(this, socket);
+    this.connections.add(conn);
+    socket.once('close', () => this.connections.delete(conn));
+  }
+
+  /** @internal */
+  count(what: Counter): void {
+    this.counters[what]++;
+  }
+
+  /** @internal Checks that apply to every request, then hands it to the subclass. */
+  dispatch(conn: InboundConnection, header: RequestHeader, frame: Buffer, payloadStart: number): void {
+    this.counters.requests++;
+    if (conn.isDraining || this.closing) {
+      return conn.fail(header.id, new UnavailableError(`${this.address} is shutting down; call another instance`, { maybeExecuted: false }));
+    }
+    if (conn.inFlight >= this.maxInFlight) {
+      this.counters.overloaded++;
+      return conn.fail(
+        header.id,
+        new UnavailableError(`${this.address} refused ${header.service}.${header.method}: ${this.maxInFlight} calls already in flight on this connection`, {
+          maybeExecuted: false,
+        }),
+      );
+    }
+    if (header.deadline <= Date.now()) {
+      return conn.fail(header.id, new TimeoutError(`${header.service}.${header.method} arrived after its deadline`, { deadline: new Date(header.deadline).toISOString() }));
+    }
+    this.onRequest(conn, header, frame, payloadStart);
+  }
+}
+
+/** One accepted socket: reads frames, hands requests on, writes answers as they come. */
+export class InboundConnection implements FrameSink {
+  private readonly decoder: FrameDecoder;
+  readonly remote: string;
+  private inflight = 0;
+  private draining = false;
+  private paused = false;
+  private readonly writer: BatchedWriter;
+  private closed = false;
+  private onIdle: (() => void) | undefined;
+
+  constructor(
+    private readonly listener: RpcListener,
+    private readonly socket: Socket,
+  ) {
+    this.remote = `${socket.remoteAddress}:${socket.remotePort}`;
+    this.writer = new BatchedWriter(socket);
+    this.decoder = new FrameDecoder(
+      (header, frame, payloadStart) => this.onFrame(header, frame, payloadStart),
+      (reason) => this.protocolError(reason),
+      listener.limits,
+    );
+    socket.on('data', (chunk: Buffer) => {
+      // Nothing a peer sends may throw out of here: a bug in handling one frame closes
+      // this connection, never the process.
+      try {
+        this.decoder.push(chunk);
+      } catch (err) {
+        listener.log.error({ err, remote: this.remote }, 'rpc connection failed while handling a frame');
+        this.destroy();
+      }
+    });
+    socket.on('end', () => {
+      if (this.decoder.partial) this.protocolError('peer closed the connection in the middle of a frame');
+    });
+    socket.on('drain', () => {
+      if (this.paused && !this.closed) {
+        this.paused = false;
+        socket.resume();
+      }
+    });
+    socket.on('error', (err) => listener.log.debug({ err, remote: this.remote }, 'rpc connection error'));
+    socket.on('close', () => {
+      this.closed = true;
+      this.idle();
+    });
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  /** Told to go away: takes no new calls. */
+  get isDraining(): boolean {
+    return this.draining;
+  }
+
+  /** Calls taken (`begin`) and not yet answered (`end`). */
+  get inFlight(): number {
+    return this.inflight;
+  }
+
+  get limits(): FrameLimits {
+    return this.listener.limits;
+  }
+
+  destroy(): void {
+    this.closed = true;
+    this.socket.destroy();
+  }
+
+  /** A request was taken: it counts against the in-flight limit until `end()`. */
+  begin(): void {
+    this.inflight++;
+  }
+
+  /** The request's answer was written: a draining connection may end once its last call answered. */
+  end(): void {
+    this.inflight--;
+    if (this.draining) this.idle();
+  }
+
+  /** Resolves once this connection is closed, after its calls in flight answered. */
+  goAway(reason: string): Promise<void> {
+    if (this.closed) return Promise.resolve();
+    this.draining = true;
+    this.send({ kind: 'goaway', id: 0, reason });
+    return new Promise((resolve) => {
+      this.onIdle = resolve;
+      this.idle();
+    });
+  }
+
+  /** Writes one frame's bytes; a peer that does not read its answers stops being read from. */
+  write(bytes: Buffer): void {
+    const socket = this.socket;
+    if (this.closed || socket.writableEnded) return;
+    this.writer.write(bytes);
+    if (!this.paused && socket.writableLength > Math.max(this.listener.highWaterMark, socket.writableHighWaterMark)) {
+      // The peer is not reading its answers: stop reading its requests until it catches up.
+      this.paused = true;
+      this.listener.count('pauses');
+      socket.pause();
+    }
+  }
+
+  /** Answers call `id` with an error. */
+  fail(id: number, err: EvolithError): void {
+    if (this.closed) return;
+    const limits = this.listener.limits;
+    try {
+      writeFrame(this, { kind: 'error', id }, err.toJSON(), limits);
+    } catch {
+      // Details that cannot be encoded (or are too large) are dropped; code and message survive.
+      const message = err.message.slice(0, Math.min(10_000, limits.maxFrameBytes >> 3));
+      try {
+        writeFrame(this, { kind: 'error', id }, { code: err.code, message, httpStatus: err.httpStatus, origin: err.origin }, limits);
+      } catch (last) {
+        // Not even that fits: the caller would wait for an answer that cannot come.
+        this.listener.log.error({ err: last, remote: this.remote, code: err.code }, 'rpc error answer cannot be encoded; closing the connection');
+        this.destroy();
+      }
+    }
+  }
+
+  /** The peer broke the protocol: log why and close this connection only. */
+  protocolError(reason: string): void {
+    if (this.closed) return;
+    this.listener.count('protocolErrors');
+    this.listener.log.warn({ remote: this.remote, reason }, 'rpc connection closed: protocol error');
+    this.destroy();
+  }
+
+  private send(header: FrameHeader): void {
+    if (!this.closed) writeFrame(this, header, undefined, this.listener.limits);
+  }
+
+  private idle(): void {
+    if (!this.onIdle) return;
+    if (this.closed) {
+      const done = this.onIdle;
+      this.onIdle = undefined;
+      done();
+    } else if (this.draining && this.inflight === 0 && !this.socket.writableEnded) {
+      this.socket.end();
+      // 'close' follows once the peer hangs up too; destroy() ends a peer that never does.
+      this.socket.setTimeout(1_000, () => this.destroy());
+    }
+  }
+
+  private onFrame(header: FrameHeader, frame: Buffer, payloadStart: number): void {
+    switch (header.kind) {
+      case 'request':
+        return this.listener.dispatch(this, header, frame, payloadStart);
+      case 'ping':
+        return this.send({ kind: 'pong', id: header.id });
+      case 'goaway':
+        return; // a client that goes away just stops sending and hangs up
+      default:
+        return this.protocolError(`a client sent a ${header.kind} frame`);
+    }
+  }
+}

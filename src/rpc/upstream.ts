@@ -1,0 +1,358 @@
+import { connect, type Socket } from 'node:net';
+import type { Logger } from 'pino';
+import { DeadlineEntry, unwatch, watch } from '../kernel/deadline.js';
+import { ConfigError, UnavailableError } from '../kernel/errors.js';
+import { BatchedWriter } from './batched-writer.js';
+import { FrameDecoder, frameLimits, parseAddress, writeFrame, type AnswerHeader, type FrameHeader, type FrameLimits, type FrameSink } from './frame.js';
+
+/** How the connections to upstream servers behave; shared by the TCP client and the forwarder. */
+export interface UpstreamOptions {
+  /** Connections kept per address; default 2 (the second opens only under load, see `spilloverAt`). */
+  maxConnectionsPerAddress?: number;
+  /** Open another connection to an address once every open one carries this many calls; default 128. */
+  spilloverAt?: number;
+  /** Largest frame sent or accepted, in bytes; default 4 MiB. */
+  maxFrameBytes?: number;
+  /** Largest frame header sent or accepted, in bytes; default 16 KiB. */
+  maxHeaderBytes?: number;
+  /** A connection not established within this time is abandoned; default 3 s. */
+  connectTimeoutMs?: number;
+  /** How long `close()` lets calls in flight finish; default 5 s. */
+  closeDrainMs?: number;
+  /**
+   * Bytes of requests a connection may hold unsent (the server is not reading) before new calls
+   * on it are refused with EVOLITH_UNAVAILABLE instead of piling up in memory; default 8 MiB.
+   */
+  maxQueuedBytes?: number;
+}
+
+/**
+ * One call sent upstream and waiting for its answer. It is its own entry in the kernel's
+ * deadline list (the mechanism `withDeadline` uses): no timer per call. The connection calls
+ * exactly one of `answer`, `fail` or (through the deadline list) `expire`.
+ */
+export abstract class Exchange extends DeadlineEntry {
+  /** The call's id on its upstream connection (set by `UpstreamConnection.start`). */
+  id = 0;
+  /** The connection carrying the call, once started. */
+  conn: UpstreamConnection | undefined = undefined;
+
+  /** "service.method", for error messages. */
+  abstract readonly label: string;
+
+  /**
+   * The answer arrived; `frame` holds it whole, its payload from `payloadStart`. Returns a
+   * reason when the answer breaks the protocol (the connection then closes), else undefined.
+   */
+  abstract answer(header: AnswerHeader, frame: Buffer, payloadStart: number): string | undefined;
+
+  /** The call cannot be answered: its connection failed or closed. */
+  abstract fail(err: UnavailableError): void;
+}
+
+/**
+ * The connections to upstream servers, pooled per address: calls to one address share a few
+ * persistent, multiplexed connections; a dropped connection fails its calls in flight with
+ * EVOLITH_UNAVAILABLE and the next call opens a new one.
+ *
+ * An UnavailableError carries `details.maybeExecuted`: false when the request provably never
+ * reached a server (not connected, refused, shutting down), so even a non-idempotent call may
+ * be retried elsewhere.
+ */
+export class Upstreams {
+  private readonly pools = new Map<string, AddressPool>();
+  private closing: Promise<void> | undefined;
+  /** @internal */ readonly log: Logger;
+  /** @internal */ readonly limits: FrameLimits;
+  /** @internal */ readonly connectTimeoutMs: number;
+  readonly maxQueuedBytes: number;
+  private readonly maxConnections: number;
+  private readonly spilloverAt: number;
+  private readonly closeDrainMs: number;
+
+  constructor(options: UpstreamOptions, log: Logger) {
+    this.log = log;
+    this.limits = frameLimits(options.maxFrameBytes, options.maxHeaderBytes);
+    this.connectTimeoutMs = options.connectTimeoutMs ?? 3_000;
+    this.maxQueuedBytes = options.maxQueuedBytes ?? 8 * 1024 * 1024;
+    this.maxConnections = Math.max(1, options.maxConnectionsPerAddress ?? 2);
+    this.spilloverAt = options.spilloverAt ?? 128;
+    this.closeDrainMs = options.closeDrainMs ?? 5_000;
+  }
+
+  get isClosed(): boolean {
+    return this.closing !== undefined;
+  }
+
+  /**
+   * The least busy connection to `address` ("host:port"), opening one when there is none or
+   * all are busy. A ConfigError when the address is not host:port.
+   */
+  acquire(address: string): UpstreamConnection | ConfigError {
+    let pool = this.pools.get(address);
+    if (!pool) {
+      const parsed = parseAddress(address);
+      if (!parsed) return new ConfigError(`"${address}" is not a host:port address`);
+      this.pools.set(address, (pool = new AddressPool(this, address, parsed.host, parsed.port, this.maxConnections, this.spilloverAt)));
+    }
+    return pool.acquire();
+  }
+
+  /** @internal A pool whose last connection closed is forgotten, so addresses that come and go leave nothing behind. */
+  dropPool(pool: AddressPool): void {
+    if (this.pools.get(pool.address) === pool) this.pools.delete(pool.address);
+  }
+
+  /** Connections open now, to `address` or in all. */
+  connectionCount(address?: string): number {
+    if (address !== undefined) return this.pools.get(address)?.size ?? 0;
+    let n = 0;
+    for (const p of this.pools.values()) n += p.size;
+    return n;
+  }
+
+  /** Lets calls in flight answer (up to `closeDrainMs`), then closes every connection. */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      const pools = [...this.pools.values()];
+      this.pools.clear();
+      await Promise.all(pools.map((p) => p.close(this.closeDrainMs)));
+    })();
+    return this.closing;
+  }
+}
+
+/** The connections to one address. */
+class AddressPool {
+  private readonly connections: UpstreamConnection[] = [];
+
+  constructor(
+    private readonly upstreams: Upstreams,
+    readonly address: string,
+    private readonly host: string,
+    private readonly port: number,
+    private readonly max: number,
+    private readonly spilloverAt: number,
+  ) {}
+
+  get size(): number {
+    return this.connections.length;
+  }
+
+  acquire(): UpstreamConnection {
+    const list = this.connections;
+    let best: UpstreamConnection | undefined;
+    for (let i = 0; i < list.length; i++) if (!best || list[i]!.load < best.load) best = list[i];
+    if (best && (best.load < this.spilloverAt || list.length >= this.max)) return best;
+    const conn = new UpstreamConnection(this.upstreams, this, this.host, this.port);
+    list.push(conn);
+    return conn;
+  }
+
+  /** A connection that takes no new calls (closed, or told to go away) leaves the pool. */
+  remove(conn: UpstreamConnection): void {
+    const i = this.connections.indexOf(conn);
+    if (i >= 0) this.connections.splice(i, 1);
+    if (this.connections.length === 0) this.upstreams.dropPool(this);
+  }
+
+  close(drainMs: number): Promise<void> {
+    const all = this.connections.splice(0);
+    return Promise.all(all.map((c) => c.drain(drainMs))).then(() => undefined);
+  }
+}
+
+/** One connection to an upstream server: many calls in flight, answers matched by id. */
+export class UpstreamConnection implements FrameSink {
+  readonly address: string;
+  private readonly socket: Socket;
+  private readonly pending = new Map<number, Exchange>();
+  private readonly pings = new Map<number, { started: number; resolve: (ms: number) => void; reject: (e: Error) => void }>();
+  private readonly decoder: FrameDecoder;
+  private lastId = 0;
+  private connected = false;
+  private closed = false;
+  private draining = false;
+  private readonly writer: BatchedWriter;
+  private lastError: Error | undefined;
+  private onClosed: (() => void) | undefined;
+
+  constructor(
+    private readonly upstreams: Upstreams,
+    private readonly pool: AddressPool,
+    host: string,
+    port: number,
+  ) {
+    this.address = pool.address;
+    this.decoder = new FrameDecoder(
+      (header, frame, payloadStart) => this.onFrame(header, frame, payloadStart),
+      (reason) => this.protocolError(reason),
+      upstreams.limits,
+    );
+    const socket = connect({ host, port, noDelay: true, keepAlive: true, keepAliveInitialDelay: 30_000 });
+    this.socket = socket;
+    this.writer = new BatchedWriter(socket);
+    const connectTimer = setTimeout(() => {
+      if (!this.connected) socket.destroy(new Error(`no connection within ${upstreams.connectTimeoutMs} ms`));
+    }, upstreams.connectTimeoutMs);
+    connectTimer.unref();
+    socket.once('connect', () => {
+      this.connected = true;
+      clearTimeout(connectTimer);
+    });
+    socket.on('data', (chunk: Buffer) => {
+      try {
+        this.decoder.push(chunk);
+      } catch (err) {
+        upstreams.log.error({ err, address: this.address }, 'rpc client failed while handling a frame');
+        socket.destroy();
+      }
+    });
+    socket.on('end', () => {
+      if (this.decoder.partial) this.protocolError('server closed the connection in the middle of a frame');
+    });
+    socket.on('error', (err) => {
+      this.lastError = err;
+    });
+    socket.on('close', () => {
+      clearTimeout(connectTimer);
+      this.onClose();
+    });
+  }
+
+  /** Calls in flight: how busy the connection is. */
+  get load(): number {
+    return this.pending.size;
+  }
+
+  /** Request bytes written but not yet taken by the kernel. */
+  get queuedBytes(): number {
+    return this.socket.writableLength;
+  }
+
+  get limits(): FrameLimits {
+    return this.upstreams.limits;
+  }
+
+  /** An id for the next call on this connection: unique among its calls in flight. */
+  nextId(): number {
+    do this.lastId = (this.lastId + 1) >>> 0;
+    while (this.pending.has(this.lastId) || this.pings.has(this.lastId));
+    return this.lastId;
+  }
+
+  /**
+   * Tracks `exchange` as call `id`, whose request was just written to this connection: it
+   * will be answered, failed, or expire at its deadline.
+   */
+  start(exchange: Exchange, id: number): void {
+    exchange.id = id;
+    exchange.conn = this;
+    if (this.closed) {
+      exchange.fail(this.unavailable(exchange.label));
+      return;
+    }
+    this.pending.set(id, exchange);
+    watch(exchange);
+  }
+
+  /** Writes one frame's bytes (a request, typically). */
+  write(bytes: Buffer): void {
+    this.writer.write(bytes);
+  }
+
+  ping(): Promise<number> {
+    if (this.closed) return Promise.reject(new UnavailableError(`connection to ${this.address} is closed`));
+    const id = this.nextId();
+    return new Promise((resolve, reject) => {
+      this.pings.set(id, { started: performance.now(), resolve, reject });
+      writeFrame(this, { kind: 'ping', id }, undefined, this.upstreams.limits);
+    });
+  }
+
+  /** A call gave up (deadline): its answer, if it ever comes, is dropped. */
+  forget(id: number): void {
+    this.pending.delete(id);
+    if (this.draining) this.endIfIdle();
+  }
+
+  /** Takes no new calls; closes once calls in flight answered (or after `ms`). */
+  drain(ms: number): Promise<void> {
+    this.draining = true;
+    this.pool.remove(this);
+    if (this.closed) return Promise.resolve();
+    return new Promise((resolve) => {
+      this.onClosed = resolve;
+      const t = setTimeout(() => this.socket.destroy(), ms);
+      t.unref();
+      this.endIfIdle();
+    });
+  }
+
+  private endIfIdle(): void {
+    if (this.pending.size === 0 && this.pings.size === 0 && !this.socket.writableEnded) this.socket.end();
+  }
+
+  private onFrame(header: FrameHeader, frame: Buffer, payloadStart: number): void {
+    switch (header.kind) {
+      case 'ok':
+      case 'error': {
+        const exchange = this.pending.get(header.id);
+        if (!exchange) return; // its caller gave up already
+        this.pending.delete(header.id);
+        if (unwatch(exchange)) {
+          const broken = exchange.answer(header, frame, payloadStart);
+          if (broken !== undefined) return this.protocolError(broken);
+        }
+        if (this.draining) this.endIfIdle();
+        return;
+      }
+      case 'pong': {
+        const p = this.pings.get(header.id);
+        if (!p) return;
+        this.pings.delete(header.id);
+        p.resolve(performance.now() - p.started);
+        if (this.draining) this.endIfIdle();
+        return;
+      }
+      case 'goaway':
+        this.upstreams.log.debug({ address: this.address, reason: header.reason }, 'rpc server asked to go away');
+        this.draining = true;
+        this.pool.remove(this);
+        this.endIfIdle();
+        return;
+      default:
+        this.protocolError(`the server sent a ${header.kind} frame`);
+    }
+  }
+
+  private protocolError(reason: string): void {
+    if (this.closed) return;
+    this.upstreams.log.warn({ address: this.address, reason }, 'rpc connection closed: protocol error');
+    this.lastError = new Error(`protocol error: ${reason}`);
+    this.socket.destroy();
+  }
+
+  /** Why a call on this connection cannot be answered, and whether it may have run. */
+  unavailable(label: string): UnavailableError {
+    const why = this.lastError ? `: ${(this.lastError as NodeJS.ErrnoException).code ?? this.lastError.message}` : '';
+    return this.connected
+      ? new UnavailableError(`connection to ${this.address} closed before ${label} answered${why}`, { address: this.address, maybeExecuted: true })
+      : new UnavailableError(`cannot connect to ${this.address} for ${label}${why}`, { address: this.address, maybeExecuted: false });
+  }
+
+  private onClose(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.pool.remove(this);
+    if (this.pending.size > 0) {
+      this.upstreams.log.debug({ address: this.address, pending: this.pending.size, err: this.lastError }, 'rpc connection dropped with calls in flight');
+    }
+    const calls = [...this.pending.values()];
+    this.pending.clear();
+    for (const call of calls) if (unwatch(call)) call.fail(this.unavailable(call.label));
+    for (const p of this.pings.values()) p.reject(new UnavailableError(`connection to ${this.address} closed`));
+    this.pings.clear();
+    this.onClosed?.();
+  }
+}
