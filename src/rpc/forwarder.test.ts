@@ -10,6 +10,7 @@ import { decodePayload, encodeFrame, FrameDecoder, type FrameHeader, type Reques
 import { RpcServer, type RpcServerOptions } from './tcp-server.js';
 import { TcpTransport } from './tcp-transport.js';
 import { callMeta, echoContract, echoService, startHosts, type ServingHosts } from '../../test/fixtures/rpc-kit.js';
+import { planeFor, verifiedUser } from '../../test/fixtures/plane-kit.js';
 
 const kit = new Kit();
 const m = echoContract.methods;
@@ -129,13 +130,16 @@ const requestHeader = (id: number, method = 'echo', deadline = Date.now() + 10_0
 
 describe('forwarder: calls pass through', () => {
   test('calls and typed errors arrive end to end, with deadline, trace, caller and calling service', async () => {
-    const s = await serve();
-    const f = await forward(s.address);
-    const t = client();
+    // On a deployment's internal plane: the client (payment), the forwarder beside it (a proxy
+    // holding payment's credentials) and the server (echo) each prove who they are.
+    const payment = planeFor('payment#0', { svc: ['payment'] });
+    const s = await serve({ plane: planeFor('echo#0', { svc: ['echo'] }) });
+    const f = await forward(s.address, { plane: planeFor('payment#0 proxy', { svc: ['payment'] }), upstream: { plane: planeFor('payment#0 proxy', { svc: ['payment'] }) } });
+    const t = client({ plane: payment });
     expect(await t.send(f.address, m.echo, { text: 'héllo' }, callMeta())).toEqual({ text: 'héllo', n: 0 });
     expect(await t.send(f.address, m.nothing, undefined, callMeta())).toBeUndefined();
 
-    const meta = callMeta(4_000, { subject: 'icyfenix', roles: ['ROLE_USER'] }, 'payment');
+    const meta = callMeta(4_000, verifiedUser('icyfenix', ['ROLE_USER']), 'payment');
     const out = (await t.send(f.address, m.meta, {}, meta)) as { deadline: number; traceId: string; caller: unknown };
     expect(out).toMatchObject({ deadline: meta.deadline, traceId: meta.trace.traceId, caller: { subject: 'icyfenix', roles: ['ROLE_USER'] } });
     expect(serving.lastMeta?.from).toBe('payment');
@@ -146,8 +150,8 @@ describe('forwarder: calls pass through', () => {
     expect((v as ValidationError).issues.map((i) => i.path).sort()).toEqual(['a', 'b', 'label']);
     expect(await rejection(t.send(f.address, m.refuse, {}, callMeta()))).toMatchObject({ code: 'NO_WAY', httpStatus: 422, details: { why: 'rules' }, origin: 'echo.refuse' });
     expect(await rejection(t.send(f.address, m.refuse, {}, callMeta()))).toBeInstanceOf(BusinessError);
-    expect(await rejection(t.send(f.address, m.admin, {}, callMeta(1_000, { subject: 'bob', roles: ['ROLE_USER'] })))).toBeInstanceOf(ForbiddenError);
-    expect(await t.send(f.address, m.admin, {}, callMeta(1_000, { subject: 'root', roles: ['ROLE_ADMIN'] }))).toEqual({ subject: 'root' });
+    expect(await rejection(t.send(f.address, m.admin, {}, callMeta(1_000, verifiedUser('bob', ['ROLE_USER']))))).toBeInstanceOf(ForbiddenError);
+    expect(await t.send(f.address, m.admin, {}, callMeta(1_000, verifiedUser('root', ['ROLE_ADMIN'])))).toEqual({ subject: 'root' });
     expect(await rejection(t.send(f.address, { ...m.echo, name: 'nope', fullName: 'echo.nope' }, {}, callMeta()))).toBeInstanceOf(NotFoundError);
 
     // No route: answered by the forwarder, and the call surely never ran.

@@ -26,7 +26,7 @@ const request: RequestHeader = {
   method: 'echo',
   deadline: 1_700_000_000_000,
   traceparent: '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01',
-  caller: { subject: 'icyfenix', roles: ['ROLE_USER'], claims: { tenant: 'a' } },
+  caller: 'ua1.eyJzdWIiOiJpY3lmZW5peCJ9.c2ln',
   from: 'payment',
 };
 
@@ -92,7 +92,7 @@ describe('frames', () => {
     const headerLength = frame.readUInt16BE(4);
     expect(frame.readUInt32BE(0)).toBe(frame.length - 4);
     const header = unpack(frame.subarray(6, 6 + headerLength));
-    expect(header).toEqual([0, 7, 'echo', 'echo', request.deadline, request.traceparent, { subject: 'icyfenix', roles: ['ROLE_USER'], claims: { tenant: 'a' } }, 'payment']);
+    expect(header).toEqual([0, 7, 'echo', 'echo', request.deadline, request.traceparent, request.caller, 'payment']);
     // The id is a uint32 right after the kind, whatever its value, so proxies can patch it in place.
     expect([...frame.subarray(6, 9)]).toEqual([0x98, 0x00, 0xce]);
     expect(frame.readUInt32BE(9)).toBe(7);
@@ -146,7 +146,7 @@ describe('frames', () => {
   });
 
   test('a header too large to sit in front of the payload is written as two parts, the payload still packed once', () => {
-    const big: RequestHeader = { ...request, caller: { subject: 'icyfenix', roles: ['ROLE_USER'], claims: { assertion: 'a'.repeat(400) } } };
+    const big: RequestHeader = { ...request, caller: `ua1.${'a'.repeat(400)}.sig` };
     const written = parts(big, { text: 'x' });
     expect(written).toHaveLength(2);
     expect(written[1]).toEqual(pack({ text: 'x' }));
@@ -208,7 +208,8 @@ describe('frames', () => {
       [rawFrame(pack([0, -1, 'echo', 'echo', 1, null, null, null]), pack({})), /id is not/],
       [rawFrame(pack([0, 1, '', 'echo', 1, null, null, null]), pack({})), /service and method/],
       [rawFrame(pack([0, 1, 'echo', 'echo', 'soon', null, null, null]), pack({})), /deadline/],
-      [rawFrame(pack([0, 1, 'echo', 'echo', 1, null, { subject: 'x', roles: 'admin' }, null]), pack({})), /caller.roles/],
+      [rawFrame(pack([0, 1, 'echo', 'echo', 1, null, { subject: 'x', roles: ['ROLE_ADMIN'] }, null]), pack({})), /caller is not a string/],
+      [rawFrame(pack([0, 1, 'echo', 'echo', 1, null, '', null]), pack({})), /caller must be/],
       [rawFrame(pack([0, 1, 'echo', 'echo', 1, null, null, null])), /request without a payload/],
       [rawFrame(okHeader), /answer without a payload/],
       [rawFrame(pack([3, 1]), pack(1)), /ping or pong with a payload/],
@@ -234,13 +235,27 @@ describe('frames', () => {
     }
   });
 
-  test('decoded identities keep only what an identity holds', () => {
-    const h = toHeader([0, 1, 'echo', 'echo', 1, null, { subject: 'a', roles: ['R'], extra: 'dropped' }, null], true);
-    expect(typeof h).not.toBe('string');
-    expect((h as RequestHeader).caller).toEqual({ subject: 'a', roles: ['R'] });
-    // Only these fields are written, whatever else the identity object carries.
-    const frame = encodeFrame({ ...request, caller: { subject: 'a', roles: [], secret: 'x' } as never }, 1);
-    expect(unpack(frame.subarray(6, 6 + frame.readUInt16BE(4)))[6]).toEqual({ subject: 'a', roles: [] });
+  test('the caller field is a claim to check, never an identity to believe: a string or nil, of bounded length', () => {
+    const h = toHeader([0, 1, 'echo', 'echo', 1, null, 'service', null], true);
+    expect((h as RequestHeader).caller).toBe('service');
+    expect((toHeader([0, 1, 'echo', 'echo', 1, null, null, null], true) as RequestHeader).caller).toBeUndefined();
+    // An identity map (what the wire used to carry, believed as sent) is a malformed header now.
+    expect(toHeader([0, 1, 'echo', 'echo', 1, null, { subject: 'root', roles: ['ROLE_SERVICE'] }, null], true)).toMatch(/caller is not a string/);
+    expect(toHeader([0, 1, 'echo', 'echo', 1, null, 'x'.repeat(20_000), null], true)).toMatch(/caller must be/);
+  });
+
+  test('handshake frames carry a credential, nonces and proofs, and nothing else', () => {
+    const nonce = new Uint8Array(32).fill(7);
+    const proof = new Uint8Array(64).fill(9);
+    const { decoder, got, errors } = collect();
+    decoder.push(encodeFrame({ kind: 'hello', id: 0, credential: 'ev1.c.s', nonce }));
+    decoder.push(encodeFrame({ kind: 'welcome', id: 0, credential: 'ev1.d.s', nonce, proof }));
+    decoder.push(encodeFrame({ kind: 'proof', id: 0, proof }));
+    expect(errors).toEqual([]);
+    expect(withoutBytes(got).map((g) => g.header.kind)).toEqual(['hello', 'welcome', 'proof']);
+    expect(toHeader([6, 0, 'ev1.c.s', new Uint8Array(4)], false)).toMatch(/nonce malformed/);
+    expect(toHeader([8, 0, 'not bytes'], false)).toMatch(/proof header/);
+    expect(toHeader([6, 0, 'ev1.c.s', nonce], true)).toMatch(/no payload/);
   });
 
   test('error payloads are checked', () => {
@@ -264,8 +279,8 @@ describe('frames', () => {
     expect(() => parts({ kind: 'ok', id: 1 }, cyclic)).toThrow(FrameEncodeError);
     expect(() => parts({ kind: 'ok', id: 1 }, Symbol('s'))).toThrow(FrameEncodeError);
     expect(() => parts({ kind: 'ok', id: 1 }, 'z'.repeat(2000), frameLimits(1000, 64))).toThrow(/frame limit/);
-    expect(() => parts({ ...request, caller: { subject: 's'.repeat(100), roles: [] } }, 1, frameLimits(1000, 64))).toThrow(/header limit/);
-    expect(() => parts({ ...request, caller: { subject: 's'.repeat(400), roles: [] } }, 1, frameLimits(1000, 64))).toThrow(/header limit/);
+    expect(() => parts({ ...request, caller: 's'.repeat(100) }, 1, frameLimits(1000, 64))).toThrow(/header limit/);
+    expect(() => parts({ ...request, caller: 's'.repeat(400) }, 1, frameLimits(1000, 64))).toThrow(/header limit/);
     const written: Buffer[] = [];
     expect(() => writeFrame({ write: (b) => void written.push(b) }, { kind: 'ok', id: 1 }, 'z'.repeat(2000), frameLimits(1000, 64))).toThrow();
     expect(written).toEqual([]);

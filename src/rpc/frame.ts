@@ -17,7 +17,14 @@
  *   3     [3, id]                                                         none               ping
  *   4     [4, id]                                                         none               pong
  *   5     [5, 0, reason]                                                  none               goaway: send no new requests here
+ *   6     [6, 0, credential, nonce]                                       none               hello: a client proves itself…
+ *   7     [7, 0, credential, nonce, proof]                                none               welcome: …the server proves itself…
+ *   8     [8, 0, proof]                                                   none               proof: …and the client answers the challenge
  *
+ * On a listener that belongs to a deployment (it holds an internal credential), a connection
+ * opens with hello, welcome and proof before any other frame: each side presents its
+ * credential and signs the other's fresh nonce with the key the credential names, once per
+ * connection (see handshake.ts). A listener without credentials refuses a hello.
  * Both parts are plain msgpack (no msgpackr records), so any msgpack library can read them.
  * Tuples rather than maps: the header is a handful of small fields and keys would double it.
  *
@@ -26,8 +33,9 @@
  * four bytes) right after the kind, so a proxy that only renumbers calls can patch four bytes
  * in place (`swapId`) and forward the frame as it came; readers accept any integer encoding.
  * `deadline` is absolute, in epoch milliseconds; `traceparent` is W3C trace context; `caller`
- * is the identity the call is made for, in the form identity-field.ts defines; `from` is the
- * calling service. Absent optional fields are nil.
+ * is who the call is made for as the caller claims it (identity-field.ts), checked by the
+ * receiver against the peer's credential; `from` is the calling service. Absent optional
+ * fields are nil.
  *
  * Limits, checked before anything is decoded: a frame's length is at most `maxFrameBytes`
  * (4 MiB by default) and its header at most `maxHeaderBytes` (16 KiB by default). A request or
@@ -35,7 +43,6 @@
  */
 import { C1, Packr, RESERVE_START_SPACE, REUSE_BUFFER_MODE, Unpackr } from 'msgpackr';
 import type { SerializedError } from '../kernel/errors.js';
-import type { Identity } from '../kernel/plugins.js';
 import { identityFromWire, identityToWire } from './identity-field.js';
 
 export const DEFAULT_MAX_FRAME_BYTES = 4 * 1024 * 1024;
@@ -70,8 +77,8 @@ export interface RequestHeader {
   /** Absolute deadline, epoch milliseconds. */
   readonly deadline: number;
   readonly traceparent: string | undefined;
-  /** Believed as sent: RPC listeners belong on trusted networks only (mesh mode adds mTLS). */
-  readonly caller: Identity | undefined;
+  /** Who the call is made for, as claimed: nothing is believed until the receiver checks it. */
+  readonly caller: string | undefined;
   /** The calling service, if the call comes from a handler. */
   readonly from: string | undefined;
 }
@@ -93,7 +100,13 @@ export interface GoAwayHeader {
   readonly reason: string;
 }
 
-export type FrameHeader = RequestHeader | AnswerHeader | PingHeader | GoAwayHeader;
+/** The handshake of a connection on a deployment's internal plane (see handshake.ts). */
+export type HandshakeHeader =
+  | { readonly kind: 'hello'; readonly id: 0; readonly credential: string; readonly nonce: Uint8Array }
+  | { readonly kind: 'welcome'; readonly id: 0; readonly credential: string; readonly nonce: Uint8Array; readonly proof: Uint8Array }
+  | { readonly kind: 'proof'; readonly id: 0; readonly proof: Uint8Array };
+
+export type FrameHeader = RequestHeader | AnswerHeader | PingHeader | GoAwayHeader | HandshakeHeader;
 
 const REQUEST = 0;
 const OK = 1;
@@ -101,7 +114,13 @@ const ERROR = 2;
 const PING = 3;
 const PONG = 4;
 const GOAWAY = 5;
-const KIND_NAMES = ['request', 'ok', 'error', 'ping', 'pong', 'goaway'] as const;
+const HELLO = 6;
+const WELCOME = 7;
+const PROOF = 8;
+const KIND_NAMES = ['request', 'ok', 'error', 'ping', 'pong', 'goaway', 'hello', 'welcome', 'proof'] as const;
+/** Credentials are a few hundred bytes; nonces and proofs a few dozen. */
+const MAX_CREDENTIAL_LENGTH = 4096;
+const MAX_PROOF_LENGTH = 128;
 
 /** Where frames go, typically a connection's socket writer. The parts of one frame are written back to back. */
 export interface FrameSink {
@@ -152,6 +171,15 @@ function packHeader(header: FrameHeader): void {
     case 'goaway':
       tuple = goAwayTuple;
       tuple[2] = header.reason;
+      break;
+    case 'hello':
+      tuple = [HELLO, ID_PLACEHOLDER, header.credential, header.nonce];
+      break;
+    case 'welcome':
+      tuple = [WELCOME, ID_PLACEHOLDER, header.credential, header.nonce, header.proof];
+      break;
+    case 'proof':
+      tuple = [PROOF, ID_PLACEHOLDER, header.proof];
       break;
     default:
       shortHeader[1] = KIND_NAMES.indexOf(header.kind);
@@ -428,6 +456,8 @@ const isId = (v: unknown): v is number => typeof v === 'number' && Number.isInte
 const isName = (v: unknown): v is string => typeof v === 'string' && v.length > 0 && v.length <= MAX_NAME_LENGTH;
 const isOptionalName = (v: unknown): v is string | null | undefined => v == null || isName(v);
 const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+const isCredential = (v: unknown): v is string => typeof v === 'string' && v.length > 0 && v.length <= MAX_CREDENTIAL_LENGTH;
+const isBytes = (v: unknown, min: number, max: number): v is Uint8Array => v instanceof Uint8Array && v.length >= min && v.length <= max;
 
 /** Checks a decoded header against the header shapes; a string says what is wrong. */
 export function toHeader(v: unknown, hasPayload: boolean): FrameHeader | string {
@@ -443,10 +473,10 @@ export function toHeader(v: unknown, hasPayload: boolean): FrameHeader | string 
       if (!isName(service) || !isName(method)) return 'request service and method must be non-empty strings';
       if (typeof deadline !== 'number' || Number.isNaN(deadline)) return 'request deadline is not a number';
       if (traceparent != null && (typeof traceparent !== 'string' || traceparent.length > 128)) return 'request traceparent is not a string';
-      const identity = identityFromWire(caller);
-      if (typeof identity === 'string') return `request ${identity}`;
+      const claim = identityFromWire(caller);
+      if (typeof claim === 'object') return `request ${claim.problem}`;
       if (!isOptionalName(from)) return 'request from is not a service name';
-      return { kind: 'request', id, service, method, deadline, traceparent: traceparent ?? undefined, caller: identity, from: from ?? undefined };
+      return { kind: 'request', id, service, method, deadline, traceparent: traceparent ?? undefined, caller: claim, from: from ?? undefined };
     }
     case OK:
     case ERROR:
@@ -462,6 +492,18 @@ export function toHeader(v: unknown, hasPayload: boolean): FrameHeader | string 
       if (v.length !== 3 || typeof v[2] !== 'string') return 'goaway header needs [5, 0, reason]';
       if (hasPayload) return 'goaway with a payload';
       return { kind: 'goaway', id: 0, reason: v[2].slice(0, 500) };
+    case HELLO:
+    case WELCOME: {
+      const n = kind === HELLO ? 4 : 5;
+      if (v.length !== n || hasPayload) return `${kind === HELLO ? 'hello' : 'welcome'} header needs ${n} fields and no payload`;
+      if (!isCredential(v[2]) || !isBytes(v[3], 16, 64)) return 'handshake credential or nonce malformed';
+      if (kind === HELLO) return { kind: 'hello', id: 0, credential: v[2], nonce: v[3] };
+      if (!isBytes(v[4], 1, MAX_PROOF_LENGTH)) return 'welcome proof malformed';
+      return { kind: 'welcome', id: 0, credential: v[2], nonce: v[3], proof: v[4] };
+    }
+    case PROOF:
+      if (v.length !== 3 || hasPayload || !isBytes(v[2], 1, MAX_PROOF_LENGTH)) return 'proof header needs [8, 0, proof] and no payload';
+      return { kind: 'proof', id: 0, proof: v[2] };
     default:
       return `unknown frame kind ${JSON.stringify(kind)?.slice(0, 40)}`;
   }

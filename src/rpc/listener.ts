@@ -1,8 +1,11 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import type { Logger } from 'pino';
-import { TimeoutError, UnavailableError, type EvolithError } from '../kernel/errors.js';
+import type { CredentialClaims } from '../auth/credentials.js';
+import type { InternalPlane } from '../auth/internal-plane.js';
+import { TimeoutError, UnauthenticatedError, UnavailableError, type EvolithError } from '../kernel/errors.js';
 import { BatchedWriter } from './batched-writer.js';
-import { FrameDecoder, frameLimits, writeFrame, type FrameHeader, type FrameLimits, type FrameSink, type RequestHeader } from './frame.js';
+import { FrameDecoder, frameLimits, writeFrame, type FrameHeader, type FrameLimits, type FrameSink, type HandshakeHeader, type RequestHeader } from './frame.js';
+import { ServerHandshake } from './handshake.js';
 
 /** Settings every Evolith RPC listener shares (the RPC server and the forwarder). */
 export interface ListenerOptions {
@@ -21,6 +24,12 @@ export interface ListenerOptions {
   highWaterMark?: number;
   /** How long `close()` lets calls in flight finish before cutting connections; default 10 s. */
   drainMs?: number;
+  /**
+   * This process's credentials on a deployment's internal plane: every connection must then
+   * prove its peer (see handshake.ts) before anything else. Without it, the listener takes
+   * anonymous calls only.
+   */
+  plane?: InternalPlane;
 }
 
 export interface ListenerStats {
@@ -35,6 +44,8 @@ export interface ListenerStats {
   protocolErrors: number;
   /** Times a connection stopped reading because its peer did not read its answers. */
   pauses: number;
+  /** Connections refused because their peer did not prove itself. */
+  refused: number;
 }
 
 type Counter = Exclude<keyof ListenerStats, 'connections'>;
@@ -53,7 +64,8 @@ export abstract class RpcListener {
   readonly maxInFlight: number;
   readonly highWaterMark: number;
   private readonly drainMs: number;
-  private readonly counters: Record<Counter, number> = { accepted: 0, requests: 0, overloaded: 0, protocolErrors: 0, pauses: 0 };
+  private readonly counters: Record<Counter, number> = { accepted: 0, requests: 0, overloaded: 0, protocolErrors: 0, pauses: 0, refused: 0 };
+  readonly plane: InternalPlane | undefined;
   private bound: string | undefined;
 
   constructor(
@@ -65,6 +77,7 @@ export abstract class RpcListener {
     this.maxInFlight = options.maxInFlight ?? 1024;
     this.highWaterMark = options.highWaterMark ?? 1024 * 1024;
     this.drainMs = options.drainMs ?? 10_000;
+    this.plane = options.plane;
     this.server = createServer({ noDelay: true, keepAlive: true, keepAliveInitialDelay: 30_000 }, (socket) => this.accept(socket));
     this.server.on('error', (err) => this.log.error({ err }, 'rpc listener failed'));
   }
@@ -182,12 +195,21 @@ export class InboundConnection implements FrameSink {
   private readonly writer: BatchedWriter;
   private closed = false;
   private onIdle: (() => void) | undefined;
+  /** Present on a deployment's internal plane until the peer has proven itself. */
+  private readonly handshake: ServerHandshake | undefined;
 
   constructor(
     private readonly listener: RpcListener,
     private readonly socket: Socket,
   ) {
     this.remote = `${socket.remoteAddress}:${socket.remotePort}`;
+    this.handshake = listener.plane ? new ServerHandshake(listener.plane) : undefined;
+    if (this.handshake) {
+      // A peer that never completes the handshake holds a connection for nothing.
+      socket.setTimeout(5_000, () => {
+        if (!this.handshake!.peer) this.refuse('no handshake within 5 s');
+      });
+    }
     this.writer = new BatchedWriter(socket);
     this.decoder = new FrameDecoder(
       (header, frame, payloadStart) => this.onFrame(header, frame, payloadStart),
@@ -222,6 +244,11 @@ export class InboundConnection implements FrameSink {
 
   get isClosed(): boolean {
     return this.closed;
+  }
+
+  /** The process on the other end, as its credential proved it (undefined off the internal plane). */
+  get peer(): CredentialClaims | undefined {
+    return this.handshake?.peer;
   }
 
   /** Told to go away: takes no new calls. */
@@ -322,7 +349,35 @@ export class InboundConnection implements FrameSink {
     }
   }
 
+  /** The peer did not prove itself: log why, tell it, and close. */
+  refuse(reason: string): void {
+    if (this.closed) return;
+    this.listener.count('refused');
+    this.listener.log.warn({ remote: this.remote, reason }, 'rpc connection refused');
+    this.send({ kind: 'goaway', id: 0, reason: `refused: ${reason}` });
+    this.closed = true;
+    this.socket.end();
+    this.socket.setTimeout(1_000, () => this.socket.destroy());
+  }
+
+  private onHandshake(header: HandshakeHeader): void {
+    if (!this.handshake) return this.refuse('this listener belongs to no deployment and takes no credentials');
+    try {
+      const answer = this.handshake.step(header);
+      if (answer) this.send(answer);
+      if (this.handshake.peer) this.socket.setTimeout(0);
+    } catch (err) {
+      this.refuse((err as Error).message);
+    }
+  }
+
   private onFrame(header: FrameHeader, frame: Buffer, payloadStart: number): void {
+    if (header.kind === 'hello' || header.kind === 'welcome' || header.kind === 'proof') return this.onHandshake(header);
+    if (this.handshake && !this.handshake.peer) {
+      // A caller that did not prove itself learns why, in the answer to its call, before the hang-up.
+      if (header.kind === 'request') this.fail(header.id, new UnauthenticatedError('this listener takes calls only from processes of its deployment that prove who they are'));
+      return this.refuse(`a ${header.kind} frame before the peer proved itself`);
+    }
     switch (header.kind) {
       case 'request':
         return this.listener.dispatch(this, header, frame, payloadStart);

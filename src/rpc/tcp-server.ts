@@ -1,8 +1,8 @@
 import type { Logger } from 'pino';
 import type { MethodDef } from '../contract/define.js';
-import { NotFoundError, NotSerializableError, toEvolithError } from '../kernel/errors.js';
+import { NotFoundError, NotSerializableError, toEvolithError, UnauthenticatedError } from '../kernel/errors.js';
 import type { ServiceHost } from '../kernel/host.js';
-import type { CallMeta } from '../kernel/plugins.js';
+import type { CallMeta, Identity } from '../kernel/plugins.js';
 import { decodePayload, FrameEncodeError, PayloadError, writeFrame, type RequestHeader } from './frame.js';
 import { RpcListener, type InboundConnection, type ListenerOptions, type ListenerStats } from './listener.js';
 import { WireTrace } from './wire-trace.js';
@@ -43,9 +43,10 @@ export type RpcServerStats = ListenerStats;
  * The server end of Evolith's TCP RPC: frames (see frame.ts) carrying many calls per
  * connection, run concurrently and answered in any order.
  *
- * Trust: the caller identity and calling service in a request are believed as sent, exactly as
- * the in-process pipeline believes them. Listen on loopback or a private network only; across
- * untrusted networks use mesh mode, whose sidecars add mTLS.
+ * Trust: given a deployment's credentials (`plane`), every connection proves its peer first
+ * (see handshake.ts), and the calling service and identity of each call are checked against
+ * that proof; without them the server takes anonymous calls only. Either way it belongs on the
+ * internal host (loopback unless the deployment spans a private network).
  */
 export class RpcServer extends RpcListener {
   readonly resolve: RpcResolver;
@@ -75,7 +76,14 @@ export class RpcServer extends RpcListener {
       if (err instanceof PayloadError) return conn.protocolError(err.message);
       throw err;
     }
-    const meta: CallMeta = { deadline: header.deadline, trace: new WireTrace(header.traceparent), caller: header.caller, from: header.from };
+    let who: { caller: Identity | undefined; from: string | undefined };
+    try {
+      who = this.identify(conn, header);
+    } catch (err) {
+      this.log.warn({ remote: conn.remote, peer: conn.peer?.sub, call: `${header.service}.${header.method}`, reason: (err as Error).message }, 'rpc call refused');
+      return conn.fail(header.id, toEvolithError(err));
+    }
+    const meta: CallMeta = { deadline: header.deadline, trace: new WireTrace(header.traceparent), caller: who.caller, from: who.from };
     const method = target.method;
     let work: Promise<unknown>;
     try {
@@ -94,6 +102,16 @@ export class RpcServer extends RpcListener {
         conn.end();
       },
     );
+  }
+
+  /** The calling service and identity of a request, from what its connection's peer proved. */
+  private identify(conn: InboundConnection, header: RequestHeader): { caller: Identity | undefined; from: string | undefined } {
+    const plane = this.plane;
+    if (plane) return plane.identify(conn.peer!, header.caller, header.from);
+    if (header.caller !== undefined || header.from !== undefined) {
+      throw new UnauthenticatedError('this listener holds no credentials of a deployment: it takes anonymous calls only');
+    }
+    return { caller: undefined, from: undefined };
   }
 
   private answer(conn: InboundConnection, id: number, method: MethodDef, output: unknown): void {

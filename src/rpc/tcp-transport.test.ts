@@ -6,6 +6,16 @@ import { formatTraceparent } from '../kernel/trace.js';
 import { RpcServer, type RpcServerOptions } from './tcp-server.js';
 import { TcpTransport, type TcpTransportOptions } from './tcp-transport.js';
 import { callMeta, echoContract, echoService, startHosts, type ServingHosts } from '../../test/fixtures/rpc-kit.js';
+import { planeFor, verifiedUser } from '../../test/fixtures/plane-kit.js';
+import { DeploymentAuthority } from '../auth/credentials.js';
+import { InternalPlane } from '../auth/internal-plane.js';
+import { connect } from 'node:net';
+import { encodeFrame, FrameDecoder, type FrameHeader } from './frame.js';
+import pino from 'pino';
+
+/** The processes of the test deployment: the echo server and a payment worker that calls it. */
+const serverPlane = planeFor('echo#0', { svc: ['echo'] });
+const paymentPlane = planeFor('payment#0', { svc: ['payment'] });
 
 const kit = new Kit();
 const m = echoContract.methods;
@@ -15,7 +25,7 @@ const cleanups: (() => Promise<unknown>)[] = [];
 
 beforeAll(async () => {
   serving = await startHosts([echoService], kit.tmp('rpc-tcp'), silentLog);
-  server = new RpcServer({ resolve: serving.resolve, log: silentLog });
+  server = new RpcServer({ resolve: serving.resolve, log: silentLog, plane: serverPlane });
   await server.listen();
 });
 afterEach(async () => {
@@ -28,13 +38,13 @@ afterAll(async () => {
 });
 
 function transport(options: Partial<TcpTransportOptions> = {}): TcpTransport {
-  const t = new TcpTransport({ log: silentLog, ...options });
+  const t = new TcpTransport({ log: silentLog, plane: paymentPlane, ...options });
   cleanups.push(() => t.close());
   return t;
 }
 
 async function serve(options: Partial<RpcServerOptions> = {}): Promise<RpcServer> {
-  const s = new RpcServer({ resolve: serving.resolve, log: silentLog, ...options });
+  const s = new RpcServer({ resolve: serving.resolve, log: silentLog, plane: serverPlane, ...options });
   await s.listen();
   cleanups.push(() => s.close(100));
   return s;
@@ -59,7 +69,7 @@ describe('TCP RPC: a round trip through a real server and real kernel hosts', ()
 
   test('deadline, trace context, caller identity and calling service cross the hop', async () => {
     const t = transport();
-    const meta = callMeta(4_000, { subject: 'icyfenix', roles: ['ROLE_USER'] }, 'payment');
+    const meta = callMeta(4_000, verifiedUser('icyfenix', ['ROLE_USER']), 'payment');
     const out = (await t.send(server.address, m.meta, {}, meta)) as { deadline: number; traceId: string; spanId: string; caller: unknown };
     expect(out.deadline).toBe(meta.deadline);
     expect(out.traceId).toBe(meta.trace.traceId);
@@ -84,8 +94,8 @@ describe('TCP RPC: a round trip through a real server and real kernel hosts', ()
     const f = await rejection(t.send(server.address, m.admin, {}, callMeta()));
     expect(f).toBeInstanceOf(ForbiddenError);
     expect(f.httpStatus).toBe(403);
-    expect(await t.send(server.address, m.admin, {}, callMeta(1_000, { subject: 'root', roles: ['ROLE_ADMIN'] }))).toEqual({ subject: 'root' });
-    expect(await rejection(t.send(server.address, m.admin, {}, callMeta(1_000, { subject: 'bob', roles: ['ROLE_USER'] })))).toBeInstanceOf(ForbiddenError);
+    expect(await t.send(server.address, m.admin, {}, callMeta(1_000, verifiedUser('root', ['ROLE_ADMIN'])))).toEqual({ subject: 'root' });
+    expect(await rejection(t.send(server.address, m.admin, {}, callMeta(1_000, verifiedUser('bob', ['ROLE_USER']))))).toBeInstanceOf(ForbiddenError);
 
     expect(await rejection(t.send(server.address, m.internalOnly, {}, callMeta()))).toBeInstanceOf(ForbiddenError);
     expect(await t.send(server.address, m.internalOnly, {}, callMeta(1_000, undefined, 'payment'))).toBe('ok');
@@ -208,5 +218,98 @@ describe('TCP RPC: a round trip through a real server and real kernel hosts', ()
     const ms = await t.ping(server.address);
     expect(ms).toBeGreaterThanOrEqual(0);
     expect(ms).toBeLessThan(1_000);
+  });
+});
+
+describe('TCP RPC on a deployment’s internal plane, attacked', () => {
+  const quietLog = () => {
+    const lines: { msg: string; reason?: string }[] = [];
+    return { lines, log: pino({ level: 'warn' }, { write: (x: string) => void lines.push(JSON.parse(x)) }) };
+  };
+
+  /** Writes frames on a raw socket; resolves what came back and whether the server hung up. */
+  function raw(address: string, frames: Buffer[]): Promise<{ closed: boolean; got: FrameHeader[] }> {
+    const [host, port] = [address.slice(0, address.lastIndexOf(':')), Number(address.slice(address.lastIndexOf(':') + 1))];
+    return new Promise((resolve) => {
+      const got: FrameHeader[] = [];
+      const decoder = new FrameDecoder((h) => got.push(h), () => undefined);
+      const socket = connect({ host, port });
+      socket.on('data', (d) => decoder.push(d));
+      socket.on('error', () => undefined);
+      socket.once('close', () => resolve({ closed: true, got }));
+      socket.setTimeout(3_000, () => {
+        socket.destroy();
+        resolve({ closed: false, got });
+      });
+      socket.once('connect', () => socket.write(Buffer.concat(frames)));
+    });
+  }
+
+  test('a request without a handshake is refused and the connection closed, with a logged reason', async () => {
+    const { log, lines } = quietLog();
+    const s = await serve({ log });
+    const forged = encodeFrame(
+      { kind: 'request', id: 1, service: 'echo', method: 'meta', deadline: Date.now() + 5_000, traceparent: undefined, caller: 'service', from: 'echo' },
+      {},
+    );
+    const { closed, got } = await raw(s.address, [forged]);
+    expect(closed).toBe(true);
+    expect(got.map((h) => h.kind)).toEqual(['error', 'goaway']);
+    expect(serving.lastMeta?.from).not.toBe('echo');
+    expect(s.stats.refused).toBe(1);
+    expect(lines).toEqual([expect.objectContaining({ msg: 'rpc connection refused', reason: expect.stringMatching(/before the peer proved itself/) })]);
+  });
+
+  test('a client without credentials, or with another deployment’s, gets nothing through; the call surely never ran', async () => {
+    const before = serving.calls;
+    const bare = await rejection(transport({ plane: undefined }).send(server.address, m.echo, { text: 'x' }, callMeta()));
+    expect(bare.code).toBe('EVOLITH_UNAUTHENTICATED');
+    const stranger = new InternalPlane(new DeploymentAuthority('elsewhere').issue({ sub: 'payment#0', svc: ['payment'] }));
+    const foreign = await rejection(transport({ plane: stranger }).send(server.address, m.echo, { text: 'x' }, callMeta()));
+    expect(foreign).toBeInstanceOf(UnavailableError);
+    expect(foreign.details).toMatchObject({ maybeExecuted: false });
+    expect(serving.calls).toBe(before);
+  });
+
+  test('a stolen credential without its key does not complete the handshake', async () => {
+    const victim = planeFor('payment#0', { svc: ['payment'] });
+    const thief = planeFor('thief', { svc: [] });
+    const stolen = new InternalPlane({ ...thief.credential.bundle, token: victim.credential.token });
+    const { log, lines } = quietLog();
+    const s = await serve({ log });
+    const err = await rejection(transport({ plane: stolen }).send(s.address, m.echo, { text: 'x' }, callMeta(1_000, undefined, 'payment')));
+    expect(err).toBeInstanceOf(UnavailableError);
+    expect(lines.some((l) => l.msg === 'rpc connection refused' && /could not prove/.test(l.reason ?? ''))).toBe(true);
+  });
+
+  test('a server that cannot prove itself is sent nothing: not the input, not the caller', async () => {
+    const rogue = new InternalPlane(new DeploymentAuthority('rogue').issue({ sub: 'echo#0', svc: ['echo'] }));
+    const s = await serve({ plane: rogue });
+    const user = verifiedUser('icyfenix', ['ROLE_USER']);
+    const err = await rejection(transport().send(s.address, m.meta, {}, callMeta(1_000, user, 'payment')));
+    expect(err).toBeInstanceOf(UnavailableError);
+    expect(err.details).toMatchObject({ maybeExecuted: false });
+    expect(s.stats.requests).toBe(0);
+  });
+
+  test('a process may call only as a service it hosts; acting as itself is proven by its credential', async () => {
+    const t = transport();
+    const asAccount = await rejection(t.send(server.address, m.meta, {}, callMeta(1_000, undefined, 'account')));
+    expect(asAccount).toBeInstanceOf(ForbiddenError);
+    const self = { subject: 'service:payment', roles: ['ROLE_SERVICE'], service: 'payment' };
+    const out = (await t.send(server.address, m.meta, {}, callMeta(1_000, self, 'payment'))) as { caller: unknown };
+    expect(out.caller).toEqual({ subject: 'service:payment', roles: ['ROLE_SERVICE'] });
+    // A user identity this process cannot vouch for (no assertion) never leaves it.
+    const unproven = await rejection(t.send(server.address, m.meta, {}, callMeta(1_000, { subject: 'icyfenix', roles: ['ROLE_ADMIN'] }, 'payment')));
+    expect(unproven.code).toBe('EVOLITH_UNAUTHENTICATED');
+  });
+
+  test('a listener without credentials takes anonymous calls only, and refuses a handshake', async () => {
+    const bare = await serve({ plane: undefined });
+    const anonymous = transport({ plane: undefined });
+    expect(await anonymous.send(bare.address, m.echo, { text: 'hi' }, callMeta())).toEqual({ text: 'hi', n: 0 });
+    expect(await rejection(anonymous.send(bare.address, m.meta, {}, callMeta(1_000, undefined, 'payment')))).toMatchObject({ code: 'EVOLITH_UNAUTHENTICATED' });
+    const credentialed = await rejection(transport().send(bare.address, m.echo, { text: 'x' }, callMeta()));
+    expect(credentialed).toBeInstanceOf(UnavailableError);
   });
 });

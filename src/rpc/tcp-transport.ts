@@ -1,7 +1,7 @@
 import pino, { type Logger } from 'pino';
 import type { MethodDef } from '../contract/define.js';
 import { withDeadline } from '../kernel/deadline.js';
-import { ConfigError, deserializeError, NotSerializableError, TimeoutError, UnavailableError } from '../kernel/errors.js';
+import { ConfigError, deserializeError, NotSerializableError, TimeoutError, UnauthenticatedError, UnavailableError } from '../kernel/errors.js';
 import type { CallMeta } from '../kernel/plugins.js';
 import { formatTraceparent } from '../kernel/trace.js';
 import { decodePayload, FrameEncodeError, PayloadError, toSerializedError, writeFrame, type AnswerHeader } from './frame.js';
@@ -33,6 +33,18 @@ export class TcpTransport {
     const upstreams = this.upstreams;
     if (upstreams.isClosed) return Promise.reject(new UnavailableError(`cannot call ${method.fullName}: the TCP transport is closed`, { maybeExecuted: false }));
     if (meta.deadline <= Date.now()) return Promise.reject(new TimeoutError(`no time left to call ${method.fullName}: its deadline has passed`));
+    // Who the call is for, in a form the callee can check: refused here when this process cannot vouch for it.
+    const plane = upstreams.plane;
+    let caller: string | undefined;
+    if (plane) {
+      try {
+        caller = plane.callerField(meta);
+      } catch (err) {
+        return Promise.reject(err);
+      }
+    } else if (meta.caller || meta.from) {
+      return Promise.reject(new UnauthenticatedError(`${method.fullName}: this process holds no internal credential to vouch for its caller`));
+    }
     const conn = upstreams.acquire(address);
     if (conn instanceof ConfigError) return Promise.reject(new ConfigError(`${conn.message} (an instance of ${method.service})`));
     if (conn.queuedBytes > upstreams.maxQueuedBytes) {
@@ -54,7 +66,7 @@ export class TcpTransport {
           method: method.name,
           deadline: meta.deadline,
           traceparent: formatTraceparent(meta.trace),
-          caller: meta.caller,
+          caller,
           from: meta.from,
         },
         input,

@@ -1,9 +1,12 @@
 import { connect, type Socket } from 'node:net';
 import type { Logger } from 'pino';
+import type { CredentialClaims } from '../auth/credentials.js';
+import type { InternalPlane } from '../auth/internal-plane.js';
 import { DeadlineEntry, unwatch, watch } from '../kernel/deadline.js';
 import { ConfigError, UnavailableError } from '../kernel/errors.js';
 import { BatchedWriter } from './batched-writer.js';
 import { FrameDecoder, frameLimits, parseAddress, writeFrame, type AnswerHeader, type FrameHeader, type FrameLimits, type FrameSink } from './frame.js';
+import { ClientHandshake } from './handshake.js';
 
 /** How the connections to upstream servers behave; shared by the TCP client and the forwarder. */
 export interface UpstreamOptions {
@@ -24,6 +27,11 @@ export interface UpstreamOptions {
    * on it are refused with EVOLITH_UNAVAILABLE instead of piling up in memory; default 8 MiB.
    */
   maxQueuedBytes?: number;
+  /**
+   * This process's credentials on a deployment's internal plane: each connection then opens
+   * with the handshake (see handshake.ts) and sends no call before the server proved itself.
+   */
+  plane?: InternalPlane;
 }
 
 /**
@@ -69,9 +77,11 @@ export class Upstreams {
   private readonly maxConnections: number;
   private readonly spilloverAt: number;
   private readonly closeDrainMs: number;
+  readonly plane: InternalPlane | undefined;
 
   constructor(options: UpstreamOptions, log: Logger) {
     this.log = log;
+    this.plane = options.plane;
     this.limits = frameLimits(options.maxFrameBytes, options.maxHeaderBytes);
     this.connectTimeoutMs = options.connectTimeoutMs ?? 3_000;
     this.maxQueuedBytes = options.maxQueuedBytes ?? 8 * 1024 * 1024;
@@ -176,6 +186,11 @@ export class UpstreamConnection implements FrameSink {
   private readonly writer: BatchedWriter;
   private lastError: Error | undefined;
   private onClosed: (() => void) | undefined;
+  /** On a deployment's internal plane: the handshake, and what waits for it to complete. */
+  private readonly handshake: ClientHandshake | undefined;
+  private ready: boolean;
+  private backlog: Buffer[] = [];
+  private backlogBytes = 0;
 
   constructor(
     private readonly upstreams: Upstreams,
@@ -192,8 +207,12 @@ export class UpstreamConnection implements FrameSink {
     const socket = connect({ host, port, noDelay: true, keepAlive: true, keepAliveInitialDelay: 30_000 });
     this.socket = socket;
     this.writer = new BatchedWriter(socket);
+    this.handshake = upstreams.plane ? new ClientHandshake(upstreams.plane) : undefined;
+    this.ready = this.handshake === undefined;
+    if (this.handshake) writeFrame(this.writer, this.handshake.hello(), undefined, upstreams.limits);
     const connectTimer = setTimeout(() => {
       if (!this.connected) socket.destroy(new Error(`no connection within ${upstreams.connectTimeoutMs} ms`));
+      else if (!this.ready) socket.destroy(new Error(`no handshake within ${upstreams.connectTimeoutMs} ms`));
     }, upstreams.connectTimeoutMs);
     connectTimer.unref();
     socket.once('connect', () => {
@@ -225,9 +244,14 @@ export class UpstreamConnection implements FrameSink {
     return this.pending.size;
   }
 
-  /** Request bytes written but not yet taken by the kernel. */
+  /** Request bytes written but not yet taken by the kernel (or waiting for the handshake). */
   get queuedBytes(): number {
-    return this.socket.writableLength;
+    return this.socket.writableLength + this.backlogBytes;
+  }
+
+  /** The server, as its credential proved it (undefined off the internal plane, or until it has). */
+  get peer(): CredentialClaims | undefined {
+    return this.handshake?.peer;
   }
 
   get limits(): FrameLimits {
@@ -256,9 +280,14 @@ export class UpstreamConnection implements FrameSink {
     watch(exchange);
   }
 
-  /** Writes one frame's bytes (a request, typically). */
+  /** Writes one frame's bytes (a request, typically); held back until the server proved itself. */
   write(bytes: Buffer): void {
-    this.writer.write(bytes);
+    if (this.ready) {
+      this.writer.write(bytes);
+      return;
+    }
+    this.backlog.push(bytes);
+    this.backlogBytes += bytes.length;
   }
 
   ping(): Promise<number> {
@@ -293,7 +322,36 @@ export class UpstreamConnection implements FrameSink {
     if (this.pending.size === 0 && this.pings.size === 0 && !this.socket.writableEnded) this.socket.end();
   }
 
+  private onWelcome(header: FrameHeader): void {
+    if (!this.handshake || this.ready) return this.protocolError(`the server sent a ${header.kind} frame`);
+    let proof: FrameHeader;
+    try {
+      proof = this.handshake.welcome(header as Parameters<ClientHandshake['welcome']>[0]);
+    } catch (err) {
+      this.upstreams.log.warn({ address: this.address, reason: (err as Error).message }, 'rpc server refused: it did not prove itself');
+      this.lastError = err as Error;
+      this.socket.destroy();
+      return;
+    }
+    writeFrame(this.writer, proof, undefined, this.upstreams.limits);
+    this.ready = true;
+    const held = this.backlog;
+    this.backlog = [];
+    this.backlogBytes = 0;
+    for (const bytes of held) this.writer.write(bytes);
+  }
+
   private onFrame(header: FrameHeader, frame: Buffer, payloadStart: number): void {
+    if (!this.ready) {
+      if (header.kind === 'welcome') return this.onWelcome(header);
+      if (header.kind === 'goaway') {
+        // The server refused the handshake; it says why.
+        this.lastError = new Error(header.reason);
+        this.socket.destroy();
+        return;
+      }
+      return this.protocolError(`the server sent a ${header.kind} frame before proving itself`);
+    }
     switch (header.kind) {
       case 'ok':
       case 'error': {
@@ -336,6 +394,10 @@ export class UpstreamConnection implements FrameSink {
   /** Why a call on this connection cannot be answered, and whether it may have run. */
   unavailable(label: string): UnavailableError {
     const why = this.lastError ? `: ${(this.lastError as NodeJS.ErrnoException).code ?? this.lastError.message}` : '';
+    if (this.connected && !this.ready) {
+      // Nothing of the call was sent: the handshake did not complete.
+      return new UnavailableError(`${this.address} did not complete the handshake for ${label}${why}`, { address: this.address, maybeExecuted: false });
+    }
     return this.connected
       ? new UnavailableError(`connection to ${this.address} closed before ${label} answered${why}`, { address: this.address, maybeExecuted: true })
       : new UnavailableError(`cannot connect to ${this.address} for ${label}${why}`, { address: this.address, maybeExecuted: false });

@@ -44,9 +44,10 @@ async function server(kit: Kit, services: readonly ServiceDefinition[]): Promise
 
 export async function overTcp(kit: Kit, services: readonly ServiceDefinition[], cleanup: (fn: () => Promise<unknown>) => void): Promise<CallMode> {
   const rt = await server(kit, services);
-  const rpc = new RpcServer({ resolve: hostResolver(rt.hosts.values()), log: silentLog });
+  const rpc = new RpcServer({ resolve: hostResolver(rt.hosts.values()), log: silentLog, plane: planeFor('server#0', { svc: services.map((s) => s.contract.name) }) });
   const address = await rpc.listen();
-  const tcp = new TcpTransport({ log: silentLog });
+  // The caller plays the edge: it may call as 'edge' and vouch for the users it verified.
+  const tcp = new TcpTransport({ log: silentLog, plane: edgePlane });
   const caller = await kit.start([], { placement: placementTo(new TcpTerminal(tcp, address)) });
   cleanup(async () => {
     await tcp.close();

@@ -45,7 +45,7 @@ export function microservicesEnvelope(options: MicroservicesWorkerOptions) {
     const token = () => plane.credential.token;
     const registry = new RegistryClient({ url: registryUrl, token, log }).start();
     const resilience = new Resilience({ discovery: registry, policies, affinity: topology.affinity, log });
-    const tcp = new TcpTransport({ log });
+    const tcp = new TcpTransport({ log, plane });
     const terminal = new TcpTerminal(tcp);
     await registry.whenSynced(5_000);
     return {
@@ -75,7 +75,7 @@ async function serve(
   const token = () => plane.credential.token;
   const resolve = hostResolver(runtime.hosts.values());
   const hosted = [...runtime.hosts.values()];
-  const rpc = hosted.length > 0 ? new RpcServer({ resolve, log, host: topology.internalHost, drainMs: topology.drainMs }) : undefined;
+  const rpc = hosted.length > 0 ? new RpcServer({ resolve, log, host: topology.internalHost, drainMs: topology.drainMs, plane }) : undefined;
   if (rpc) await rpc.listen();
   // The internal HTTP listener: the same methods as RPC over HTTP (interop, debugging) and
   // this worker's view of the endpoints it calls.
