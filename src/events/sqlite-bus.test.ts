@@ -21,6 +21,8 @@ function fixture(options: SqliteEventBusOptions = TUNING): BusFixture & { file: 
 }
 
 describeBusContract('sqlite', async () => fixture());
+// Every guarantee again with the poll all but off: buses learn of each other's events from the doorbell alone.
+describeBusContract('sqlite, woken by the doorbell', async () => fixture({ ...TUNING, pollIntervalMs: 2_000 }));
 
 describe('SqliteEventBus', () => {
   const cleanups: (() => Promise<void>)[] = [];
@@ -63,7 +65,7 @@ describe('SqliteEventBus', () => {
     expect(bus.purge(Date.now() + 61_000)).toBe(2);
     const left = peek<{ id: string }>(f.file, 'SELECT id FROM evolith_bus_events');
     expect(left.map((r) => r.id)).toEqual([stuck.id]);
-    expect(peek(f.file, 'SELECT seq FROM evolith_bus_deliveries')).toHaveLength(1);
+    expect(peek(f.file, 'SELECT seq FROM evolith_bus_unacked')).toHaveLength(1);
   });
 
   test('a group subscribing for the first time receives the retained events of its topic', async () => {
@@ -93,6 +95,75 @@ describe('SqliteEventBus', () => {
     await a.publish(e);
     await sleep(1_300);
     expect(calls).toEqual([e.id]);
+  });
+
+  test('a re-published id is stored once also when both copies are in the same transaction', async () => {
+    const f = setup();
+    const bus = open(f);
+    const e = envelope('orders.placed', { i: 1 }, 'k');
+    await Promise.all([bus.publish(e), bus.publish({ ...e }), bus.publish(envelope('orders.placed', { i: 2 }, 'k'))]);
+    expect(peek(f.file, 'SELECT seq FROM evolith_bus_events')).toHaveLength(2);
+  });
+
+  test('events claimed but not started go back at once when their consumer stops, not when their leases run out', async () => {
+    const f = setup();
+    const options = { ...TUNING, leaseMs: 30_000, maxInFlight: 1, prefetch: 8 };
+    const a = open(f, options);
+    const events = Array.from({ length: 8 }, (_, i) => envelope('orders.placed', { i }, `k${i}`));
+    await Promise.all(events.map((e) => a.publish(e)));
+    const byA: string[] = [];
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    a.subscribe('orders.placed', 'billing', async (e) => {
+      byA.push(e.id);
+      await gate;
+    });
+    await eventually(() => expect(byA).toHaveLength(1));
+    const closing = a.close();
+    const b = open(f, options);
+    const byB: string[] = [];
+    b.subscribe('orders.placed', 'billing', async (e) => {
+      byB.push(e.id);
+    });
+    await eventually(() => expect(byB).toHaveLength(7), 5_000);
+    release();
+    await closing;
+    expect(new Set([...byA, ...byB])).toEqual(new Set(events.map((e) => e.id)));
+  });
+
+  test('a dead consumer\'s events are taken over while the survivor is kept busy by a stream of others', async () => {
+    const f = setup();
+    const options = { ...TUNING, leaseMs: 400, pollIntervalMs: 100, closeTimeoutMs: 50 };
+    const dead = open(f, options);
+    const stuck = envelope('orders.placed', { stuck: true }, 'stuck');
+    let started = false;
+    dead.subscribe('orders.placed', 'billing', async () => {
+      started = true;
+      await new Promise(() => undefined);
+    });
+    await dead.publish(stuck);
+    await eventually(() => expect(started).toBe(true));
+    // Closing gives up on the hung handler: its lease is no longer renewed, as if the process died.
+    await dead.close();
+    const survivor = open(f, options);
+    const seen: string[] = [];
+    survivor.subscribe('orders.placed', 'billing', async (e) => {
+      seen.push(e.id);
+    });
+    // Wake-ups every 10 ms, ten times per poll interval, for up to 4 s.
+    let streaming = true;
+    const stream = (async () => {
+      for (let i = 0; i < 400 && streaming; i++) {
+        await survivor.publish(envelope('orders.placed', { i }, `other${i % 5}`));
+        await sleep(10);
+      }
+    })();
+    try {
+      await eventually(() => expect(seen).toContain(stuck.id), 3_000);
+    } finally {
+      streaming = false;
+      await stream;
+    }
   });
 
   test('publish after close is refused with a typed error', async () => {
