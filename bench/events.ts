@@ -32,7 +32,7 @@
  * NATS is expected at NATS_URL (default 127.0.0.1:4222, JetStream enabled); without it the
  * bench says why and measures the SQLite bus alone. Loopback and the local disk only.
  *
- * Env: BENCH_ROUNDS (3), BENCH_EVENTS (100000), BENCH_SECONDS (15), BENCH_WINDOW (1000),
+ * Env: BENCH_CONTENDERS (sqlite,nats,jetstream — any subset), BENCH_ROUNDS (3), BENCH_EVENTS (100000), BENCH_SECONDS (15), BENCH_WINDOW (1000),
  *      BENCH_RATE (1000), BENCH_LATENCY_SECONDS (5), BENCH_WARMUP (1), BENCH_KEYS (256),
  *      BENCH_SQLITE_SYNC (normal | full), BENCH_DATA_DIR (a new directory under the OS temp dir),
  *      NATS_URL.
@@ -76,8 +76,14 @@ if (SQLITE_SYNC !== 'normal' && SQLITE_SYNC !== 'full') {
   process.exit(2);
 }
 const NATS_URL = process.env.NATS_URL ?? '127.0.0.1:4222';
+const ALL: readonly ContenderName[] = ['sqlite', 'nats', 'jetstream'];
+const ONLY = (process.env.BENCH_CONTENDERS ?? ALL.join(',')).split(',').map((c) => c.trim()) as ContenderName[];
+if (ONLY.length === 0 || ONLY.some((c) => !ALL.includes(c))) {
+  console.error(`bench:events: BENCH_CONTENDERS must list some of ${ALL.join(', ')}, got ${process.env.BENCH_CONTENDERS}`);
+  process.exit(2);
+}
 const REPRODUCE =
-  `BENCH_ROUNDS=${ROUNDS} BENCH_EVENTS=${EVENTS} BENCH_SECONDS=${SECONDS} BENCH_WINDOW=${WINDOW} BENCH_RATE=${RATE} ` +
+  `BENCH_CONTENDERS=${ONLY.join(',')} BENCH_ROUNDS=${ROUNDS} BENCH_EVENTS=${EVENTS} BENCH_SECONDS=${SECONDS} BENCH_WINDOW=${WINDOW} BENCH_RATE=${RATE} ` +
   `BENCH_LATENCY_SECONDS=${LATENCY_SECONDS} BENCH_WARMUP=${WARMUP} BENCH_KEYS=${KEYS} BENCH_SQLITE_SYNC=${SQLITE_SYNC} NATS_URL=${NATS_URL} npm run bench:events`;
 const TARGET_P50_MS = 5;
 const TARGET_SQLITE_EPS = 50_000;
@@ -207,6 +213,8 @@ interface Throughput {
   handled: number;
   published: number;
   cpuPerEvent: number;
+  pubCpuPerEvent: number;
+  subCpuPerEvent: number;
   caughtUp: boolean;
 }
 
@@ -258,7 +266,7 @@ class Trials {
 
   private async dispose(c: ContenderName, tag: string, s: TrialStorage): Promise<void> {
     if (c === 'sqlite') {
-      for (const f of readdirSync(this.dataDir)) if (f.startsWith(`${tag}.`)) rmSync(join(this.dataDir, f), { force: true });
+      for (const f of readdirSync(this.dataDir)) if (f.startsWith(`${tag}.`)) rmSync(join(this.dataDir, f), { recursive: true, force: true });
       return;
     }
     await this.jsm!.streams.delete(s.stream!).catch(() => undefined);
@@ -307,6 +315,8 @@ class Trials {
       handled: sub.handled,
       published: pub.published,
       cpuPerEvent: (sub.cpuMicros + pub.cpuMicros) / Math.max(1, sub.handled),
+      pubCpuPerEvent: pub.cpuMicros / Math.max(1, pub.published),
+      subCpuPerEvent: sub.cpuMicros / Math.max(1, sub.handled),
       caughtUp,
     };
   }
@@ -336,15 +346,17 @@ async function main(): Promise<void> {
     `throughput: closed loop, ${WINDOW} publishes in flight, up to ${int(EVENTS)} events or ${SECONDS} s; latency: open loop at ${RATE} events/s for ${WARMUP} s warm-up + ${LATENCY_SECONDS} s; ` +
       `${KEYS} ordering keys; ${ROUNDS} rounds; node ${process.version}, ${availableParallelism()} CPUs; load average before: ${loadavg().map((x) => x.toFixed(1)).join(' ')}`,
   );
-  const problem = await natsProblem();
-  const contenders: ContenderName[] = problem ? ['sqlite'] : ['sqlite', 'nats', 'jetstream'];
-  if (problem) console.log(`NATS: ${problem} — measuring the SQLite bus alone, without the JetStream baseline`);
+  const wantsNats = ONLY.some((c) => c !== 'sqlite');
+  const problem = wantsNats ? await natsProblem() : 'not asked for (BENCH_CONTENDERS)';
+  const contenders = ONLY.filter((c) => c === 'sqlite' || problem === undefined);
+  if (problem && wantsNats) console.log(`NATS: ${problem} — measuring the SQLite bus alone, without the JetStream baseline`);
+  if (contenders.length === 0) throw new BenchError('nothing to measure: NATS is absent and the SQLite bus was not asked for');
   for (const c of contenders) console.log(`  ${c.padEnd(10)} ${CONTENDERS[c]}`);
 
   const ownDataDir = process.env.BENCH_DATA_DIR === undefined;
   const dataDir = ownDataDir ? mkdtempSync(join(tmpdir(), 'evolith-bench-events-')) : resolve(process.env.BENCH_DATA_DIR!);
   mkdirSync(dataDir, { recursive: true });
-  console.log(`layout: publisher and subscriber in two child processes; SQLite files in ${dataDir}; NATS at ${problem ? '(absent)' : NATS_URL}`);
+  console.log(`layout: publisher and subscriber in two child processes; SQLite files in ${dataDir}; NATS ${problem ? 'not measured' : `at ${NATS_URL}`}`);
 
   const nc = problem ? undefined : await connect({ servers: NATS_URL, name: 'bench-events-admin' });
   const jsm = nc ? await jetstreamManager(nc) : undefined;
@@ -370,7 +382,7 @@ async function main(): Promise<void> {
         throughputs.get(c)!.push(t);
         console.log(
           `  round ${r + 1}  ${c.padEnd(10)} throughput  ${int(t.eps).padStart(7)} events/s  (${int(t.handled)} of ${int(t.published)} published handled${t.caughtUp ? '' : `, cut at ${SECONDS} s`}; ` +
-            `publish alone ${int(t.publishEps)}/s; ${f1(t.cpuPerEvent)} µs CPU/event)`,
+            `publish alone ${int(t.publishEps)}/s; CPU µs/event: publisher ${f1(t.pubCpuPerEvent)}, subscriber ${f1(t.subCpuPerEvent)})`,
         );
       }
     }
