@@ -31,7 +31,6 @@ const TABLES = `
 ${EVENTS_TABLE('evolith_bus_events')}
 CREATE INDEX IF NOT EXISTS evolith_bus_events_id ON evolith_bus_events (id_hash);
 CREATE INDEX IF NOT EXISTS evolith_bus_events_topic ON evolith_bus_events (topic, seq);
-CREATE INDEX IF NOT EXISTS evolith_bus_events_stored ON evolith_bus_events (stored_at);
 CREATE TABLE IF NOT EXISTS evolith_bus_groups (
   topic TEXT NOT NULL,
   grp TEXT NOT NULL,
@@ -175,15 +174,18 @@ export function prepareStatements(db: Database.Database) {
       `UPDATE evolith_bus_unacked SET lease_until = @leaseUntil
        WHERE grp = @grp AND topic = @topic AND seq = @seq AND claimed_by = @consumer AND attempts = @attempt`,
     ),
-    // Past the retention, taken by every group of its topic, and acknowledged by all of them.
-    expired: db.prepare(
-      `SELECT e.seq FROM evolith_bus_events e
-       WHERE e.stored_at < @cutoff
-         AND NOT EXISTS (SELECT 1 FROM evolith_bus_groups g WHERE g.topic = e.topic AND g.cursor_seq < e.seq)
+    /**
+     * The oldest events in sequence order (the order they were stored in, so no index on the
+     * time is kept up for this), each with whether it is past the retention and whether every
+     * group of its topic has taken and acknowledged it.
+     */
+    oldest: db.prepare(
+      `SELECT e.seq, e.stored_at < @cutoff AS old,
+         NOT EXISTS (SELECT 1 FROM evolith_bus_groups g WHERE g.topic = e.topic AND g.cursor_seq < e.seq)
          AND NOT EXISTS (SELECT 1 FROM evolith_bus_groups g JOIN evolith_bus_unacked u ON u.grp = g.grp AND u.topic = g.topic AND u.seq = e.seq
-                         WHERE g.topic = e.topic)
-       ORDER BY e.stored_at LIMIT 500`,
-    ).pluck(),
+                         WHERE g.topic = e.topic) AS done
+       FROM evolith_bus_events e WHERE e.seq > @after ORDER BY e.seq LIMIT @limit`,
+    ),
     deleteEvent: db.prepare('DELETE FROM evolith_bus_events WHERE seq = ?'),
   };
 }

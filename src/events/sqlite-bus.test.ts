@@ -68,6 +68,25 @@ describe('SqliteEventBus', () => {
     expect(peek(f.file, 'SELECT seq FROM evolith_bus_unacked')).toHaveLength(1);
   });
 
+  test('retention purges in bounded transactions and stops at the first event inside the window', async () => {
+    const f = setup();
+    const bus = open(f, { ...TUNING, retentionMs: 60_000 });
+    let handled = 0;
+    bus.subscribe('orders.placed', 'billing', async () => {
+      handled++;
+    });
+    const old = Array.from({ length: 1_234 }, (_, i) => envelope('orders.placed', { i }, `k${i % 7}`));
+    await Promise.all(old.map((e) => bus.publish(e)));
+    await eventually(() => expect(handled).toBe(old.length));
+    const db = new Database(f.file);
+    // Pretend the first 1,200 were stored two minutes ago.
+    db.prepare('UPDATE evolith_bus_events SET stored_at = stored_at - 120000 WHERE seq <= 1200').run();
+    db.close();
+    expect(bus.purge()).toBe(1_200);
+    expect(peek<{ n: number }>(f.file, 'SELECT COUNT(*) AS n FROM evolith_bus_events')[0]!.n).toBe(34);
+    expect(bus.purge()).toBe(0);
+  });
+
   test('a group subscribing for the first time receives the retained events of its topic', async () => {
     const f = setup();
     const bus = open(f);

@@ -64,6 +64,9 @@ function isBusy(err: unknown): boolean {
   return String((err as { code?: unknown })?.code ?? '').startsWith('SQLITE_BUSY');
 }
 
+/** Events one purge transaction looks at, so that it never holds the write lock for long. */
+const PURGE_BATCH = 500;
+
 /** The most events past its cursor one claim looks at (most are claimed; the rest wait for their key). */
 const MAX_SCAN = 1_000;
 
@@ -313,7 +316,8 @@ export class SqliteEventBus implements EventBus {
     const start = cursor;
     let leased = 0;
     for (let scanned = 0; leased < room && scanned < MAX_SCAN; ) {
-      const rows = this.sql.after.all(topic, cursor, Math.min(MAX_SCAN - scanned, room - leased)) as { seq: number; key: string | null; envelope: string }[];
+      const want = Math.min(MAX_SCAN - scanned, room - leased);
+      const rows = this.sql.after.all(topic, cursor, want) as { seq: number; key: string | null; envelope: string }[];
       for (const r of rows) {
         if (leased >= room) break;
         scanned++;
@@ -326,23 +330,37 @@ export class SqliteEventBus implements EventBus {
         claims.push({ seq: r.seq, attempt: 1, envelope: JSON.parse(r.envelope) as EventEnvelope });
         leased++;
       }
-      if (rows.length === 0) break;
+      if (rows.length < want) break;
     }
     if (cursor !== start) this.sql.setCursor.run(cursor, topic, grp);
   }
 
-  /** Runs the handler for a claimed event, then queues its acknowledgement or schedules its redelivery. */
+  /**
+   * Runs the handler for a claimed event, then queues its acknowledgement or schedules its
+   * redelivery, and calls `done`. One promise reaction per event: this runs for every event.
+   */
   run(sub: SqliteSubscription, claim: Claim, done: () => void): void {
-    const work = (async () => {
-      try {
-        await sub.handler(claim.envelope);
-      } catch (err) {
-        this.fail(sub, claim, err);
-        return;
-      }
+    this.inflight.begin();
+    const ok = () => {
       sub.handled(claim);
-    })();
-    void this.inflight.track(work).finally(done);
+      this.inflight.end();
+      done();
+    };
+    const failed = (err: unknown) => {
+      this.fail(sub, claim, err);
+      this.inflight.end();
+      done();
+    };
+    let result: unknown;
+    try {
+      result = sub.handler(claim.envelope);
+    } catch (err) {
+      // As if the handler were async: `done` never runs inside the caller's loop.
+      queueMicrotask(() => failed(err));
+      return;
+    }
+    if (typeof (result as Promise<void> | undefined)?.then === 'function') (result as Promise<void>).then(ok, failed);
+    else queueMicrotask(ok);
   }
 
   /** Commits acknowledgements on their own (the subscription stopped claiming). */
@@ -424,17 +442,27 @@ export class SqliteEventBus implements EventBus {
   private purgeAll(now: number): number {
     const cutoff = now - this.opts.retentionMs;
     let total = 0;
-    for (;;) {
-      const n = this.db
+    let after = 0;
+    for (let more = true; more; ) {
+      total += this.db
         .transaction(() => {
-          const seqs = this.sql.expired.all({ cutoff }) as number[];
-          for (const seq of seqs) this.sql.deleteEvent.run(seq);
-          return seqs.length;
+          const rows = this.sql.oldest.all({ cutoff, after, limit: PURGE_BATCH }) as { seq: number; old: number; done: number }[];
+          more = rows.length === PURGE_BATCH;
+          let deleted = 0;
+          for (const r of rows) {
+            // Stored in sequence order: the first one inside the retention ends the sweep.
+            if (!r.old) {
+              more = false;
+              break;
+            }
+            after = r.seq;
+            if (r.done) deleted += this.sql.deleteEvent.run(r.seq).changes;
+          }
+          return deleted;
         })
         .immediate();
-      total += n;
-      if (n < 500) return total;
     }
+    return total;
   }
 
   private purgeSafely(): void {
