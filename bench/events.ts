@@ -215,6 +215,8 @@ interface Throughput {
   cpuPerEvent: number;
   pubCpuPerEvent: number;
   subCpuPerEvent: number;
+  /** Publisher and subscriber CPU time over the trial's wall time: how much of the machine they got. */
+  coresBusy: number;
   caughtUp: boolean;
 }
 
@@ -317,6 +319,7 @@ class Trials {
       cpuPerEvent: (sub.cpuMicros + pub.cpuMicros) / Math.max(1, sub.handled),
       pubCpuPerEvent: pub.cpuMicros / Math.max(1, pub.published),
       subCpuPerEvent: sub.cpuMicros / Math.max(1, sub.handled),
+      coresBusy: (sub.cpuMicros + pub.cpuMicros) / 1000 / (end - pub.startedAt),
       caughtUp,
     };
   }
@@ -382,7 +385,7 @@ async function main(): Promise<void> {
         throughputs.get(c)!.push(t);
         console.log(
           `  round ${r + 1}  ${c.padEnd(10)} throughput  ${int(t.eps).padStart(7)} events/s  (${int(t.handled)} of ${int(t.published)} published handled${t.caughtUp ? '' : `, cut at ${SECONDS} s`}; ` +
-            `publish alone ${int(t.publishEps)}/s; CPU µs/event: publisher ${f1(t.pubCpuPerEvent)}, subscriber ${f1(t.subCpuPerEvent)})`,
+            `publish alone ${int(t.publishEps)}/s; CPU µs/event: publisher ${f1(t.pubCpuPerEvent)}, subscriber ${f1(t.subCpuPerEvent)}; ${f2(t.coresBusy)} cores busy)`,
         );
       }
     }
