@@ -24,7 +24,9 @@
  *               call in the publisher, on the machine's one clock; p50 and p99
  *
  * Each trial gets fresh storage (a new SQLite file, a new stream with a unique name), deleted
- * right after. Rounds are interleaved: every round runs each figure for every contender, the
+ * right after. Before its measured phase it publishes one probe event per key and waits until
+ * the subscriber got them all, so every ordering partition is consuming (a NATS subscription
+ * creates its consumers in the background) and nothing measured waits for set-up. Rounds are interleaved: every round runs each figure for every contender, the
  * order rotating from round to round; reported is the median over rounds. CPU is the two peer
  * processes' user + system time per handled event (the NATS server's own CPU is not in it).
  * Targets: latency p50 ≤ 5 ms for both buses; ≥ 50,000 events/s for the SQLite bus.
@@ -89,6 +91,8 @@ const TARGET_P50_MS = 5;
 const TARGET_SQLITE_EPS = 50_000;
 /** How long a latency trial may take to drain after its last publish before it counts as a failure. */
 const DRAIN_MS = 15_000;
+/** How long a trial may take to subscribe and see its probe events through. */
+const SETUP_MS = 60_000;
 
 class BenchError extends Error {}
 
@@ -281,34 +285,48 @@ class Trials {
     this.created.clear();
   }
 
+  /**
+   * One trial on fresh storage: subscribe; publish one probe event per key and wait until all
+   * arrived (every ordering partition consumes: a NATS subscription creates its consumers in the
+   * background); then the measured phase, which ends after `phaseMs` whatever is left undone.
+   */
   private async once(
     c: ContenderName,
-    publish: Omit<PublishCommand, 'id' | 'op' | 'contender' | 'storage' | 'topic' | 'deadline'>,
-    deadline: number,
-  ): Promise<{ sub: SubscribeResult; pub: PublishResult }> {
+    publish: Omit<PublishCommand, 'id' | 'op' | 'contender' | 'storage' | 'topic' | 'deadline' | 'first'>,
+    phaseMs: number,
+  ): Promise<{ sub: SubscribeResult; pub: PublishResult; deadline: number }> {
     const tag = `${this.run}_${++this.next}`;
     const storage = await this.storage(c, tag);
     try {
-      const common = { contender: c, storage, topic: 'orders.placed', deadline };
-      const subCmd: SubscribeCommand = { ...common, id: this.next * 2, op: 'subscribe', group: 'billing', expect: publish.count };
-      const [ready, subResult] = this.subscriber.send(subCmd, ['ready', 'result'] as const);
+      const base = { contender: c, storage, topic: 'orders.placed' };
+      const setupDeadline = Date.now() + SETUP_MS;
+      const id = this.next * 3;
+      const subCmd: SubscribeCommand = { ...base, id, op: 'subscribe', group: 'billing', probes: KEYS, expect: publish.count, deadline: setupDeadline + phaseMs };
+      const [ready, warm, subResult] = this.subscriber.send(subCmd, ['ready', 'warm', 'result'] as const);
       // Whichever side fails first is the error to report; the other's rejection must not go unhandled.
       subResult.catch(() => undefined);
+      warm.catch(() => undefined);
       await ready;
-      const pubCmd: PublishCommand = { ...common, ...publish, id: this.next * 2 + 1, op: 'publish' };
-      const [pubResult] = this.publisher.send(pubCmd, ['result'] as const);
-      const pub = (await pubResult) as PublishResult;
+      const probeCmd: PublishCommand = { ...base, id: id + 1, op: 'publish', first: 0, count: KEYS, rate: 0, window: KEYS, warmup: KEYS, keys: KEYS, deadline: setupDeadline };
+      const probed = (await this.publisher.send(probeCmd, ['result'] as const)[0]) as PublishResult;
+      if (probed.failed > 0) throw new BenchError(`${c}: ${probed.failed} probe publishes failed; first: ${probed.firstError}`);
+      if (!(await Promise.race([warm.then(() => true), subResult.then(() => false)]))) {
+        throw new BenchError(`${c}: the subscriber did not receive the ${KEYS} probe events within ${SETUP_MS / 1000} s`);
+      }
+      const deadline = Date.now() + phaseMs;
+      this.subscriber.send({ id, op: 'deadline', deadline }, [] as const);
+      const pubCmd: PublishCommand = { ...base, ...publish, id: id + 2, op: 'publish', first: KEYS, deadline };
+      const pub = (await this.publisher.send(pubCmd, ['result'] as const)[0]) as PublishResult;
       const sub = (await subResult) as SubscribeResult;
       if (pub.failed > 0) throw new BenchError(`${c}: ${pub.failed} publishes failed; first: ${pub.firstError}`);
-      return { sub, pub };
+      return { sub, pub, deadline };
     } finally {
       await this.dispose(c, tag, storage);
     }
   }
 
   async throughput(c: ContenderName, events = EVENTS, seconds = SECONDS): Promise<Throughput> {
-    const deadline = Date.now() + seconds * 1000;
-    const { sub, pub } = await this.once(c, { count: events, rate: 0, window: WINDOW, warmup: 0, keys: KEYS }, deadline);
+    const { sub, pub, deadline } = await this.once(c, { count: events, rate: 0, window: WINDOW, warmup: 0, keys: KEYS }, seconds * 1000);
     const caughtUp = sub.handled === pub.published && pub.published === events;
     const end = caughtUp ? sub.lastAt : deadline;
     return {
@@ -327,8 +345,7 @@ class Trials {
   async latency(c: ContenderName): Promise<Latency> {
     const warm = Math.round(RATE * WARMUP);
     const count = warm + Math.round(RATE * LATENCY_SECONDS);
-    const deadline = Date.now() + (WARMUP + LATENCY_SECONDS) * 1000 + DRAIN_MS;
-    const { sub, pub } = await this.once(c, { count, rate: RATE, window: 0, warmup: warm, keys: KEYS }, deadline);
+    const { sub, pub } = await this.once(c, { count, rate: RATE, window: 0, warmup: warm, keys: KEYS }, (WARMUP + LATENCY_SECONDS) * 1000 + DRAIN_MS);
     if (sub.handled < count) throw new BenchError(`${c}: only ${sub.handled} of ${count} events handled within ${DRAIN_MS / 1000} s of the last publish`);
     return { p50: sub.p50, p99: sub.p99, max: sub.max, measured: sub.measured, lagP99: pub.lagP99, cpuPerEvent: (sub.cpuMicros + pub.cpuMicros) / sub.handled };
   }

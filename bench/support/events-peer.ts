@@ -4,10 +4,15 @@
  *
  *   node bin/run-ts.mjs bench/support/events-peer.ts
  *
- * Reads one JSON command per line on stdin (`subscribe` or `publish`, see the types below) and
- * answers on stdout with one JSON line per step: `ready` once subscribed, then `result`, or
- * `error`. Each command opens the contender on the storage it names and closes it before the
- * result, so the bench can delete that storage right after. Prints `{"type":"up"}` once it listens.
+ * Reads one JSON command per line on stdin (`subscribe`, `deadline` or `publish`, see the types
+ * below) and answers on stdout with one JSON line per step: `ready` once subscribed, `warm` once
+ * the probe events arrived, then `result`, or `error`. Each subscribe or publish opens the
+ * contender on the storage it names and closes it before the result, so the bench can delete
+ * that storage right after. Prints `{"type":"up"}` once it listens.
+ *
+ * Event `i` of a trial has payload index `i`: indices below `probes` are probes, which show that
+ * the subscription really consumes (a NATS subscription creates its consumers in the
+ * background) before anything is measured; they count for nothing else.
  *
  * Clock: `performance.timeOrigin + performance.now()`, wall-clock milliseconds with sub-ms
  * resolution, comparable between processes on one machine (both read the same system clock).
@@ -29,26 +34,38 @@ interface Common {
 export interface SubscribeCommand extends Common {
   op: 'subscribe';
   group: string;
-  /** Distinct events after which the subscriber reports (the publisher's count). */
+  /** Probe events (indices 0 … probes-1): `warm` once all arrived. */
+  probes: number;
+  /** Measured events after the probes, after which the subscriber reports. */
   expect: number;
+}
+
+/** Moves a running subscription's deadline (once the measured phase starts). */
+export interface DeadlineCommand {
+  id: number;
+  op: 'deadline';
+  deadline: number;
 }
 
 export interface PublishCommand extends Common {
   op: 'publish';
+  /** Payload index of the first event. */
+  first: number;
   count: number;
   /** Open loop at this many events per second; 0 for closed loop with `window` publishes in flight. */
   rate: number;
   window: number;
-  /** The first `warmup` events are flagged: the subscriber leaves them out of the latency figures. */
+  /** The first `warmup` events of this command are flagged: the subscriber leaves them out of the latency figures. */
   warmup: number;
   keys: number;
 }
 
-export type PeerCommand = SubscribeCommand | PublishCommand;
+export type PeerCommand = SubscribeCommand | DeadlineCommand | PublishCommand;
 
 export interface SubscribeResult {
   id: number;
   type: 'result';
+  /** Distinct measured events handled (probes not included). */
   handled: number;
   duplicates: number;
   firstAt: number;
@@ -95,11 +112,16 @@ function cpuSince(start: NodeJS.CpuUsage): number {
   return d.user + d.system;
 }
 
+/** Running subscriptions, by command id, so that a `deadline` command can reach them. */
+const deadlines = new Map<number, (deadline: number) => void>();
+
 async function subscribe(cmd: SubscribeCommand): Promise<SubscribeResult> {
   const cpu0 = process.cpuUsage();
   const bus = await openContender(cmd.contender, cmd.storage);
-  const seen = new Uint8Array(cmd.expect);
+  const total = cmd.probes + cmd.expect;
+  const seen = new Uint8Array(total);
   const latencies = new Float64Array(cmd.expect);
+  let probed = 0;
   let measured = 0;
   let handled = 0;
   let duplicates = 0;
@@ -107,7 +129,11 @@ async function subscribe(cmd: SubscribeCommand): Promise<SubscribeResult> {
   let lastAt = 0;
   let finish!: () => void;
   const finished = new Promise<void>((r) => (finish = r));
-  const timer = setTimeout(finish, Math.max(0, cmd.deadline - Date.now()));
+  let timer = setTimeout(finish, Math.max(0, cmd.deadline - Date.now()));
+  deadlines.set(cmd.id, (deadline) => {
+    clearTimeout(timer);
+    timer = setTimeout(finish, Math.max(0, deadline - Date.now()));
+  });
   let over = false;
   await bus.subscribe(cmd.topic, cmd.group, (e) => {
     const t = now();
@@ -118,6 +144,10 @@ async function subscribe(cmd: SubscribeCommand): Promise<SubscribeResult> {
       return;
     }
     seen[p.i] = 1;
+    if (p.i < cmd.probes) {
+      if (++probed === cmd.probes) reply({ id: cmd.id, type: 'warm' });
+      return;
+    }
     if (handled++ === 0) firstAt = t;
     lastAt = t;
     if (!p.warm) latencies[measured++] = t - p.t;
@@ -127,6 +157,7 @@ async function subscribe(cmd: SubscribeCommand): Promise<SubscribeResult> {
   await finished;
   over = true;
   clearTimeout(timer);
+  deadlines.delete(cmd.id);
   await bus.close();
   const sorted = latencies.subarray(0, measured).sort();
   return {
@@ -144,12 +175,13 @@ async function subscribe(cmd: SubscribeCommand): Promise<SubscribeResult> {
   };
 }
 
-function makeEvent(cmd: PublishCommand, i: number): EventEnvelope {
+function makeEvent(cmd: PublishCommand, n: number): EventEnvelope {
+  const i = cmd.first + n;
   const key = `order-${i % cmd.keys}`;
   const payload: Payload = {
     i,
     t: now(),
-    warm: i < cmd.warmup,
+    warm: n < cmd.warmup,
     order: { id: key, customer: 'icyfenix', lines: [{ sku: `book-${i % 97}`, qty: 1 + (i % 3), price: 49.5 }], total: 49.5 * (1 + (i % 3)) },
   };
   return { id: randomUUID(), topic: cmd.topic, source: 'bench', payload, key, publishedAt: Date.now() };
@@ -221,6 +253,10 @@ const lines = createInterface({ input: process.stdin });
 lines.on('line', (line) => {
   if (!line.trim()) return;
   const cmd = JSON.parse(line) as PeerCommand;
+  if (cmd.op === 'deadline') {
+    deadlines.get(cmd.id)?.(cmd.deadline);
+    return;
+  }
   const run = cmd.op === 'subscribe' ? subscribe(cmd) : publish(cmd);
   run.then(reply, (err: unknown) => reply({ id: cmd.id, type: 'error', message: String((err as Error)?.stack ?? err) }));
 });
