@@ -137,6 +137,30 @@ export function describeBusContract(name: string, makeFixture: () => Promise<Bus
       expect(per.a + per.b).toBe(40);
     });
 
+    test('an event published on one bus reaches a subscriber on another promptly, not at some later poll', async () => {
+      const f = await setup();
+      const [publisher, subscriber] = [await open(f), await open(f)];
+      const at = new Map<string, number>();
+      subscriber.subscribe('orders.placed', 'billing', async (e) => {
+        at.set(e.id, performance.now());
+      });
+      // The subscription is live once a first event made it through.
+      const first = envelope('orders.placed', { first: true });
+      await publisher.publish(first);
+      await eventually(() => expect(at.has(first.id)).toBe(true), f.redeliveryMs + 10_000);
+      const latencies: number[] = [];
+      for (let i = 0; i < 9; i++) {
+        const e = envelope('orders.placed', { i }, `k${i % 3}`);
+        const t0 = performance.now();
+        await publisher.publish(e);
+        await eventually(() => expect(at.has(e.id)).toBe(true));
+        latencies.push(at.get(e.id)! - t0);
+        await sleep(10);
+      }
+      // The median of several: one slow sample on a busy machine is no failure.
+      expect([...latencies].sort((a, b) => a - b)[4]).toBeLessThan(200);
+    });
+
     test('every group receives every event', async () => {
       const f = await setup();
       const [a, b] = [await open(f), await open(f)];
