@@ -147,7 +147,6 @@ export function prepareStatements(db: Database.Database) {
     setCursor: db.prepare('UPDATE evolith_bus_groups SET cursor_seq = ? WHERE topic = ? AND grp = ?'),
     /** Events of a topic past a cursor, oldest first. */
     after: db.prepare('SELECT seq, key, envelope FROM evolith_bus_events WHERE topic = ? AND seq > ? ORDER BY seq LIMIT ?'),
-    hasAfter: db.prepare('SELECT 1 FROM evolith_bus_events WHERE topic = ? AND seq > ? LIMIT 1').pluck(),
     keyBusy: db.prepare('SELECT 1 FROM evolith_bus_unacked WHERE grp = ? AND topic = ? AND key = ? LIMIT 1').pluck(),
     take: db.prepare('INSERT INTO evolith_bus_unacked (grp, topic, seq, key, claimed_by, lease_until, attempts) VALUES (?, ?, ?, ?, ?, ?, 1)'),
     wait: db.prepare('INSERT INTO evolith_bus_unacked (grp, topic, seq, key) VALUES (?, ?, ?, ?)'),

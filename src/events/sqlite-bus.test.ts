@@ -185,6 +185,59 @@ describe('SqliteEventBus', () => {
     }
   });
 
+  test('a stored event that cannot be read is redelivered with backoff like a failed handler, and blocks nothing else', async () => {
+    const f = setup();
+    const bus = open(f);
+    const good = envelope('orders.placed', { good: true });
+    await bus.publish(good);
+    const db = new Database(f.file);
+    db.prepare("INSERT INTO evolith_bus_events (id, id_hash, topic, key, envelope, stored_at) VALUES ('broken', 1, 'orders.placed', 'k', '{not json', 0)").run();
+    db.close();
+    const got: string[] = [];
+    bus.subscribe('orders.placed', 'billing', async (e) => {
+      got.push(e.id);
+    });
+    const after = envelope('orders.placed', { after: true });
+    await bus.publish(after);
+    await eventually(() => expect(got).toEqual([good.id, after.id]));
+    await eventually(() => {
+      const [row] = peek<{ attempts: number; last_error: string }>(f.file, 'SELECT attempts, last_error FROM evolith_bus_unacked');
+      expect(row?.attempts).toBeGreaterThanOrEqual(2);
+      expect(row?.last_error).toMatch(/JSON/);
+    });
+  });
+
+  test('events read ahead of the write lock are not used once a competing consumer moved the cursor', async () => {
+    const f = setup();
+    const publisher = open(f);
+    const events = Array.from({ length: 10 }, (_, i) => envelope('orders.placed', { i }, `k${i}`));
+    await Promise.all(events.map((e) => publisher.publish(e)));
+    const bus = open(f);
+    // Another process can commit between the read ahead and the write transaction; this one
+    // does so at exactly that moment: it takes and acknowledges the first five.
+    const competitor = new Database(f.file);
+    cleanups.push(async () => void competitor.close());
+    const internals = bus as unknown as { readAhead: (...args: unknown[]) => unknown };
+    const readAhead = internals.readAhead.bind(bus);
+    let raced = false;
+    internals.readAhead = (...args: unknown[]) => {
+      const ahead = readAhead(...args);
+      if (!raced) {
+        raced = true;
+        competitor.prepare("INSERT INTO evolith_bus_groups (topic, grp, created_at, cursor_seq) VALUES ('orders.placed', 'billing', 0, 5) ON CONFLICT DO UPDATE SET cursor_seq = 5").run();
+      }
+      return ahead;
+    };
+    const got: number[] = [];
+    bus.subscribe('orders.placed', 'billing', async (e) => {
+      got.push((e.payload as { i: number }).i);
+    });
+    await eventually(() => expect(got).toEqual([5, 6, 7, 8, 9]));
+    expect(raced).toBe(true);
+    await sleep(100);
+    expect(got).toHaveLength(5);
+  });
+
   test('publish after close is refused with a typed error', async () => {
     const f = setup();
     const bus = open(f);

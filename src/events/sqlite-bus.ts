@@ -73,7 +73,21 @@ const MAX_SCAN = 1_000;
 interface Claim {
   seq: number;
   attempt: number;
-  envelope: EventEnvelope;
+  /** The stored envelope, parsed only when its handler is about to run: not under the write lock. */
+  json: string;
+  envelope?: EventEnvelope;
+}
+
+interface EventRow {
+  seq: number;
+  key: string | null;
+  envelope: string;
+}
+
+/** Events past a cursor, read before taking the write lock. */
+interface Ahead {
+  cursor: number;
+  rows: EventRow[];
 }
 
 interface PendingPublish {
@@ -274,8 +288,10 @@ export class SqliteEventBus implements EventBus {
    */
   claim(sub: SqliteSubscription, limit: number, acks: readonly Claim[], expired: boolean): Claim[] {
     const { group, topic } = sub;
-    // Look without the write lock first: most polls find nothing, and must not queue up writers.
-    if (acks.length === 0 && (limit <= 0 || !this.claimable(sub, expired))) return [];
+    // Read without the write lock first: most wake-ups of an idle subscription find nothing and
+    // must not queue up writers, and events read here need not be read again under the lock.
+    const ahead = limit > 0 ? this.readAhead(sub, limit) : undefined;
+    if (acks.length === 0 && (!ahead || (ahead.rows.length === 0 && !this.reclaimable(sub, expired)))) return [];
     return this.db
       .transaction(() => {
         for (const a of acks) this.sql.ack.run(group, topic, a.seq);
@@ -288,20 +304,23 @@ export class SqliteEventBus implements EventBus {
         const claims: Claim[] = [];
         for (const seq of again.sort((a, b) => a - b)) {
           const attempt = this.sql.lease.get({ grp: group, topic, seq, consumer: sub.consumer, leaseUntil }) as number;
-          claims.push({ seq, attempt, envelope: JSON.parse(this.sql.envelope.get(seq) as string) as EventEnvelope });
+          claims.push({ seq, attempt, json: this.sql.envelope.get(seq) as string });
         }
-        if (claims.length < limit) this.advance(sub, limit - claims.length, leaseUntil, claims);
+        if (claims.length < limit) this.advance(sub, limit - claims.length, leaseUntil, claims, ahead);
         return claims;
       })
       .immediate();
   }
 
-  /** Whether a claim would find anything: reads only, without the write lock. */
-  private claimable(sub: SqliteSubscription, expired: boolean): boolean {
-    const { group, topic } = sub;
-    const cursor = this.sql.cursor.get(topic, group) as number | undefined;
-    if (cursor !== undefined && this.sql.hasAfter.get(topic, cursor) !== undefined) return true;
-    const find = { grp: group, topic, now: Date.now(), limit: 1 };
+  /** The events past the group's cursor, as of now: read without the write lock. */
+  private readAhead(sub: SqliteSubscription, limit: number): Ahead {
+    const cursor = (this.sql.cursor.get(sub.topic, sub.group) as number | undefined) ?? 0;
+    return { cursor, rows: this.sql.after.all(sub.topic, cursor, limit) as EventRow[] };
+  }
+
+  /** Whether unacknowledged events could be claimed again now: reads only, without the write lock. */
+  private reclaimable(sub: SqliteSubscription, expired: boolean): boolean {
+    const find = { grp: sub.group, topic: sub.topic, now: Date.now(), limit: 1 };
     return this.sql.free.all(find).length > 0 || (expired && this.sql.expiredLeases.all(find).length > 0);
   }
 
@@ -310,14 +329,18 @@ export class SqliteEventBus implements EventBus {
    * still has an unacknowledged earlier event is taken as waiting instead; it is claimed once
    * that one is acknowledged. The cursor moves past everything taken.
    */
-  private advance(sub: SqliteSubscription, room: number, leaseUntil: number, claims: Claim[]): void {
+  private advance(sub: SqliteSubscription, room: number, leaseUntil: number, claims: Claim[], ahead: Ahead | undefined): void {
     const { group: grp, topic, consumer } = sub;
     let cursor = (this.sql.cursor.get(topic, grp) as number | undefined) ?? 0;
     const start = cursor;
+    // Events are never changed once stored: what was read ahead is still what follows the
+    // cursor, unless a competing consumer moved the cursor in between.
+    let early = ahead?.cursor === cursor ? ahead.rows : undefined;
     let leased = 0;
     for (let scanned = 0; leased < room && scanned < MAX_SCAN; ) {
       const want = Math.min(MAX_SCAN - scanned, room - leased);
-      const rows = this.sql.after.all(topic, cursor, want) as { seq: number; key: string | null; envelope: string }[];
+      const rows = early ? early.slice(0, want) : (this.sql.after.all(topic, cursor, want) as EventRow[]);
+      early = undefined;
       for (const r of rows) {
         if (leased >= room) break;
         scanned++;
@@ -327,7 +350,7 @@ export class SqliteEventBus implements EventBus {
           continue;
         }
         this.sql.take.run(grp, topic, r.seq, r.key, consumer, leaseUntil);
-        claims.push({ seq: r.seq, attempt: 1, envelope: JSON.parse(r.envelope) as EventEnvelope });
+        claims.push({ seq: r.seq, attempt: 1, json: r.envelope });
         leased++;
       }
       if (rows.length < want) break;
@@ -353,6 +376,7 @@ export class SqliteEventBus implements EventBus {
     };
     let result: unknown;
     try {
+      claim.envelope ??= JSON.parse(claim.json) as EventEnvelope;
       result = sub.handler(claim.envelope);
     } catch (err) {
       // As if the handler were async: `done` never runs inside the caller's loop.
@@ -381,7 +405,7 @@ export class SqliteEventBus implements EventBus {
 
   private fail(sub: SqliteSubscription, claim: Claim, err: unknown): void {
     const delay = redeliveryDelay(claim.attempt, sub.retry);
-    this.log?.warn({ err, id: claim.envelope.id, topic: sub.topic, group: sub.group, attempt: claim.attempt, retryInMs: delay }, 'event handler failed; will redeliver');
+    this.log?.warn({ err, id: claim.envelope?.id, seq: claim.seq, topic: sub.topic, group: sub.group, attempt: claim.attempt, retryInMs: delay }, 'event handler failed; will redeliver');
     if (!this.db.open) return;
     try {
       this.blocking(() =>
@@ -396,7 +420,7 @@ export class SqliteEventBus implements EventBus {
         }),
       );
     } catch (e) {
-      this.log?.warn({ err: e, id: claim.envelope.id }, 'could not release failed event; it returns when its lease runs out');
+      this.log?.warn({ err: e, id: claim.envelope?.id, seq: claim.seq }, 'could not release failed event; it returns when its lease runs out');
     }
     // The release set available_at; the wake-up must come no earlier, or the key would spin.
     sub.wakeAfter(delay);
@@ -425,7 +449,7 @@ export class SqliteEventBus implements EventBus {
         this.db.transaction(() => {
           for (const c of claims) {
             const r = this.sql.renew.run({ seq: c.seq, grp: sub.group, topic: sub.topic, consumer: sub.consumer, attempt: c.attempt, leaseUntil });
-            if (r.changes === 0) this.log?.warn({ id: c.envelope.id, topic: sub.topic }, 'lost the lease on a running event; another consumer may handle it too');
+            if (r.changes === 0) this.log?.warn({ id: c.envelope?.id, seq: c.seq, topic: sub.topic }, 'lost the lease on a running event; another consumer may handle it too');
           }
         })(),
       );
