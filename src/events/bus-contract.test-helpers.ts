@@ -244,6 +244,39 @@ export function describeBusContract(name: string, makeFixture: () => Promise<Bus
       expect(failedOnce.size).toBeGreaterThan(0);
     });
 
+    test('members of a group in two other processes, claiming at the same time, handle each event exactly once', async () => {
+      const f = await setup();
+      // Leases long enough that none runs out on a busy machine: then a second delivery can only be a bug.
+      const bus = f.child();
+      const patient: ChildBusConfig = bus.kind === 'sqlite' ? { ...bus, options: { ...bus.options, leaseMs: 30_000 } } : { ...bus, options: { ...bus.options, ackWaitMs: 30_000 } };
+      const config: ChildConfig = { bus: patient, topic: 'orders.placed', group: 'billing', delayMs: 0, hangAfter: Number.MAX_SAFE_INTEGER };
+      const done = new Map<string, number>();
+      const ready: boolean[] = [];
+      for (let n = 0; n < 2; n++) {
+        const child = spawn(process.execPath, ['bin/run-ts.mjs', childScript, JSON.stringify(config)], { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] });
+        children.push(child);
+        let buffer = '';
+        child.stdout!.on('data', (d) => {
+          buffer += String(d);
+          const lines = buffer.split('\n');
+          buffer = lines.pop()!;
+          for (const line of lines) {
+            const [what, id] = line.split(' ');
+            if (what === 'ready') ready[n] = true;
+            if (what === 'done') done.set(id!, (done.get(id!) ?? 0) + 1);
+          }
+        });
+      }
+      await eventually(() => expect(ready.filter(Boolean)).toHaveLength(2), 30_000);
+      const publisher = await open(f);
+      const events = Array.from({ length: 600 }, (_, i) => envelope('orders.placed', { i }, i % 4 === 0 ? undefined : `k${i % 50}`));
+      // In bursts, so that both members find new events at the same moments.
+      for (let i = 0; i < events.length; i += 50) await Promise.all(events.slice(i, i + 50).map((e) => publisher.publish(e)));
+      await eventually(() => expect(done.size).toBe(events.length), 30_000);
+      await sleep(300); // room for a stray second delivery to show up
+      expect([...done.values()].filter((n) => n !== 1)).toEqual([]);
+    });
+
     test('a consumer killed mid-stream loses no event: another member of its group gets the rest', async () => {
       const f = await setup();
       const publisher = await open(f);
