@@ -150,6 +150,23 @@ describe('SqliteEventBus', () => {
     expect(new Set([...byA, ...byB])).toEqual(new Set(events.map((e) => e.id)));
   });
 
+  test('replicas with slow handlers share the work: none claims ahead more than its handlers get through soon', async () => {
+    const f = setup();
+    const options = { ...TUNING, maxInFlight: 2, prefetch: 256 };
+    const [a, b] = [open(f, options), open(f, options)];
+    const per = { a: 0, b: 0 };
+    const slow = (who: 'a' | 'b') => async () => {
+      per[who]++;
+      await sleep(20);
+    };
+    a.subscribe('orders.placed', 'billing', slow('a'));
+    await Promise.all(Array.from({ length: 24 }, (_, i) => a.publish(envelope('orders.placed', { i }, `k${i}`))));
+    b.subscribe('orders.placed', 'billing', slow('b'));
+    await eventually(() => expect(per.a + per.b).toBe(24), 10_000);
+    // Alone, either would take 12 rounds of 20 ms; sharing, each takes some of the 24.
+    expect(Math.min(per.a, per.b)).toBeGreaterThanOrEqual(6);
+  });
+
   test('a dead consumer\'s events are taken over while the survivor is kept busy by a stream of others', async () => {
     const f = setup();
     const options = { ...TUNING, leaseMs: 400, pollIntervalMs: 100, closeTimeoutMs: 50 };

@@ -1,6 +1,5 @@
 import { randomUUID } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
-import { hostname } from 'node:os';
 import { dirname, resolve } from 'node:path';
 import Database from 'better-sqlite3';
 import type { Logger } from 'pino';
@@ -26,10 +25,12 @@ export interface SqliteEventBusOptions {
   /** Handlers one subscription runs at once (default 16). */
   maxInFlight?: number;
   /**
-   * Events one subscription holds at a time: its running handlers and the events it claimed to
-   * run next (default 256, at least maxInFlight). One transaction acknowledges and claims a
-   * whole batch; leases cover the waiting events too, so a consumer that dies holds up to this
-   * many until they run out.
+   * The most events one subscription holds at a time: its running handlers and the events it
+   * claimed to run next (default 256, at least maxInFlight). One transaction acknowledges and
+   * claims a whole batch, which is what makes handlers that take microseconds fast. It claims
+   * ahead only what its handlers get through in a few milliseconds, so replicas with slower
+   * handlers still share the work. Leases cover waiting events too: a consumer that dies holds
+   * them until the leases run out.
    */
   prefetch?: number;
   /** Backoff before an event whose handler threw is offered again. */
@@ -63,6 +64,9 @@ const LOCK_RETRY_MS = 1;
 function isBusy(err: unknown): boolean {
   return String((err as { code?: unknown })?.code ?? '').startsWith('SQLITE_BUSY');
 }
+
+/** How much work, in handler time, a subscription claims ahead of its free handler slots. */
+const CLAIM_AHEAD_MS = 5;
 
 /** Events one purge transaction looks at, so that it never holds the write lock for long. */
 const PURGE_BATCH = 500;
@@ -119,7 +123,8 @@ export class SqliteEventBus implements EventBus {
   private readonly subscriptions = new Set<SqliteSubscription>();
   private readonly inflight = new InflightHandlers();
   private readonly doorbell: Doorbell;
-  private readonly consumerBase = `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
+  // The file is local to one machine: the process and a random tag tell consumers apart.
+  private readonly consumerBase = `${process.pid}:${randomUUID().slice(0, 8)}`;
   private queue: PendingPublish[] = [];
   private flushing: NodeJS.Immediate | undefined;
   private flushRetry: NodeJS.Timeout | undefined;
@@ -522,6 +527,8 @@ class SqliteSubscription {
   private readonly pollIntervalMs: number;
   private readonly maxInFlight: number;
   private readonly prefetch: number;
+  /** Moving average of how long handlers take (ms); undefined until one finished. */
+  private handlerMs: number | undefined;
 
   constructor(
     private readonly bus: SqliteEventBus,
@@ -602,7 +609,7 @@ class SqliteSubscription {
     if (!expired && this.queued.length >= this.maxInFlight) return;
     clearTimeout(this.pollTimer);
     if (expired) this.lastExpiredCheck = now;
-    const room = this.prefetch - this.running.size - this.queued.length;
+    const room = this.maxInFlight + this.claimAhead() - this.running.size - this.queued.length;
     try {
       const claims = this.bus.claim(this, room, this.acks, expired);
       this.acks = [];
@@ -617,12 +624,25 @@ class SqliteSubscription {
     this.pollTimer.unref();
   }
 
+  /**
+   * How many events to hold beyond the free handler slots: about CLAIM_AHEAD_MS of work. None
+   * until a handler has finished, and none for handlers that take tens of milliseconds.
+   */
+  private claimAhead(): number {
+    if (this.handlerMs === undefined) return 0;
+    const ahead = Math.floor((this.maxInFlight * CLAIM_AHEAD_MS) / Math.max(this.handlerMs, 0.001));
+    return Math.min(this.prefetch - this.maxInFlight, ahead);
+  }
+
   /** Starts queued events while there are free handler slots. */
   private pump(): void {
     while (this.running.size < this.maxInFlight && this.queued.length > 0 && !this.stopped) {
       const c = this.queued.shift()!;
       this.running.set(c.seq, c);
+      const started = performance.now();
       this.bus.run(this, c, () => {
+        const ms = performance.now() - started;
+        this.handlerMs = this.handlerMs === undefined ? ms : this.handlerMs * 0.9 + ms * 0.1;
         this.running.delete(c.seq);
         if (this.stopped) {
           this.flushAcks();
