@@ -3,9 +3,9 @@
  * prepared statements the bus runs on them.
  *
  * `evolith_bus_events` holds each event once, with a sequence; publishing writes nothing else.
- * Re-published ids are found through a hash of the id: an index of small integers touches
- * about half the pages that an index of the id strings does, and with ids as random as UUIDs
- * every insert lands on a different page, each written again at every commit.
+ * Re-published ids are found through a hash of the id: with ids as random as UUIDs nearly
+ * every insert into the id index dirties a different page, which the commit writes out whole,
+ * and an index of small integers has about half as many pages as one of the id strings.
  * `evolith_bus_groups` has one row per (topic, group) with the group's cursor: the highest
  * sequence the group has taken. Every event of the topic at or below the cursor is either
  * acknowledged by the group or has a row in `evolith_bus_unacked` — leased to a consumer,
@@ -136,6 +136,7 @@ LIMIT @limit`;
 
 export type Statements = ReturnType<typeof prepareStatements>;
 
+/** Every statement the bus runs, prepared once per connection. */
 export function prepareStatements(db: Database.Database) {
   return {
     insertEvent: db.prepare('INSERT INTO evolith_bus_events (id, id_hash, topic, key, envelope, stored_at) VALUES (?, ?, ?, ?, ?, ?)'),
