@@ -111,6 +111,35 @@ describe.skipIf(skip !== undefined)('NatsEventBus', () => {
     console.info(`[nats] consumer recreated and resumed after ${Date.now() - t0} ms`);
   });
 
+  test('asks the server for events a batch at a time, still handling one per partition at a time in order', async () => {
+    const f = fixture({ partitions: 1 });
+    cleanups.push(() => f.dispose());
+    const watcher = await connect({ servers: SERVERS });
+    cleanups.push(() => watcher.close());
+    let pulls = 0;
+    const sub = watcher.subscribe(`$JS.API.CONSUMER.MSG.NEXT.${f.options.stream}.>`, { callback: () => void pulls++ });
+    cleanups.push(async () => sub.unsubscribe());
+    await watcher.flush();
+    const bus = await f.open();
+    cleanups.push(() => bus.close());
+    const order: number[] = [];
+    let running = 0;
+    let overlaps = 0;
+    bus.subscribe('orders.placed', 'billing', async (e) => {
+      if (++running > 1) overlaps++;
+      await new Promise((r) => setTimeout(r, 1));
+      order.push((e.payload as { i: number }).i);
+      running--;
+    });
+    const events = Array.from({ length: 40 }, (_, i) => envelope('orders.placed', { i }, 'k'));
+    for (const e of events) await bus.publish(e);
+    await eventually(() => expect(order).toHaveLength(40), 20_000);
+    expect(order).toEqual(events.map((_, i) => i));
+    expect(overlaps).toBe(0);
+    // One pull request per event would be 40 or more.
+    expect(pulls).toBeLessThan(20);
+  });
+
   test('refuses a stream created with another partition count', async () => {
     const f = fixture();
     cleanups.push(() => f.dispose());

@@ -37,14 +37,22 @@ export class InflightHandlers {
 
   /** Runs `work`, counted until it settles. */
   track<T>(work: Promise<T>): Promise<T> {
+    this.begin();
+    return work.finally(() => this.end());
+  }
+
+  /** Counts one handler as running, for callers that settle it themselves (see end()). */
+  begin(): void {
     this.count++;
-    return work.finally(() => {
-      if (--this.count === 0) {
-        const w = this.waiters;
-        this.waiters = [];
-        for (const f of w) f();
-      }
-    });
+  }
+
+  /** One handler counted by begin() settled. */
+  end(): void {
+    if (--this.count === 0) {
+      const w = this.waiters;
+      this.waiters = [];
+      for (const f of w) f();
+    }
   }
 
   /** Resolves true once no handler runs, or false after `timeoutMs`. */

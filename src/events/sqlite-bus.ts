@@ -1,15 +1,21 @@
 import { randomUUID } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
-import { hostname } from 'node:os';
 import { dirname, resolve } from 'node:path';
 import Database from 'better-sqlite3';
 import type { Logger } from 'pino';
 import { UnavailableError } from '../kernel/errors.js';
 import type { EventBus, EventEnvelope } from '../kernel/plugins.js';
 import { errorMessage, InflightHandlers, redeliveryDelay, type RetryOptions } from './redelivery.js';
+import { createSchema, idHash, prepareStatements, type Statements } from './sqlite-bus-schema.js';
+import { Doorbell } from './sqlite-doorbell.js';
 
 export interface SqliteEventBusOptions {
-  /** How often each subscription looks for events published by other processes (default 100 ms). */
+  /**
+   * How often each subscription looks for events without being told (default 100 ms). Publishers
+   * ring a doorbell beside the file that wakes subscribers in every process at once; the poll is
+   * the fallback where file change events do not arrive, and what finds expired leases and
+   * redeliveries whose backoff ended in another process.
+   */
   pollIntervalMs?: number;
   /**
    * How long a claim lasts. A running handler renews it; a consumer that dies stops renewing,
@@ -18,6 +24,15 @@ export interface SqliteEventBusOptions {
   leaseMs?: number;
   /** Handlers one subscription runs at once (default 16). */
   maxInFlight?: number;
+  /**
+   * The most events one subscription holds at a time: its running handlers and the events it
+   * claimed to run next (default 256, at least maxInFlight). One transaction acknowledges and
+   * claims a whole batch, which is what makes handlers that take microseconds fast. It claims
+   * ahead only what its handlers get through in a few milliseconds, so replicas with slower
+   * handlers still share the work. Leases cover waiting events too: a consumer that dies holds
+   * them until the leases run out.
+   */
+  prefetch?: number;
   /** Backoff before an event whose handler threw is offered again. */
   retry?: RetryOptions;
   /**
@@ -36,60 +51,47 @@ export interface SqliteEventBusOptions {
   log?: Logger;
 }
 
-const SCHEMA = `
-CREATE TABLE IF NOT EXISTS evolith_bus_events (
-  seq INTEGER PRIMARY KEY AUTOINCREMENT,
-  id TEXT NOT NULL UNIQUE,
-  topic TEXT NOT NULL,
-  key TEXT,
-  envelope TEXT NOT NULL,
-  stored_at INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS evolith_bus_events_topic ON evolith_bus_events (topic, seq);
-CREATE INDEX IF NOT EXISTS evolith_bus_events_stored ON evolith_bus_events (stored_at);
-CREATE TABLE IF NOT EXISTS evolith_bus_groups (
-  topic TEXT NOT NULL,
-  grp TEXT NOT NULL,
-  created_at INTEGER NOT NULL,
-  PRIMARY KEY (topic, grp)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS evolith_bus_deliveries (
-  seq INTEGER NOT NULL,
-  grp TEXT NOT NULL,
-  topic TEXT NOT NULL,
-  key TEXT,
-  available_at INTEGER NOT NULL DEFAULT 0,
-  claimed_by TEXT,
-  lease_until INTEGER,
-  attempts INTEGER NOT NULL DEFAULT 0,
-  acked_at INTEGER,
-  last_error TEXT,
-  PRIMARY KEY (seq, grp)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS evolith_bus_pending ON evolith_bus_deliveries (grp, topic, seq) WHERE acked_at IS NULL;
-CREATE INDEX IF NOT EXISTS evolith_bus_pending_key ON evolith_bus_deliveries (grp, topic, key, seq)
-  WHERE acked_at IS NULL AND key IS NOT NULL;
-`;
-
 /**
- * Claimable deliveries of one (group, topic), oldest first: not acknowledged, not backing off,
- * not leased, and the head of their key (no earlier unacknowledged event with the same key).
+ * How long the rare writes (subscribing, renewing leases, releasing a failed event, purging,
+ * closing) wait for the write lock, blocking. Publishing and claiming never block on it: they
+ * try again from the event loop, as does a subscriber that another process's commit woke up.
  */
-const CANDIDATES = `
-SELECT d.seq FROM evolith_bus_deliveries d
-WHERE d.grp = @grp AND d.topic = @topic AND d.acked_at IS NULL
-  AND d.available_at <= @now
-  AND (d.lease_until IS NULL OR d.lease_until <= @now)
-  AND (d.key IS NULL OR NOT EXISTS (
-    SELECT 1 FROM evolith_bus_deliveries p
-    WHERE p.grp = d.grp AND p.topic = d.topic AND p.key = d.key AND p.acked_at IS NULL AND p.seq < d.seq))
-ORDER BY d.seq
-LIMIT @limit`;
+const LOCK_WAIT_MS = 5_000;
+/** How soon a publish or claim that found the write lock taken tries again. */
+const LOCK_RETRY_MS = 1;
+
+/** Another connection holds the write lock (SQLITE_BUSY and its extended codes). */
+function isBusy(err: unknown): boolean {
+  return String((err as { code?: unknown })?.code ?? '').startsWith('SQLITE_BUSY');
+}
+
+/** How much work, in handler time, a subscription claims ahead of its free handler slots. */
+const CLAIM_AHEAD_MS = 5;
+
+/** Events one purge transaction looks at, so that it never holds the write lock for long. */
+const PURGE_BATCH = 500;
+
+/** The most events past its cursor one claim looks at (most are claimed; the rest wait for their key). */
+const MAX_SCAN = 1_000;
 
 interface Claim {
   seq: number;
   attempt: number;
-  envelope: EventEnvelope;
+  /** The stored envelope, parsed only when its handler is about to run: not under the write lock. */
+  json: string;
+  envelope?: EventEnvelope;
+}
+
+interface EventRow {
+  seq: number;
+  key: string | null;
+  envelope: string;
+}
+
+/** Events past a cursor, read before taking the write lock. */
+interface Ahead {
+  cursor: number;
+  rows: EventRow[];
 }
 
 interface PendingPublish {
@@ -99,60 +101,17 @@ interface PendingPublish {
   reject: (err: unknown) => void;
 }
 
-type Statements = ReturnType<typeof prepare>;
-
-function prepare(db: Database.Database) {
-  return {
-    insertEvent: db.prepare(
-      'INSERT INTO evolith_bus_events (id, topic, key, envelope, stored_at) VALUES (@id, @topic, @key, @envelope, @now) ON CONFLICT (id) DO NOTHING',
-    ),
-    fanOut: db.prepare(
-      'INSERT INTO evolith_bus_deliveries (seq, grp, topic, key) SELECT @seq, grp, @topic, @key FROM evolith_bus_groups WHERE topic = @topic',
-    ),
-    registerGroup: db.prepare('INSERT INTO evolith_bus_groups (topic, grp, created_at) VALUES (@topic, @grp, @now) ON CONFLICT DO NOTHING'),
-    backfill: db.prepare(
-      `INSERT INTO evolith_bus_deliveries (seq, grp, topic, key)
-       SELECT seq, @grp, topic, key FROM evolith_bus_events WHERE topic = @topic ORDER BY seq
-       ON CONFLICT DO NOTHING`,
-    ),
-    candidates: db.prepare(CANDIDATES).pluck(),
-    claim: db.prepare(
-      `UPDATE evolith_bus_deliveries SET claimed_by = @consumer, lease_until = @leaseUntil, attempts = attempts + 1
-       WHERE seq = @seq AND grp = @grp AND acked_at IS NULL AND (lease_until IS NULL OR lease_until <= @now)
-       RETURNING attempts`,
-    ),
-    envelope: db.prepare('SELECT envelope FROM evolith_bus_events WHERE seq = ?').pluck(),
-    ack: db.prepare(
-      'UPDATE evolith_bus_deliveries SET acked_at = @now, claimed_by = NULL, lease_until = NULL WHERE seq = @seq AND grp = @grp AND acked_at IS NULL',
-    ),
-    // Fenced by (claimed_by, attempts): a consumer whose lease was taken over must not undo the new claim.
-    release: db.prepare(
-      `UPDATE evolith_bus_deliveries SET claimed_by = NULL, lease_until = NULL, available_at = @availableAt, last_error = @error
-       WHERE seq = @seq AND grp = @grp AND claimed_by = @consumer AND attempts = @attempt AND acked_at IS NULL`,
-    ),
-    renew: db.prepare(
-      `UPDATE evolith_bus_deliveries SET lease_until = @leaseUntil
-       WHERE seq = @seq AND grp = @grp AND claimed_by = @consumer AND attempts = @attempt AND acked_at IS NULL`,
-    ),
-    expired: db.prepare(
-      `SELECT e.seq FROM evolith_bus_events e
-       WHERE e.stored_at < @cutoff
-         AND NOT EXISTS (SELECT 1 FROM evolith_bus_deliveries d WHERE d.seq = e.seq AND d.acked_at IS NULL)
-       ORDER BY e.seq LIMIT 500`,
-    ).pluck(),
-    deleteDeliveries: db.prepare('DELETE FROM evolith_bus_deliveries WHERE seq = ?'),
-    deleteEvent: db.prepare('DELETE FROM evolith_bus_events WHERE seq = ?'),
-  };
-}
-
 /**
  * The embedded durable event bus: one SQLite file shared by every process of the app.
  *
- * Events are appended with a sequence; each subscribing group has its own delivery row per
- * event. Consumers claim rows with a lease inside a write transaction, so one member of a group
- * gets each event; a lease that runs out (the consumer died) makes the event claimable again.
- * Processes find each other's events by polling; publishes in this process wake its own
- * subscriptions at once.
+ * Events are appended with a sequence. Each subscribing group has a cursor over its topic;
+ * consumers claim events past it with a lease inside a write transaction, so one member of a
+ * group gets each event, and a lease that runs out (the consumer died) makes the event claimable
+ * again (see sqlite-bus-schema.ts for the tables). After each commit a publisher rings a
+ * doorbell that wakes the topic's subscribers in every process; they also poll, which finds
+ * whatever a lost ring would have announced. Publishes issued together share one transaction,
+ * and a subscription acknowledges the handlers that finished and claims its next events in one
+ * transaction too.
  */
 export class SqliteEventBus implements EventBus {
   readonly name = 'sqlite';
@@ -163,9 +122,14 @@ export class SqliteEventBus implements EventBus {
   private readonly log: Logger | undefined;
   private readonly subscriptions = new Set<SqliteSubscription>();
   private readonly inflight = new InflightHandlers();
-  private readonly consumerBase = `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
+  private readonly doorbell: Doorbell;
+  // The file is local to one machine: the process and a random tag tell consumers apart.
+  private readonly consumerBase = `${process.pid}:${randomUUID().slice(0, 8)}`;
   private queue: PendingPublish[] = [];
   private flushing: NodeJS.Immediate | undefined;
+  private flushRetry: NodeJS.Timeout | undefined;
+  /** When the queued publishes first found the write lock taken. */
+  private busySince: number | undefined;
   private purgeTimer: NodeJS.Timeout | undefined;
   private nextSubscription = 0;
   private closing: Promise<void> | undefined;
@@ -177,6 +141,7 @@ export class SqliteEventBus implements EventBus {
       pollIntervalMs: options.pollIntervalMs ?? 100,
       leaseMs: options.leaseMs ?? 30_000,
       maxInFlight: options.maxInFlight ?? 16,
+      prefetch: Math.max(options.prefetch ?? 256, options.maxInFlight ?? 16),
       retry: options.retry ?? {},
       retentionMs: options.retentionMs ?? 24 * 60 * 60 * 1000,
       closeTimeoutMs: options.closeTimeoutMs ?? 10_000,
@@ -185,17 +150,20 @@ export class SqliteEventBus implements EventBus {
     mkdirSync(dirname(this.file), { recursive: true });
     this.db = new Database(this.file);
     // The busy timeout first: switching to WAL needs a lock another process may hold.
-    this.db.pragma('busy_timeout = 5000');
+    this.db.pragma(`busy_timeout = ${LOCK_WAIT_MS}`);
     this.db.pragma('journal_mode = WAL');
     this.db.pragma(`synchronous = ${this.opts.synchronous === 'full' ? 'FULL' : 'NORMAL'}`);
-    this.db.exec(SCHEMA);
-    this.sql = prepare(this.db);
+    createSchema(this.db);
+    this.sql = prepareStatements(this.db);
+    // SQLite's own wait sleeps the whole process, in steps of 1, 2, 5, 10… ms: hot paths retry instead.
+    this.db.pragma('busy_timeout = 0');
+    this.doorbell = new Doorbell(this.file, this.log);
     const every = Math.max(1_000, Math.min(60_000, this.opts.retentionMs / 4));
     this.purgeTimer = setInterval(() => this.purgeSafely(), every);
     this.purgeTimer.unref();
   }
 
-  /** Resolves once the event is committed to the file (and fanned out to every known group). */
+  /** Resolves once the event is committed to the file. */
   publish(event: EventEnvelope): Promise<void> {
     if (this.closing) return Promise.reject(new UnavailableError(`event bus ${this.file} is closed`));
     let json: string;
@@ -207,24 +175,22 @@ export class SqliteEventBus implements EventBus {
     return new Promise((resolve, reject) => {
       this.queue.push({ envelope: event, json, resolve, reject });
       // Publishes issued in the same turn share one transaction, and so one fsync.
-      this.flushing ??= setImmediate(() => this.flush());
+      if (!this.flushRetry) this.flushing ??= setImmediate(() => this.flush());
     });
   }
 
   subscribe(topic: string, group: string, handler: (event: EventEnvelope) => Promise<void>): () => void {
     if (this.closing) throw new UnavailableError(`event bus ${this.file} is closed`);
-    // A group seen for the first time receives the topic's retained events: a publisher that
-    // started first must not lose events to a subscriber that starts later.
-    this.db
-      .transaction(() => {
-        const now = Date.now();
-        if (this.sql.registerGroup.run({ topic, grp: group, now }).changes > 0) this.sql.backfill.run({ topic, grp: group });
-      })
-      .immediate();
+    // A group seen for the first time starts its cursor at 0, so it receives the topic's retained
+    // events: a publisher that started first must not lose events to a subscriber that starts later.
+    this.blocking(() => this.db.transaction(() => this.sql.registerGroup.run(topic, group, Date.now())).immediate());
     const sub = new SqliteSubscription(this, topic, group, handler, `${this.consumerBase}:${this.nextSubscription++}`, this.opts);
     this.subscriptions.add(sub);
+    // Listening before the first look: an event committed in between still rings.
+    const unlisten = this.doorbell.listen(topic, () => sub.wake());
     sub.start();
     return () => {
+      unlisten();
       sub.stop();
       this.subscriptions.delete(sub);
     };
@@ -237,19 +203,40 @@ export class SqliteEventBus implements EventBus {
 
   private async shutdown(): Promise<void> {
     clearInterval(this.purgeTimer);
-    for (const sub of this.subscriptions) sub.stop();
+    const subs = [...this.subscriptions];
+    for (const sub of subs) sub.stop();
     this.subscriptions.clear();
     if (this.flushing) clearImmediate(this.flushing);
-    this.flush();
+    clearTimeout(this.flushRetry);
+    this.flushRetry = undefined;
+    this.blocking(() => this.flush(true));
     if (!(await this.inflight.idle(this.opts.closeTimeoutMs))) {
       // Their leases run out and another consumer gets the events: a duplicate, never a loss.
       this.log?.warn({ inflight: this.inflight.size }, 'event handlers still running at close; their events will be redelivered');
     }
+    // Handlers that just finished may not have had their acknowledgements committed yet.
+    this.blocking(() => {
+      for (const sub of subs) sub.flushAcks();
+    });
+    this.doorbell.close();
     this.db.close();
   }
 
-  private flush(): void {
+  /** Runs `fn` waiting up to LOCK_WAIT_MS for the write lock, as the rare writes may. */
+  blocking<T>(fn: () => T): T {
+    if (!this.db.open) return fn();
+    this.db.pragma(`busy_timeout = ${LOCK_WAIT_MS}`);
+    try {
+      return fn();
+    } finally {
+      if (this.db.open) this.db.pragma('busy_timeout = 0');
+    }
+  }
+
+  /** Commits the queued publishes in one transaction; `final` (closing): no retry later. */
+  private flush(final = false): void {
     this.flushing = undefined;
+    this.flushRetry = undefined;
     const batch = this.queue;
     this.queue = [];
     if (batch.length === 0) return;
@@ -260,97 +247,217 @@ export class SqliteEventBus implements EventBus {
           const now = Date.now();
           for (const p of batch) {
             const e = p.envelope;
-            const r = this.sql.insertEvent.run({ id: e.id, topic: e.topic, key: e.key ?? null, envelope: p.json, now });
             // A known id is a re-publish (the outbox retrying after a lost answer): already stored.
-            if (r.changes === 0) continue;
-            this.sql.fanOut.run({ seq: r.lastInsertRowid, topic: e.topic, key: e.key ?? null });
+            const h = idHash(e.id);
+            if (this.sql.known.get(h, e.id) !== undefined) continue;
+            this.sql.insertEvent.run(e.id, h, e.topic, e.key ?? null, p.json, now);
             topics.add(e.topic);
           }
         })
         .immediate();
     } catch (err) {
+      const now = Date.now();
+      this.busySince ??= now;
+      if (!final && isBusy(err) && now - this.busySince < LOCK_WAIT_MS) {
+        // Another process is writing: go again shortly, with whatever is published meanwhile.
+        this.queue = batch.concat(this.queue);
+        this.flushRetry = setTimeout(() => this.flush(), LOCK_RETRY_MS);
+        return;
+      }
+      this.busySince = undefined;
       for (const p of batch) p.reject(err);
       return;
     }
+    this.busySince = undefined;
     for (const p of batch) p.resolve();
+    if (topics.size === 0) return;
+    // Only topics someone subscribes to: a ring wakes readers in every process.
+    const heard = [...topics].filter((t) => this.hasGroups(t));
+    if (heard.length > 0) this.doorbell.ring(heard);
     for (const sub of this.subscriptions) if (topics.has(sub.topic)) sub.wake();
   }
 
-  /** Claims up to `limit` events for one subscription (see CANDIDATES). */
-  claim(sub: SqliteSubscription, limit: number): Claim[] {
-    const now = Date.now();
-    const params = { grp: sub.group, topic: sub.topic, now, limit };
-    // Look without the write lock first: most polls find nothing, and must not queue up writers.
-    if (this.sql.candidates.all(params).length === 0) return [];
+  private hasGroups(topic: string): boolean {
+    try {
+      return this.sql.hasGroups.get(topic) !== undefined;
+    } catch {
+      return true;
+    }
+  }
+
+  /**
+   * Commits the acknowledgements of handlers that finished, then claims up to `limit` events
+   * for the subscription, in one write transaction: first the group's unacknowledged events
+   * that may go again (released after a failure, waiting for their key, and — when `expired` —
+   * those whose lease ran out), then events past the group's cursor.
+   */
+  claim(sub: SqliteSubscription, limit: number, acks: readonly Claim[], expired: boolean): Claim[] {
+    const { group, topic } = sub;
+    // Read without the write lock first: most wake-ups of an idle subscription find nothing and
+    // must not queue up writers, and events read here need not be read again under the lock.
+    const ahead = limit > 0 ? this.readAhead(sub, limit) : undefined;
+    if (acks.length === 0 && (!ahead || (ahead.rows.length === 0 && !this.reclaimable(sub, expired)))) return [];
     return this.db
       .transaction(() => {
+        for (const a of acks) this.sql.ack.run(group, topic, a.seq);
+        if (limit <= 0) return [];
+        const now = Date.now();
+        const leaseUntil = now + sub.leaseMs;
+        const find = { grp: group, topic, now, limit };
+        const again = this.sql.free.all(find) as number[];
+        if (expired && again.length < limit) again.push(...(this.sql.expiredLeases.all({ ...find, limit: limit - again.length }) as number[]));
         const claims: Claim[] = [];
-        const leaseUntil = Date.now() + sub.leaseMs;
-        for (const seq of this.sql.candidates.all(params) as number[]) {
-          const row = this.sql.claim.get({ seq, grp: sub.group, consumer: sub.consumer, leaseUntil, now }) as { attempts: number } | undefined;
-          if (!row) continue;
-          const json = this.sql.envelope.get(seq) as string;
-          claims.push({ seq, attempt: row.attempts, envelope: JSON.parse(json) as EventEnvelope });
+        for (const seq of again.sort((a, b) => a - b)) {
+          const attempt = this.sql.lease.get({ grp: group, topic, seq, consumer: sub.consumer, leaseUntil }) as number;
+          claims.push({ seq, attempt, json: this.sql.envelope.get(seq) as string });
         }
+        if (claims.length < limit) this.advance(sub, limit - claims.length, leaseUntil, claims, ahead);
         return claims;
       })
       .immediate();
   }
 
-  /** Runs the handler for a claimed event, then acknowledges it or schedules its redelivery. */
-  run(sub: SqliteSubscription, claim: Claim, done: () => void): void {
-    const work = (async () => {
-      try {
-        await sub.handler(claim.envelope);
-      } catch (err) {
-        this.fail(sub, claim, err);
-        return;
-      }
-      this.ack(sub, claim);
-    })();
-    void this.inflight.track(work).finally(done);
+  /** The events past the group's cursor, as of now: read without the write lock. */
+  private readAhead(sub: SqliteSubscription, limit: number): Ahead {
+    const cursor = (this.sql.cursor.get(sub.topic, sub.group) as number | undefined) ?? 0;
+    return { cursor, rows: this.sql.after.all(sub.topic, cursor, limit) as EventRow[] };
   }
 
-  private ack(sub: SqliteSubscription, claim: Claim): void {
-    if (!this.db.open) return;
+  /** Whether unacknowledged events could be claimed again now: reads only, without the write lock. */
+  private reclaimable(sub: SqliteSubscription, expired: boolean): boolean {
+    const find = { grp: sub.group, topic: sub.topic, now: Date.now(), limit: 1 };
+    return this.sql.free.all(find).length > 0 || (expired && this.sql.expiredLeases.all(find).length > 0);
+  }
+
+  /**
+   * Takes events past the cursor, in order, until `room` are leased to `sub`. An event whose key
+   * still has an unacknowledged earlier event is taken as waiting instead; it is claimed once
+   * that one is acknowledged. The cursor moves past everything taken.
+   */
+  private advance(sub: SqliteSubscription, room: number, leaseUntil: number, claims: Claim[], ahead: Ahead | undefined): void {
+    const { group: grp, topic, consumer } = sub;
+    let cursor = (this.sql.cursor.get(topic, grp) as number | undefined) ?? 0;
+    const start = cursor;
+    // Events are never changed once stored: what was read ahead is still what follows the
+    // cursor, unless a competing consumer moved the cursor in between.
+    let early = ahead?.cursor === cursor ? ahead.rows : undefined;
+    let leased = 0;
+    for (let scanned = 0; leased < room && scanned < MAX_SCAN; ) {
+      const want = Math.min(MAX_SCAN - scanned, room - leased);
+      const rows = early ? early.slice(0, want) : (this.sql.after.all(topic, cursor, want) as EventRow[]);
+      early = undefined;
+      for (const r of rows) {
+        if (leased >= room) break;
+        scanned++;
+        cursor = r.seq;
+        if (r.key !== null && this.sql.keyBusy.get(grp, topic, r.key) !== undefined) {
+          this.sql.wait.run(grp, topic, r.seq, r.key);
+          continue;
+        }
+        this.sql.take.run(grp, topic, r.seq, r.key, consumer, leaseUntil);
+        claims.push({ seq: r.seq, attempt: 1, json: r.envelope });
+        leased++;
+      }
+      if (rows.length < want) break;
+    }
+    if (cursor !== start) this.sql.setCursor.run(cursor, topic, grp);
+  }
+
+  /**
+   * Runs the handler for a claimed event, then queues its acknowledgement or schedules its
+   * redelivery, and calls `done`. One promise reaction per event: this runs for every event.
+   */
+  run(sub: SqliteSubscription, claim: Claim, done: () => void): void {
+    this.inflight.begin();
+    const ok = () => {
+      sub.handled(claim);
+      this.inflight.end();
+      done();
+    };
+    const failed = (err: unknown) => {
+      this.fail(sub, claim, err);
+      this.inflight.end();
+      done();
+    };
+    let result: unknown;
     try {
-      this.sql.ack.run({ seq: claim.seq, grp: sub.group, now: Date.now() });
+      claim.envelope ??= JSON.parse(claim.json) as EventEnvelope;
+      result = sub.handler(claim.envelope);
     } catch (err) {
-      this.log?.warn({ err, id: claim.envelope.id, topic: sub.topic }, 'could not acknowledge event; it will be redelivered');
+      // As if the handler were async: `done` never runs inside the caller's loop.
+      queueMicrotask(() => failed(err));
+      return;
+    }
+    if (typeof (result as Promise<void> | undefined)?.then === 'function') (result as Promise<void>).then(ok, failed);
+    else queueMicrotask(ok);
+  }
+
+  /** Commits acknowledgements on their own (the subscription stopped claiming). */
+  ack(sub: SqliteSubscription, acks: readonly Claim[]): boolean {
+    if (!this.db.open) return false;
+    try {
+      this.blocking(() =>
+        this.db.transaction(() => {
+          for (const a of acks) this.sql.ack.run(sub.group, sub.topic, a.seq);
+        })(),
+      );
+      return true;
+    } catch (err) {
+      this.log?.warn({ err, events: acks.length, topic: sub.topic }, 'could not acknowledge events; they will be redelivered');
+      return false;
     }
   }
 
   private fail(sub: SqliteSubscription, claim: Claim, err: unknown): void {
     const delay = redeliveryDelay(claim.attempt, sub.retry);
-    this.log?.warn({ err, id: claim.envelope.id, topic: sub.topic, group: sub.group, attempt: claim.attempt, retryInMs: delay }, 'event handler failed; will redeliver');
+    this.log?.warn({ err, id: claim.envelope?.id, seq: claim.seq, topic: sub.topic, group: sub.group, attempt: claim.attempt, retryInMs: delay }, 'event handler failed; will redeliver');
     if (!this.db.open) return;
     try {
-      this.sql.release.run({
-        seq: claim.seq,
-        grp: sub.group,
-        consumer: sub.consumer,
-        attempt: claim.attempt,
-        availableAt: Date.now() + delay,
-        error: errorMessage(err),
-      });
+      this.blocking(() =>
+        this.sql.release.run({
+          seq: claim.seq,
+          grp: sub.group,
+          topic: sub.topic,
+          consumer: sub.consumer,
+          attempt: claim.attempt,
+          availableAt: Date.now() + delay,
+          error: errorMessage(err),
+        }),
+      );
     } catch (e) {
-      this.log?.warn({ err: e, id: claim.envelope.id }, 'could not release failed event; it returns when its lease runs out');
+      this.log?.warn({ err: e, id: claim.envelope?.id, seq: claim.seq }, 'could not release failed event; it returns when its lease runs out');
     }
     // The release set available_at; the wake-up must come no earlier, or the key would spin.
     sub.wakeAfter(delay);
   }
 
-  /** Extends the leases of events whose handlers are still running. */
+  /** Hands back claimed events that never ran (the subscription stopped), for any consumer to take at once. */
+  unclaim(sub: SqliteSubscription, claims: readonly Claim[]): void {
+    if (!this.db.open || claims.length === 0) return;
+    try {
+      this.blocking(() =>
+        this.db.transaction(() => {
+          for (const c of claims) this.sql.unclaim.run({ seq: c.seq, grp: sub.group, topic: sub.topic, consumer: sub.consumer, attempt: c.attempt });
+        })(),
+      );
+    } catch (err) {
+      this.log?.warn({ err, events: claims.length, topic: sub.topic }, 'could not hand back unstarted events; they return when their leases run out');
+    }
+  }
+
+  /** Extends the leases of events this subscription holds. */
   renew(sub: SqliteSubscription, claims: Iterable<Claim>): void {
     if (!this.db.open) return;
     const leaseUntil = Date.now() + sub.leaseMs;
     try {
-      this.db.transaction(() => {
-        for (const c of claims) {
-          const r = this.sql.renew.run({ seq: c.seq, grp: sub.group, consumer: sub.consumer, attempt: c.attempt, leaseUntil });
-          if (r.changes === 0) this.log?.warn({ id: c.envelope.id, topic: sub.topic }, 'lost the lease on a running event; another consumer may handle it too');
-        }
-      })();
+      this.blocking(() =>
+        this.db.transaction(() => {
+          for (const c of claims) {
+            const r = this.sql.renew.run({ seq: c.seq, grp: sub.group, topic: sub.topic, consumer: sub.consumer, attempt: c.attempt, leaseUntil });
+            if (r.changes === 0) this.log?.warn({ id: c.envelope?.id, seq: c.seq, topic: sub.topic }, 'lost the lease on a running event; another consumer may handle it too');
+          }
+        })(),
+      );
     } catch (err) {
       this.log?.warn({ err }, 'could not renew event leases');
     }
@@ -358,22 +465,33 @@ export class SqliteEventBus implements EventBus {
 
   /** Deletes events every group has acknowledged, once they are older than the retention. Returns how many. */
   purge(now = Date.now()): number {
+    return this.blocking(() => this.purgeAll(now));
+  }
+
+  private purgeAll(now: number): number {
     const cutoff = now - this.opts.retentionMs;
     let total = 0;
-    for (;;) {
-      const n = this.db
+    let after = 0;
+    for (let more = true; more; ) {
+      total += this.db
         .transaction(() => {
-          const seqs = this.sql.expired.all({ cutoff }) as number[];
-          for (const seq of seqs) {
-            this.sql.deleteDeliveries.run(seq);
-            this.sql.deleteEvent.run(seq);
+          const rows = this.sql.oldest.all({ cutoff, after, limit: PURGE_BATCH }) as { seq: number; old: number; done: number }[];
+          more = rows.length === PURGE_BATCH;
+          let deleted = 0;
+          for (const r of rows) {
+            // Stored in sequence order: the first one inside the retention ends the sweep.
+            if (!r.old) {
+              more = false;
+              break;
+            }
+            after = r.seq;
+            if (r.done) deleted += this.sql.deleteEvent.run(r.seq).changes;
           }
-          return seqs.length;
+          return deleted;
         })
         .immediate();
-      total += n;
-      if (n < 500) return total;
     }
+    return total;
   }
 
   private purgeSafely(): void {
@@ -389,17 +507,28 @@ export class SqliteEventBus implements EventBus {
   }
 }
 
-/** One subscribe() call: a poll loop that claims what this consumer has room for. */
+/**
+ * One subscribe() call: claims up to `prefetch` events when woken (or on a timer), runs up to
+ * `maxInFlight` of them at once, and acknowledges finished ones with its next claim.
+ */
 class SqliteSubscription {
   private readonly running = new Map<number, Claim>();
+  /** Claimed, leased, waiting for a free handler slot. */
+  private queued: Claim[] = [];
+  /** Handlers that finished; acknowledged in the transaction of the next claim. */
+  private acks: Claim[] = [];
   private pollTimer: NodeJS.Timeout | undefined;
   private renewTimer: NodeJS.Timeout | undefined;
   private immediate: NodeJS.Immediate | undefined;
+  private lastExpiredCheck = 0;
   private stopped = false;
   readonly leaseMs: number;
   readonly retry: RetryOptions;
   private readonly pollIntervalMs: number;
   private readonly maxInFlight: number;
+  private readonly prefetch: number;
+  /** Moving average of how long handlers take (ms); undefined until one finished. */
+  private handlerMs: number | undefined;
 
   constructor(
     private readonly bus: SqliteEventBus,
@@ -407,37 +536,43 @@ class SqliteSubscription {
     readonly group: string,
     readonly handler: (event: EventEnvelope) => Promise<void>,
     readonly consumer: string,
-    opts: { leaseMs: number; retry: RetryOptions; pollIntervalMs: number; maxInFlight: number },
+    opts: { leaseMs: number; retry: RetryOptions; pollIntervalMs: number; maxInFlight: number; prefetch: number },
   ) {
     this.leaseMs = opts.leaseMs;
     this.retry = opts.retry;
     this.pollIntervalMs = opts.pollIntervalMs;
     this.maxInFlight = opts.maxInFlight;
+    this.prefetch = opts.prefetch;
   }
 
   start(): void {
     this.renewTimer = setInterval(() => {
-      if (this.running.size > 0) this.bus.renew(this, this.running.values());
+      if (this.running.size + this.queued.length > 0) this.bus.renew(this, [...this.running.values(), ...this.queued]);
     }, Math.max(50, Math.floor(this.leaseMs / 3)));
     this.renewTimer.unref();
     this.wake();
   }
 
-  /** Stops claiming; handlers already running finish and acknowledge. */
+  /** Stops claiming and hands back what has not started; running handlers finish and acknowledge. */
   stop(): void {
     this.stopped = true;
     clearTimeout(this.pollTimer);
     if (this.immediate) clearImmediate(this.immediate);
+    this.immediate = undefined;
+    const unstarted = this.queued;
+    this.queued = [];
+    this.bus.unclaim(this, unstarted);
+    this.flushAcks();
     // Keep renewing the leases of running handlers until they settle.
     if (this.running.size === 0) clearInterval(this.renewTimer);
   }
 
-  /** Polls soon (coalesced). */
+  /** Looks for events soon (coalesced). */
   wake(): void {
     if (this.stopped || this.immediate) return;
     this.immediate = setImmediate(() => {
       this.immediate = undefined;
-      this.poll();
+      this.poll(false);
     });
   }
 
@@ -447,28 +582,77 @@ class SqliteSubscription {
     t.unref();
   }
 
-  private poll(): void {
+  /** The handler of `claim` returned: acknowledge it with the next claim. */
+  handled(claim: Claim): void {
+    this.acks.push(claim);
+  }
+
+  /** Commits the pending acknowledgements on their own. */
+  flushAcks(): void {
+    if (this.acks.length === 0) return;
+    const acks = this.acks;
+    this.acks = [];
+    this.bus.ack(this, acks);
+  }
+
+  /**
+   * Acknowledges what finished and claims what there is room for. A wake-up while enough
+   * claimed events still wait locally does nothing: the next claim then commits a larger batch.
+   * The timer always goes ahead (acknowledgements are not held back for longer than a poll
+   * interval), and also looks for leases that ran out — rare, so at least once per poll interval
+   * even while wake-ups keep the subscription busy, but not on every wake-up.
+   */
+  private poll(timer: boolean): void {
     if (this.stopped) return;
+    const now = Date.now();
+    const expired = timer || now - this.lastExpiredCheck >= this.pollIntervalMs;
+    if (!expired && this.queued.length >= this.maxInFlight) return;
     clearTimeout(this.pollTimer);
-    const room = this.maxInFlight - this.running.size;
-    if (room > 0) {
-      let claims: Claim[] = [];
-      try {
-        claims = this.bus.claim(this, room);
-      } catch (err) {
-        this.bus.warn({ err, topic: this.topic, group: this.group }, 'could not claim events; will retry');
-      }
-      for (const c of claims) {
-        this.running.set(c.seq, c);
-        this.bus.run(this, c, () => {
-          this.running.delete(c.seq);
-          if (this.stopped && this.running.size === 0) clearInterval(this.renewTimer);
-          // An acknowledgement may have freed the next event of the same key.
-          this.wake();
-        });
-      }
+    if (expired) this.lastExpiredCheck = now;
+    const room = this.maxInFlight + this.claimAhead() - this.running.size - this.queued.length;
+    try {
+      const claims = this.bus.claim(this, room, this.acks, expired);
+      this.acks = [];
+      for (const c of claims) this.queued.push(c);
+    } catch (err) {
+      // Acknowledgements stay queued for the next attempt; until then their events stay leased.
+      if (isBusy(err)) this.wakeAfter(LOCK_RETRY_MS);
+      else this.bus.warn({ err, topic: this.topic, group: this.group }, 'could not claim events; will retry');
     }
-    this.pollTimer = setTimeout(() => this.poll(), this.pollIntervalMs);
+    this.pump();
+    this.pollTimer = setTimeout(() => this.poll(true), this.pollIntervalMs);
     this.pollTimer.unref();
+  }
+
+  /**
+   * How many events to hold beyond the free handler slots: about CLAIM_AHEAD_MS of work. None
+   * until a handler has finished, and none for handlers that take tens of milliseconds.
+   */
+  private claimAhead(): number {
+    if (this.handlerMs === undefined) return 0;
+    const ahead = Math.floor((this.maxInFlight * CLAIM_AHEAD_MS) / Math.max(this.handlerMs, 0.001));
+    return Math.min(this.prefetch - this.maxInFlight, ahead);
+  }
+
+  /** Starts queued events while there are free handler slots. */
+  private pump(): void {
+    while (this.running.size < this.maxInFlight && this.queued.length > 0 && !this.stopped) {
+      const c = this.queued.shift()!;
+      this.running.set(c.seq, c);
+      const started = performance.now();
+      this.bus.run(this, c, () => {
+        const ms = performance.now() - started;
+        this.handlerMs = this.handlerMs === undefined ? ms : this.handlerMs * 0.9 + ms * 0.1;
+        this.running.delete(c.seq);
+        if (this.stopped) {
+          this.flushAcks();
+          if (this.running.size === 0) clearInterval(this.renewTimer);
+          return;
+        }
+        this.pump();
+        // Running low: claim more, commit the acknowledgements, maybe free the next event of a key.
+        if (this.queued.length < this.maxInFlight) this.wake();
+      });
+    }
   }
 }
