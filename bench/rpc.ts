@@ -1,7 +1,9 @@
 /**
  * bench:rpc — one unary call with a ~1 KB payload (an order echoed back), four ways:
  *
- *   evolith-tcp    Evolith's TCP RPC: TcpTransport → RpcServer → kernel host (zod input and output validation)
+ *   evolith-tcp    Evolith's TCP RPC as a deployment runs it: both ends hold internal credentials
+ *                  (a handshake per connection), each call made by a service acting as itself;
+ *                  TcpTransport → RpcServer → kernel host (zod input and output validation)
  *   grpc-js        @grpc/grpc-js unary, service defined in plain JS with custom (de)serialisers (no .proto)
  *   moleculer      Moleculer 0.14, TCP transporter (UDP discovery off, static URL), one broker per process
  *   evolith-http   Evolith's HTTP interop transport: HttpTransport (fetch) → fastify rpcHttpPlugin → kernel host
@@ -10,9 +12,11 @@
  * echoed back byte for byte (no codec, no framing work on the server, no handler) — what a round
  * trip costs on this machine before any RPC library does anything;
  *
- * and evolith-fwd, Evolith's TCP RPC through its forwarder (TcpTransport → Forwarder → the same
- * RpcServer process as evolith-tcp; the forwarder runs in a process of its own, routes by header
- * and relays the payload bytes without decoding them), reported as its cost over evolith-tcp.
+ * and, reported as their cost over evolith-tcp: evolith-noauth, the same RPC without credentials
+ * (anonymous calls on a listener that holds none) — what authentication costs; and evolith-fwd,
+ * through the forwarder (TcpTransport → Forwarder → the same RpcServer process as evolith-tcp;
+ * the forwarder runs in a process of its own, proves itself to both sides, routes by header and
+ * relays the payload bytes without decoding them).
  *
  * Each server runs in its own child process (so it does not share an event loop with the load
  * generator); every client runs in this process. Everything goes over 127.0.0.1. Each client
@@ -43,6 +47,8 @@ import Moleculer from 'moleculer';
 import { pack } from 'msgpackr';
 import pino from 'pino';
 import { newTrace } from '../src/kernel/trace.js';
+import { DeploymentAuthority } from '../src/auth/credentials.js';
+import { InternalPlane } from '../src/auth/internal-plane.js';
 import { HttpTransport } from '../src/rpc/http-transport.js';
 import { TcpTransport } from '../src/rpc/tcp-transport.js';
 import { benchContract, grpcDefinition, moleculerSerializer, payload, type Codec, type MoleculerSerializer } from './support/rpc-echo.js';
@@ -86,8 +92,12 @@ function processCpuMicros(pid: number): number {
 }
 const CLOCK_TICKS = 100; // USER_HZ on Linux
 
-function startServer(kind: string, args: string[] = []): Promise<ServerProcess> {
-  const child = spawn(process.execPath, ['bin/run-ts.mjs', 'bench/support/rpc-servers.ts', kind, ...args], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
+function startServer(kind: string, args: string[] = [], env: Record<string, string> = {}): Promise<ServerProcess> {
+  const child = spawn(process.execPath, ['bin/run-ts.mjs', 'bench/support/rpc-servers.ts', kind, ...args], {
+    cwd: root,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, ...env },
+  });
   children.push(child);
   const output: string[] = [];
   return new Promise((resolveStart, rejectStart) => {
@@ -150,16 +160,35 @@ interface Contender {
   server: [kind: string, args?: string[]];
   /** The contender whose server this one's server stands in front of (its address is passed as the last argument). */
   fronts?: string;
+  /** Environment of its server process. */
+  env?: Record<string, string>;
   connect(address: string): Promise<Client>;
 }
 
 const quiet = pino({ level: 'silent' });
 const echo = benchContract.methods.echo;
 
+// The bench is the deployment: its authority issues the server's, the forwarder's and the
+// client's credentials (the children get theirs in their environment, a bench's shortcut).
+const authority = new DeploymentAuthority('bench');
+const serverBundle = authority.issue({ sub: 'bench#0', svc: ['bench'] });
+const clientPlane = new InternalPlane(authority.issue({ sub: 'bench-client#0', svc: ['bench-client'] }));
+const forwarderBundle = authority.issue({ sub: 'bench-client#0 forwarder', svc: ['bench-client'] });
+/** The client acting as itself: an identity its credential proves. */
+const self = { subject: 'service:bench-client', roles: ['ROLE_SERVICE'], service: 'bench-client' };
+
 async function evolithTcpClient(address: string): Promise<Client> {
+  const t = new TcpTransport({ log: quiet, plane: clientPlane });
+  return {
+    call: () => t.send(address, echo, payload, { deadline: Date.now() + DEADLINE_MS, trace: newTrace(), caller: self, from: 'bench-client' }),
+    close: () => t.close(),
+  };
+}
+
+async function anonymousTcpClient(address: string): Promise<Client> {
   const t = new TcpTransport({ log: quiet });
   return {
-    call: () => t.send(address, echo, payload, { deadline: Date.now() + DEADLINE_MS, trace: newTrace(), caller: undefined, from: 'bench' }),
+    call: () => t.send(address, echo, payload, { deadline: Date.now() + DEADLINE_MS, trace: newTrace() }),
     close: () => t.close(),
   };
 }
@@ -167,14 +196,22 @@ async function evolithTcpClient(address: string): Promise<Client> {
 const contenders: Contender[] = [
   {
     name: 'evolith-tcp',
-    detail: 'TcpTransport.send → RpcServer → ServiceHost.handle; header + msgpackr payload frames; pool default (1 connection at this load)',
+    detail: 'TcpTransport.send → RpcServer → ServiceHost.handle; credentials on both ends (handshake per connection), calls as a proven service; header + msgpackr payload frames',
     server: ['evolith-tcp'],
+    env: { EVOLITH_BENCH_CREDENTIAL: JSON.stringify(serverBundle) },
     connect: evolithTcpClient,
   },
   {
+    name: 'evolith-noauth',
+    detail: 'the same without credentials: anonymous calls to a listener that holds none',
+    server: ['evolith-tcp'],
+    connect: anonymousTcpClient,
+  },
+  {
     name: 'evolith-fwd',
-    detail: 'TcpTransport.send → Forwarder (own process: routes by header, relays payload bytes undecoded) → the evolith-tcp server process',
+    detail: 'TcpTransport.send → Forwarder (own process, own credentials: routes by header, relays payload bytes undecoded) → the evolith-tcp server process',
     server: ['forwarder'],
+    env: { EVOLITH_BENCH_CREDENTIAL: JSON.stringify(forwarderBundle) },
     fronts: 'evolith-tcp',
     connect: evolithTcpClient,
   },
@@ -324,11 +361,11 @@ async function main(): Promise<void> {
 
   // Servers that front another start once that one listens.
   const servers: ServerProcess[] = new Array(contenders.length);
-  await Promise.all(contenders.map(async (c, i) => !c.fronts && (servers[i] = await startServer(c.server[0], c.server[1]))));
+  await Promise.all(contenders.map(async (c, i) => !c.fronts && (servers[i] = await startServer(c.server[0], c.server[1], c.env))));
   for (const [i, c] of contenders.entries()) {
     if (!c.fronts) continue;
     const upstream = servers[contenders.findIndex((o) => o.name === c.fronts)]!;
-    const own = await startServer(c.server[0], [...(c.server[1] ?? []), upstream.address]);
+    const own = await startServer(c.server[0], [...(c.server[1] ?? []), upstream.address], c.env);
     servers[i] = { ...own, pids: [...own.pids, ...upstream.pids] };
   }
   const clients: Client[] = [];
@@ -385,7 +422,8 @@ async function main(): Promise<void> {
     );
 
     const named = (name: string) => contenders.find((c) => c.name === name)!;
-    const [tcp, fwd, grpcC, mol, http, floor] = ['evolith-tcp', 'evolith-fwd', 'grpc-js', 'moleculer', 'evolith-http', 'floor'].map(named) as [
+    const [tcp, noauth, fwd, grpcC, mol, http, floor] = ['evolith-tcp', 'evolith-noauth', 'evolith-fwd', 'grpc-js', 'moleculer', 'evolith-http', 'floor'].map(named) as Contender[] as [
+      Contender,
       Contender,
       Contender,
       Contender,
@@ -420,6 +458,14 @@ async function main(): Promise<void> {
       `\nevolith-tcp p50 at 1 call in flight: ${ms(p50At1)} ms (target ≤ ${ms(P50_TARGET_MS)} ms: ${p50Ok ? 'meets' : 'MISSES'}); ` +
         `the floor's in the same run: ${ms(agg(floor, 1).p50)} ms`,
     );
+
+    const authRows: string[][] = [['in flight', 'with credentials req/s', 'without req/s', 'with / without', 'p50 added, ms', 'CPU added, µs/call']];
+    for (const n of IN_FLIGHT) {
+      const on = agg(tcp, n);
+      const off = agg(noauth, n);
+      authRows.push([String(n), on.rps.toFixed(0), off.rps.toFixed(0), ratio(on.rps, off.rps), ms(on.p50 - off.p50), (on.cpu - off.cpu).toFixed(0)]);
+    }
+    printTable('what authentication costs: evolith-tcp (handshake per connection, calls as a proven service) against evolith-noauth (anonymous), same run', authRows);
 
     const fwdRows: string[][] = [['in flight', 'evolith-fwd req/s', 'share of evolith-tcp', 'p50 added, ms', 'p99 added, ms', 'CPU added, µs/call']];
     for (const n of IN_FLIGHT) {

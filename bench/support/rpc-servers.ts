@@ -24,6 +24,8 @@ import * as grpc from '@grpc/grpc-js';
 import Fastify from 'fastify';
 import Moleculer from 'moleculer';
 import pino from 'pino';
+import type { CredentialBundle } from '../../src/auth/credentials.js';
+import { InternalPlane } from '../../src/auth/internal-plane.js';
 import { MemoryEventBus } from '../../src/events/memory-bus.js';
 import { ServiceHost, type HostEnvironment } from '../../src/kernel/host.js';
 import { dataPlugins } from '../../src/worker/backends.js';
@@ -35,6 +37,9 @@ import { benchService, grpcDefinition, moleculerSerializer, type Codec, type Mol
 
 // The second argument is the codec, or for the forwarder its upstream.
 const [kind, codec] = process.argv.slice(2);
+/** The internal credential the bench issued this server, if it runs with one. */
+const bundle = process.env.EVOLITH_BENCH_CREDENTIAL;
+const plane = bundle ? new InternalPlane(JSON.parse(bundle) as CredentialBundle) : undefined;
 const log = pino({ level: 'warn' });
 const cleanup: (() => Promise<unknown>)[] = [];
 
@@ -70,14 +75,14 @@ async function echoHost(): Promise<ServiceHost> {
 async function main(): Promise<string> {
   switch (kind) {
     case 'evolith-tcp': {
-      const server = new RpcServer({ resolve: hostResolver([await echoHost()]), log });
+      const server = new RpcServer({ resolve: hostResolver([await echoHost()]), log, plane });
       cleanup.unshift(() => server.close(1_000));
       return server.listen();
     }
     case 'forwarder': {
       const upstream = codec;
       if (!upstream) throw new Error('forwarder needs the upstream host:port');
-      const forwarder = new Forwarder({ route: () => upstream, log });
+      const forwarder = new Forwarder({ route: () => upstream, log, plane, upstream: { plane } });
       cleanup.unshift(() => forwarder.close(1_000));
       return forwarder.listen();
     }
