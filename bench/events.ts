@@ -56,6 +56,7 @@ import { connect, nanos, type NatsConnection } from '@nats-io/transport-node';
 import { jetstreamManager, RetentionPolicy, StorageType, type JetStreamManager } from '@nats-io/jetstream';
 import type { ContenderName, TrialStorage } from './support/events-contenders.js';
 import type { PeerCommand, PublishCommand, PublishResult, SubscribeCommand, SubscribeResult } from './support/events-peer.js';
+import { ChildProcesses } from './support/children.js';
 import { median, printTable } from './support/stats.js';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -111,7 +112,7 @@ const CONTENDERS: Record<ContenderName, string> = {
 // ---------------------------------------------------------------------------------------------
 // Peer processes.
 
-const children: ChildProcess[] = [];
+const children = new ChildProcesses();
 
 class Peer {
   private readonly waiting = new Map<number, { type: string; resolve: (msg: any) => void; reject: (err: Error) => void }[]>();
@@ -125,7 +126,7 @@ class Peer {
 
   static start(role: string): Promise<Peer> {
     const child = spawn(process.execPath, ['bin/run-ts.mjs', 'bench/support/events-peer.ts'], { cwd: root, stdio: ['pipe', 'pipe', 'pipe'] });
-    children.push(child);
+    children.add(child);
     const peer = new Peer(role, child);
     child.stderr!.on('data', (d) => peer.keep(String(d)));
     return new Promise((resolveUp, rejectUp) => {
@@ -187,31 +188,6 @@ class Peer {
     this.output.push(text);
     if (this.output.length > 200) this.output.splice(0, this.output.length - 200);
   }
-}
-
-async function stopAll(): Promise<void> {
-  await Promise.all(
-    children.map(
-      (child) =>
-        new Promise<void>((done) => {
-          if (child.exitCode !== null || child.signalCode !== null) return done();
-          const force = setTimeout(() => child.kill('SIGKILL'), 5_000);
-          child.once('exit', () => {
-            clearTimeout(force);
-            done();
-          });
-          child.stdin?.end();
-          child.kill('SIGTERM');
-        }),
-    ),
-  );
-}
-
-process.once('exit', () => {
-  for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-});
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(signal, () => void stopAll().finally(() => process.exit(130)));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -462,7 +438,7 @@ async function main(): Promise<void> {
     console.log(`total time ${((Date.now() - started) / 1000).toFixed(0)} s; reproduce with: ${REPRODUCE}`);
   } finally {
     await trials?.cleanup();
-    await stopAll();
+    await children.stopAll();
     await nc?.close().catch(() => undefined);
     if (ownDataDir) rmSync(dataDir, { recursive: true, force: true });
   }

@@ -35,7 +35,7 @@
  *      BENCH_MOLECULER_SERIALIZER (msgpackr | JSON; default msgpackr — Moleculer's own MsgPack
  *      serializer needs msgpack5, which is not installed).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { connect } from 'node:net';
 import { readFileSync } from 'node:fs';
 import { availableParallelism, loadavg } from 'node:os';
@@ -52,6 +52,7 @@ import { InternalPlane } from '../src/auth/internal-plane.js';
 import { HttpTransport } from '../src/rpc/http-transport.js';
 import { TcpTransport } from '../src/rpc/tcp-transport.js';
 import { benchContract, grpcDefinition, moleculerSerializer, payload, type Codec, type MoleculerSerializer } from './support/rpc-echo.js';
+import { ChildProcesses } from './support/children.js';
 import { median, printTable } from './support/stats.js';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -70,7 +71,7 @@ class BenchError extends Error {}
 // ---------------------------------------------------------------------------------------------
 // Server processes.
 
-const children: ChildProcess[] = [];
+const children = new ChildProcesses();
 
 interface ServerProcess {
   address: string;
@@ -98,7 +99,7 @@ function startServer(kind: string, args: string[] = [], env: Record<string, stri
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, ...env },
   });
-  children.push(child);
+  children.add(child);
   const output: string[] = [];
   return new Promise((resolveStart, rejectStart) => {
     const timer = setTimeout(() => rejectStart(new BenchError(`${kind} server did not start within 30 s:\n${output.join('')}`)), 30_000);
@@ -120,30 +121,6 @@ function startServer(kind: string, args: string[] = [], env: Record<string, stri
       if (!ready) rejectStart(new BenchError(`${kind} server exited (${signal ?? code}) before it was ready:\n${output.join('')}`));
     });
   });
-}
-
-async function stopAll(): Promise<void> {
-  await Promise.all(
-    children.map(
-      (child) =>
-        new Promise<void>((done) => {
-          if (child.exitCode !== null || child.signalCode !== null) return done();
-          const force = setTimeout(() => child.kill('SIGKILL'), 5_000);
-          child.once('exit', () => {
-            clearTimeout(force);
-            done();
-          });
-          child.kill('SIGTERM');
-        }),
-    ),
-  );
-}
-
-process.once('exit', () => {
-  for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-});
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(signal, () => void stopAll().finally(() => process.exit(130)));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -491,7 +468,7 @@ async function main(): Promise<void> {
     console.log(`total time ${((Date.now() - started) / 1000).toFixed(0)} s; reproduce with: ${REPRODUCE}`);
   } finally {
     for (const client of clients) await client.close().catch(() => undefined);
-    await stopAll();
+    await children.stopAll();
   }
 }
 
@@ -499,6 +476,6 @@ try {
   await main();
 } catch (err) {
   console.error(`\nbench:rpc FAILED: ${err instanceof BenchError ? err.message : ((err as Error)?.stack ?? String(err))}`);
-  await stopAll();
+  await children.stopAll();
   process.exitCode = 1;
 }
