@@ -10,7 +10,8 @@ const DEFAULT_SIZE = 256;
  * again by itself when the schema it was compiled against changed.
  */
 export class StatementCache {
-  private readonly statements = new Map<string, Database.Statement>();
+  private readonly statements = new Map<string, { stmt: Database.Statement; used: number }>();
+  private clock = 0;
 
   constructor(
     readonly db: Database.Database,
@@ -19,15 +20,15 @@ export class StatementCache {
 
   /** A statement for `sql`: the cached one, or a fresh one that is then kept. */
   get(sql: string): Database.Statement {
-    let stmt = this.statements.get(sql);
-    if (stmt) {
-      // Moved to the most-recent end, so eviction drops the least recently used.
-      this.statements.delete(sql);
-    } else {
-      stmt = this.db.prepare(sql);
-      if (this.statements.size >= this.size) this.statements.delete(this.statements.keys().next().value!);
+    const hit = this.statements.get(sql);
+    if (hit) {
+      // A use stamp rather than re-inserting the entry: a hit is the common case and stays one lookup.
+      hit.used = ++this.clock;
+      return hit.stmt;
     }
-    this.statements.set(sql, stmt);
+    const stmt = this.db.prepare(sql);
+    if (this.statements.size >= this.size) this.evictLeastRecentlyUsed();
+    this.statements.set(sql, { stmt, used: ++this.clock });
     return stmt;
   }
 
@@ -38,5 +39,17 @@ export class StatementCache {
 
   clear(): void {
     this.statements.clear();
+  }
+
+  private evictLeastRecentlyUsed(): void {
+    let oldest: string | undefined;
+    let stamp = Infinity;
+    for (const [sql, e] of this.statements) {
+      if (e.used < stamp) {
+        stamp = e.used;
+        oldest = sql;
+      }
+    }
+    if (oldest !== undefined) this.statements.delete(oldest);
   }
 }
