@@ -4,8 +4,9 @@
  * bookstore created, doing the same work without any framework in between:
  *
  *   GET  /restful/products     every product with its specifications (prices in yuan)
- *   POST /restful/settlements  verify the bearer JWT (RS256, the bookstore's published key),
- *                              validate the body, look the caller's account up, read prices,
+ *   POST /restful/settlements  verify the bearer JWT (RS256, the bookstore's published key;
+ *                              remembered until its exp, as Evolith's edge does), validate
+ *                              the body, look the caller's account up, read prices,
  *                              open the payment + its durable expiry timer (outbox row), then
  *                              freeze the stock (conditional UPDATE) with its hold rows
  *
@@ -171,22 +172,37 @@ const jwk = jwks.keys.find((k) => k.alg === 'RS256' || k.kty === 'RSA');
 if (!jwk) throw new Error(`no RS256 key at ${args.jwks}`);
 const publicKey = await importJWK(jwk, 'RS256');
 
+type Caller = { subject: string; roles: string[] };
+
+// Evolith's edge remembers a verified token until its exp; so does this server, so that both
+// pay for one RS256 verification per token rather than one per request.
+const verified = new Map<string, { caller: Caller; expiresAtMs: number }>();
+const VERIFIED_MAX = 10_000;
+
 /** The caller's username, or undefined for an anonymous request; 401 for a bad token. */
-async function authenticate(header: string | undefined): Promise<{ subject: string; roles: string[] } | undefined> {
+async function authenticate(header: string | undefined): Promise<Caller | undefined> {
   if (!header) return undefined;
   const m = /^bearer\s+(\S+)\s*$/i.exec(header);
   if (!m) {
     if (/^bearer\b/i.test(header)) throw new HttpError(401, 'malformed bearer token');
     return undefined;
   }
+  const token = m[1]!;
+  const known = verified.get(token);
+  if (known && Date.now() < known.expiresAtMs) return known.caller;
   let payload;
   try {
-    ({ payload } = await jwtVerify(m[1]!, publicKey, { algorithms: ['RS256'], issuer: ISSUER }));
+    ({ payload } = await jwtVerify(token, publicKey, { algorithms: ['RS256'], issuer: ISSUER }));
   } catch (err) {
     throw new HttpError(401, `invalid token (${(err as Error).message})`);
   }
   if (payload.typ !== 'access' || typeof payload.sub !== 'string') throw new HttpError(401, 'not an access token');
-  return { subject: payload.sub, roles: Array.isArray(payload.authorities) ? payload.authorities.map(String) : [] };
+  const caller = { subject: payload.sub, roles: Array.isArray(payload.authorities) ? payload.authorities.map(String) : [] };
+  if (typeof payload.exp === 'number') {
+    if (verified.size >= VERIFIED_MAX) verified.delete(verified.keys().next().value!);
+    verified.set(token, { caller, expiresAtMs: payload.exp * 1000 });
+  }
+  return caller;
 }
 
 /** Opens the payment and its expiry timer in one commit (before any stock is frozen, as Evolith does). */

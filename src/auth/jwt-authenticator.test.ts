@@ -1,6 +1,6 @@
 import { createHmac } from 'node:crypto';
 import { exportSPKI, importJWK, SignJWT, type CryptoKey, type JWK } from 'jose';
-import { beforeAll, describe, expect, test } from 'vitest';
+import { afterEach, beforeAll, describe, expect, test, vi } from 'vitest';
 import { TEST_KEY_A, TEST_KEY_B } from '../../test/fixtures/rsa-keys.js';
 import { UnauthenticatedError } from '../kernel/errors.js';
 import { createJwtAuthenticator } from './jwt-authenticator.js';
@@ -135,5 +135,76 @@ describe('createJwtAuthenticator', () => {
 
   test.each(['bearer garbage', 'bearer a.b.c', 'bearer', 'bearer    ', `bearer ${'x'.repeat(40)}.${'y'.repeat(40)}`])('refuses garbage: %j', async (header) => {
     await refused(header);
+  });
+});
+
+describe('verified-token cache', () => {
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  const signed = async (claims: { exp?: number; sub?: string }) => {
+    let jwt = new SignJWT({ typ: 'access', authorities: ['ROLE_USER'] })
+      .setProtectedHeader({ alg: 'RS256', kid: stored!.kid })
+      .setSubject(claims.sub ?? 'alice')
+      .setIssuer(ISSUER);
+    if (claims.exp !== undefined) jwt = jwt.setExpirationTime(claims.exp);
+    return jwt.sign(await importJWK(stored!, 'RS256'));
+  };
+
+  test('a token presented again is accepted from the cache (the very identity, not a new verification)', async () => {
+    const first = await auth.authenticate(`bearer ${valid}`);
+    const again = await auth.authenticate(`Bearer ${valid}  `);
+    expect(again).toBe(first);
+    expect(Object.isFrozen(again)).toBe(true);
+  });
+
+  test('a cached token is refused once its exp has passed', async () => {
+    const exp = now() + 30;
+    const token = await signed({ exp });
+    const fresh = createJwtAuthenticator({ fetchJwks: () => tokens.jwks(), issuer: ISSUER });
+    await expect(fresh.authenticate(`bearer ${token}`)).resolves.toMatchObject({ subject: 'alice' });
+    vi.useFakeTimers({ toFake: ['Date'] });
+    // One millisecond before exp it is still valid (and served from the cache)...
+    vi.setSystemTime(exp * 1000 - 1);
+    await expect(fresh.authenticate(`bearer ${token}`)).resolves.toMatchObject({ subject: 'alice' });
+    // ...and from exp on it is refused as expired, exactly as jose refuses it.
+    vi.setSystemTime(exp * 1000);
+    await expect(fresh.authenticate(`bearer ${token}`)).rejects.toThrow('token expired');
+    vi.setSystemTime(exp * 1000 + 60_000);
+    await expect(fresh.authenticate(`bearer ${token}`)).rejects.toThrow('token expired');
+  });
+
+  test('a token without exp is verified every time (never remembered)', async () => {
+    const token = await signed({});
+    const first = await auth.authenticate(`bearer ${token}`);
+    const again = await auth.authenticate(`bearer ${token}`);
+    expect(again).toEqual(first);
+    expect(again).not.toBe(first);
+  });
+
+  test('a refused token stays refused, and an altered copy of a cached token is refused', async () => {
+    await auth.authenticate(`bearer ${valid}`);
+    const [h, p, s] = valid.split('.');
+    const claims = JSON.parse(Buffer.from(p!, 'base64url').toString());
+    const altered = `bearer ${h}.${b64({ ...claims, authorities: ['ROLE_ADMIN', 'ROLE_ROOT'] })}.${s}`;
+    await refused(altered);
+    await refused(altered);
+  });
+
+  test('bounded: beyond its capacity the oldest token is verified again; 0 turns the cache off', async () => {
+    const one = createJwtAuthenticator({ fetchJwks: () => tokens.jwks(), issuer: ISSUER, verifiedTokenCache: 1 });
+    const a = await signed({ exp: now() + 600, sub: 'a' });
+    const b = await signed({ exp: now() + 600, sub: 'b' });
+    const a1 = await one.authenticate(`bearer ${a}`);
+    const b1 = await one.authenticate(`bearer ${b}`);
+    expect(await one.authenticate(`bearer ${b}`)).toBe(b1);
+    const a2 = await one.authenticate(`bearer ${a}`);
+    expect(a2).toEqual(a1);
+    expect(a2).not.toBe(a1);
+
+    const off = createJwtAuthenticator({ fetchJwks: () => tokens.jwks(), issuer: ISSUER, verifiedTokenCache: 0 });
+    const x = await off.authenticate(`bearer ${a}`);
+    expect(await off.authenticate(`bearer ${a}`)).not.toBe(x);
   });
 });

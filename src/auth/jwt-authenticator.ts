@@ -9,20 +9,58 @@ export interface JwtAuthenticatorOptions {
   audience?: string;
   /** Least time between two JWKS refreshes triggered by unknown key ids. */
   refreshIntervalMs?: number;
+  /**
+   * How many verified tokens to remember until they expire, so that a client sending the same
+   * token again is not verified again (an RS256 check costs more than most requests). 0 turns
+   * the cache off. Default 10,000.
+   */
+  verifiedTokenCache?: number;
 }
 
 const bearer = /^bearer\s+(\S+)\s*$/i;
 
 /**
+ * Tokens that passed verification, by their exact text, each until the instant it expires.
+ * Bounded: when full, the entry remembered longest ago is dropped first.
+ */
+class VerifiedTokens<T> {
+  private readonly entries = new Map<string, { value: T; expiresAtMs: number }>();
+
+  constructor(private readonly capacity: number) {}
+
+  /** What was remembered for `token`, if it has not expired yet (an expired entry is forgotten). */
+  get(token: string): T | undefined {
+    const e = this.entries.get(token);
+    if (!e) return undefined;
+    if (Date.now() < e.expiresAtMs) return e.value;
+    this.entries.delete(token);
+    return undefined;
+  }
+
+  /** Remembers `value` for `token` until `expiresAtMs` (epoch ms); a token already expired is not kept. */
+  set(token: string, value: T, expiresAtMs: number): void {
+    if (this.capacity <= 0 || !(Date.now() < expiresAtMs)) return;
+    this.entries.delete(token);
+    while (this.entries.size >= this.capacity) this.entries.delete(this.entries.keys().next().value!);
+    this.entries.set(token, { value, expiresAtMs });
+  }
+}
+
+/**
  * Verifies `Authorization: bearer <jwt>` at the edge: RS256 only (so `alg: none` and HMAC
  * confusion are refused), signature against the published JWKS, expiry, issuer, token type.
  * No header means an anonymous caller; a header that fails any check is refused.
+ *
+ * A token that passed every check is remembered, by its exact text, until its `exp`: the same
+ * token is then accepted without another signature check while it is still unexpired, and
+ * checked (and refused) in full once it has expired. Refusals are never remembered.
  */
 export function createJwtAuthenticator(options: JwtAuthenticatorOptions): Authenticator {
   let keyset: ReturnType<typeof createLocalJWKSet> | undefined;
   let loading: Promise<void> | undefined;
   let lastRefresh = 0;
   const minInterval = options.refreshIntervalMs ?? 30_000;
+  const verified = new VerifiedTokens<Identity>(options.verifiedTokenCache ?? 10_000);
 
   const refresh = (): Promise<void> =>
     (loading ??= options
@@ -56,16 +94,22 @@ export function createJwtAuthenticator(options: JwtAuthenticatorOptions): Authen
         if (/^bearer\b/i.test(header)) throw new UnauthenticatedError('malformed bearer token');
         return undefined;
       }
+      const token = m[1]!;
+      const known = verified.get(token);
+      if (known) return known;
       let payload;
       try {
-        ({ payload } = await verify(m[1]!));
+        ({ payload } = await verify(token));
       } catch (err) {
         const why = err instanceof joseErrors.JWTExpired ? 'token expired' : `invalid token (${(err as Error).message})`;
         throw new UnauthenticatedError(why);
       }
       if (payload.typ !== 'access' || typeof payload.sub !== 'string') throw new UnauthenticatedError('not an access token');
       const roles = Array.isArray(payload.authorities) ? payload.authorities.map(String) : [];
-      const identity: Identity = { subject: payload.sub, roles, claims: payload as Record<string, unknown> };
+      // Shared by every request that presents this token: nobody may change it.
+      const identity: Identity = Object.freeze({ subject: payload.sub, roles: Object.freeze(roles), claims: Object.freeze(payload) as Record<string, unknown> });
+      // jose refuses a token once the clock reaches its exp (in seconds); remembered until then.
+      if (typeof payload.exp === 'number') verified.set(token, identity, payload.exp * 1000);
       return identity;
     },
   };

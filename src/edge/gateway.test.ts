@@ -1,4 +1,5 @@
 import type { FastifyInstance } from 'fastify';
+import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { z } from 'zod';
 import greeterApp from '../../test/fixtures/greeter/app.js';
@@ -262,5 +263,27 @@ describe('gateway with a small app', () => {
     const res = await server.inject({ method: 'GET', url: '/health' });
     expect(res.statusCode).toBe(200);
     expect(res.json()).toEqual({ status: 'ok' });
+  });
+});
+
+describe('gateway logging', () => {
+  test('a failed call is logged once, bound to its request id; a request that goes well logs nothing', async () => {
+    const lines: Record<string, unknown>[] = [];
+    const log = pino({ level: 'info' }, { write: (line: string) => lines.push(JSON.parse(line) as Record<string, unknown>) });
+    const rt = await kit.start([deskService]);
+    const server = await createGateway({ app: deskApp, appDir: '/nonexistent', invoke: (method, input, root) => rt.invoke(method, input, undefined, root), log, authenticator });
+    try {
+      const fine = await server.inject({ method: 'PUT', url: '/echo/1', payload: { name: 'n', qty: 1 } });
+      expect(fine.statusCode).toBe(200);
+      expect(lines.filter((l) => l.component === 'edge')).toEqual([]);
+      const res = await server.inject({ method: 'POST', url: '/crash', payload: {}, headers: { 'x-request-id': 'req-crash-1' } });
+      expect(res.statusCode).toBe(500);
+      const failed = lines.filter((l) => l.msg === 'call failed');
+      expect(failed).toHaveLength(1);
+      expect(failed[0]).toMatchObject({ component: 'edge', reqId: 'req-crash-1', level: 50 });
+    } finally {
+      await server.close();
+      await kit.cleanup();
+    }
   });
 });

@@ -4,7 +4,7 @@ import { resolve } from 'node:path';
 import fastifyFormbody from '@fastify/formbody';
 import fastifyStatic from '@fastify/static';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
-import type { Logger } from 'pino';
+import type { Bindings, ChildLoggerOptions, Logger } from 'pino';
 import type { AppDefinition, EdgeReply, EdgeRequest, RouteSpec } from '../app/define.js';
 import { EvolithError, InternalError, toEvolithError, ValidationError } from '../kernel/errors.js';
 import type { Authenticator, Identity } from '../kernel/plugins.js';
@@ -23,6 +23,57 @@ export interface GatewayOptions {
   bodyLimit?: number;
   /** Extra endpoints (health, metrics, OpenAPI) added by the deployer. */
   extras?: (server: FastifyInstance) => void;
+}
+
+/**
+ * A request's logger, made on first use. Fastify gives every request a child logger (bound to
+ * its request id), yet with access logs off a request that goes well never logs, and making
+ * a pino child costs more than the rest of the edge's work on a small request.
+ */
+class RequestLogger implements FastifyBaseLogger {
+  private made: FastifyBaseLogger | undefined;
+
+  constructor(
+    private readonly parent: FastifyBaseLogger,
+    private readonly bindings: Bindings,
+    private readonly options: ChildLoggerOptions,
+  ) {}
+
+  private get logger(): FastifyBaseLogger {
+    return (this.made ??= this.parent.child(this.bindings, this.options));
+  }
+
+  get level(): string {
+    return this.made?.level ?? this.options.level ?? this.parent.level;
+  }
+  set level(level: string) {
+    this.logger.level = level;
+  }
+
+  fatal(...args: unknown[]): void {
+    (this.logger.fatal as (...a: unknown[]) => void)(...args);
+  }
+  error(...args: unknown[]): void {
+    (this.logger.error as (...a: unknown[]) => void)(...args);
+  }
+  warn(...args: unknown[]): void {
+    (this.logger.warn as (...a: unknown[]) => void)(...args);
+  }
+  info(...args: unknown[]): void {
+    (this.logger.info as (...a: unknown[]) => void)(...args);
+  }
+  debug(...args: unknown[]): void {
+    (this.logger.debug as (...a: unknown[]) => void)(...args);
+  }
+  trace(...args: unknown[]): void {
+    (this.logger.trace as (...a: unknown[]) => void)(...args);
+  }
+  silent(...args: unknown[]): void {
+    (this.logger.silent as (...a: unknown[]) => void)(...args);
+  }
+  child(bindings: Bindings, options?: ChildLoggerOptions): FastifyBaseLogger {
+    return this.logger.child(bindings, options);
+  }
 }
 
 /** The CodedMessage body the bookstore's clients expect on failure. */
@@ -44,6 +95,7 @@ export async function createGateway(options: GatewayOptions): Promise<FastifyIns
       const given = req.headers['x-request-id'];
       return typeof given === 'string' && /^[\w.-]{1,128}$/.test(given) ? given : randomUUID();
     },
+    childLoggerFactory: (logger, bindings, options) => new RequestLogger(logger, bindings, options),
     forceCloseConnections: 'idle',
     return503OnClosing: true,
   });

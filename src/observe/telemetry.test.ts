@@ -70,3 +70,22 @@ describe('PrometheusTelemetry through the Runtime', () => {
     expect(line(await b.metrics(), 'evolith_calls_total', 'service="shop",method="buy",outcome="ok"')).toBeUndefined();
   });
 });
+
+describe('PrometheusTelemetry scrapes', () => {
+  test('report the calls in flight while they run, and the same totals on every scrape', async () => {
+    const telemetry = new PrometheusTelemetry();
+    const rt = await kit.start([svc], { telemetry });
+    await rt.client(shop).buy({ qty: 1 });
+    const slow = rt.client(shop).wait({ ms: 20 }).catch(() => undefined);
+    const during = await telemetry.metrics();
+    expect(line(during, 'evolith_calls_in_flight', 'service="shop"')).toBe(1);
+    await slow;
+    await rt.client(shop).buy({ qty: 12 }).catch(() => undefined);
+    for (let scrape = 0; scrape < 3; scrape++) {
+      const text = await telemetry.metrics();
+      expect(line(text, 'evolith_calls_total', 'service="shop",method="buy",outcome="ok"')).toBe(1);
+      expect(line(text, 'evolith_calls_total', 'service="shop",method="buy",outcome="TOO_MANY"')).toBe(1);
+      expect(line(text, 'evolith_calls_in_flight', 'service="shop"')).toBe(0);
+    }
+  });
+});

@@ -1,4 +1,4 @@
-import { BusinessError, type Kysely } from 'evolith';
+import { BusinessError, sql, type Kysely } from 'evolith';
 import type { HoldState, WarehouseDB } from './warehouse-db.js';
 
 /**
@@ -7,6 +7,10 @@ import type { HoldState, WarehouseDB } from './warehouse-db.js';
  * waits for the first transaction to finish (PostgreSQL) or runs after it (SQLite's single
  * writer). Leaving FROZEN is a conditional update, so exactly one of release and consume wins.
  * A repeated call or a redelivered event therefore changes nothing.
+ *
+ * The claim and the stock updates run on every settlement and every payment event; they are
+ * written as SQL because building them (upserts, arithmetic on columns) cost more than running
+ * them. The SQL is the same on SQLite and PostgreSQL.
  */
 
 export interface HoldItem {
@@ -29,12 +33,9 @@ function merge(items: readonly HoldItem[]): HoldItem[] {
 
 async function claim(db: Kysely<WarehouseDB>, payId: string, state: HoldState): Promise<boolean> {
   const now = Date.now();
-  const r = await db
-    .insertInto('stock_hold')
-    .values({ pay_id: payId, state, created_at: now, updated_at: now })
-    .onConflict((oc) => oc.column('pay_id').doNothing())
-    .executeTakeFirst();
-  return Number(r.numInsertedOrUpdatedRows ?? 0n) > 0;
+  const r = await sql`insert into stock_hold (pay_id, state, created_at, updated_at) values (${payId}, ${state}, ${now}, ${now})
+    on conflict (pay_id) do nothing`.execute(db);
+  return Number(r.numAffectedRows ?? 0n) > 0;
 }
 
 export async function readHold(db: Kysely<WarehouseDB>, payId: string): Promise<Hold | undefined> {
@@ -56,13 +57,9 @@ export async function freeze(db: Kysely<WarehouseDB>, payId: string, items: read
   for (const { productId, amount } of wanted) {
     // The condition is evaluated against the row as it is when the update takes its lock,
     // so concurrent freezes can never sell the same unit twice.
-    const r = await db
-      .updateTable('stockpile')
-      .set((eb) => ({ amount: eb('amount', '-', amount), frozen: eb('frozen', '+', amount) }))
-      .where('product_id', '=', productId)
-      .where('amount', '>=', amount)
-      .executeTakeFirst();
-    if (Number(r.numUpdatedRows) === 0) throw await shortage(db, productId, amount);
+    const r = await sql`update stockpile set amount = amount - ${amount}, frozen = frozen + ${amount}
+      where product_id = ${productId} and amount >= ${amount}`.execute(db);
+    if (Number(r.numAffectedRows ?? 0n) === 0) throw await shortage(db, productId, amount);
   }
   await db
     .insertInto('stock_hold_item')
@@ -102,11 +99,8 @@ export async function endHold(db: Kysely<WarehouseDB>, payId: string, to: Exclud
   const hold = (await readHold(db, payId))!;
   if (Number(moved.numUpdatedRows) === 0) return hold;
   for (const { productId, amount } of hold.items) {
-    await db
-      .updateTable('stockpile')
-      .set((eb) => (to === 'RELEASED' ? { amount: eb('amount', '+', amount), frozen: eb('frozen', '-', amount) } : { frozen: eb('frozen', '-', amount) }))
-      .where('product_id', '=', productId)
-      .execute();
+    const change = to === 'RELEASED' ? sql`amount = amount + ${amount}, frozen = frozen - ${amount}` : sql`frozen = frozen - ${amount}`;
+    await sql`update stockpile set ${change} where product_id = ${productId}`.execute(db);
   }
   return hold;
 }
