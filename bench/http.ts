@@ -21,6 +21,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
+import { ChildProcesses } from './support/children.js';
 import { median, printTable } from './support/stats.js';
 
 // autocannon ships no type declarations: the part of its API used here.
@@ -77,12 +78,14 @@ interface Server {
   child: ChildProcess;
   output: string[];
 }
-const children: ChildProcess[] = [];
 const dataDir = mkdtempSync(join(tmpdir(), 'evolith-bench-http-'));
+// Whatever happens (error, Ctrl-C), no server outlives the bench; the data goes with them.
+const children = new ChildProcesses();
+process.once('exit', () => rmSync(dataDir, { recursive: true, force: true }));
 
 function startServer(name: string, args: string[], timeoutMs: number): Promise<Server> {
   const child = spawn(process.execPath, args, { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
-  children.push(child);
+  children.add(child);
   const output: string[] = [];
   return new Promise((resolveStart, rejectStart) => {
     const timer = setTimeout(() => rejectStart(new BenchError(`${name} did not report "listening on" within ${timeoutMs} ms:\n${output.join('')}`)), timeoutMs);
@@ -103,36 +106,6 @@ function startServer(name: string, args: string[], timeoutMs: number): Promise<S
     child.once('exit', (code, signal) => {
       clearTimeout(timer);
       rejectStart(new BenchError(`${name} exited (${signal ?? code}) before it was ready:\n${output.join('')}`));
-    });
-  });
-}
-
-async function stopAll(): Promise<void> {
-  await Promise.all(
-    children.map(
-      (child) =>
-        new Promise<void>((done) => {
-          if (child.exitCode !== null || child.signalCode !== null) return done();
-          const force = setTimeout(() => child.kill('SIGKILL'), 5_000);
-          child.once('exit', () => {
-            clearTimeout(force);
-            done();
-          });
-          child.kill('SIGTERM');
-        }),
-    ),
-  );
-}
-
-// Whatever happens (error, Ctrl-C), no server outlives the bench.
-process.once('exit', () => {
-  for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-});
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(signal, () => {
-    void stopAll().finally(() => {
-      rmSync(dataDir, { recursive: true, force: true });
-      process.exit(130);
     });
   });
 }
@@ -377,7 +350,7 @@ async function main(): Promise<void> {
     }
     console.log(`\ntotal time ${((Date.now() - started) / 1000).toFixed(0)} s; reproduce with: ${REPRODUCE}`);
   } finally {
-    await stopAll();
+    await children.stopAll();
     rmSync(dataDir, { recursive: true, force: true });
   }
 }
@@ -386,6 +359,6 @@ try {
   await main();
 } catch (err) {
   console.error(`\nbench:http FAILED: ${err instanceof BenchError ? err.message : ((err as Error)?.stack ?? String(err))}`);
-  await stopAll();
+  await children.stopAll();
   process.exitCode = 1;
 }
