@@ -1,16 +1,19 @@
 /**
- * RPC over HTTP, for interop and debugging: `POST /rpc/<service>/<method>` with the input as
- * the body, JSON or msgpack (`content-type: application/msgpack`), answered in kind (or as
- * `accept` asks). Call metadata travels in headers:
+ * RPC over HTTP, for interop and debugging: `POST /rpc/<service>/<method>` with the caller's
+ * input as the body, JSON or msgpack (`content-type: application/msgpack`), answered in kind
+ * (or as `accept` asks). Call metadata travels in headers:
  *
+ *   authorization         `Bearer <credential>`: the calling process's internal credential
  *   x-evolith-deadline    absolute deadline, epoch ms (or x-evolith-timeout-ms, relative)
  *   traceparent           W3C trace context
- *   x-evolith-caller      the caller's identity as JSON: {"subject":"…","roles":["…"]}
- *   x-evolith-from        the calling service
+ *   x-evolith-from        the calling service: one the credential names
+ *   x-evolith-caller      `service` (the calling service acting as itself) or a user assertion
+ *                         signed by the deployment's edge (see auth/internal-plane.ts)
  *
- * The caller identity is believed as sent, so this endpoint must only be reachable from
- * trusted networks (loopback, a private network, behind mesh mTLS): never expose it on the
- * public edge, where anyone could claim to be an administrator.
+ * Nothing about the caller is believed unless a credential of this deployment vouches for it:
+ * a listener given an InternalPlane refuses requests without a valid credential, and one
+ * without it takes anonymous calls only. Either way it listens on the internal host, never on
+ * the public edge.
  *
  * A failure answers with the error's `httpStatus`, an `x-evolith-error: <code>` header and
  * the SerializedError as the body; `HttpTransport` turns it back into the same typed error.
