@@ -14,7 +14,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { build, type Plugin } from 'esbuild';
+import { build, stop as stopEsbuild, type Plugin } from 'esbuild';
 import { appEntry } from '../app/load.js';
 import { ConfigError } from '../kernel/errors.js';
 
@@ -67,10 +67,13 @@ export async function buildBundle(appDir: string, entryModule: string, name: str
       });
       files = out.outputFiles;
     } catch (err) {
+      stopEsbuild();
       const errors = (err as { errors?: { text: string; location?: { file: string; line: number } }[] }).errors ?? [];
       const lines = errors.map((e) => `  ${e.location ? `${e.location.file}:${e.location.line}: ` : ''}${e.text}`);
       throw new ConfigError(`the app in ${appDir} could not be built:\n${lines.join('\n') || (err as Error).message}`);
     }
+    // esbuild keeps a compiler process alive for the next build; a deployment builds once.
+    stopEsbuild();
     const hash = createHash('sha256');
     for (const f of [...files].sort((a, b) => a.path.localeCompare(b.path))) hash.update(relative(work, f.path)).update(f.contents);
     const target = join(dir, `${name}-${hash.digest('hex').slice(0, 16)}`);
