@@ -1,7 +1,7 @@
 /**
- * One process of a microservices deployment, as the control plane starts it
- * (`evolith worker <appDir> --registry <url> --group <name> | --edge --replica <n>`): the
- * shared worker runtime with the microservices envelope.
+ * One process of a microservices deployment (started by the control plane through the worker
+ * bundle, see worker-process.ts): the shared worker runtime with the microservices envelope,
+ * and the credentials the control plane sends it.
  */
 import pino from 'pino';
 import type { AppDefinition } from '../../app/define.js';
