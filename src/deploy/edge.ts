@@ -4,8 +4,8 @@ import type { Logger } from 'pino';
 import type { AppDefinition } from '../app/define.js';
 import { createJwtAuthenticator } from '../auth/jwt-authenticator.js';
 import { openApiDocument } from '../edge/openapi.js';
-import { createGateway } from '../edge/gateway.js';
-import { ConfigError } from '../kernel/errors.js';
+import { createGateway, type HealthReport } from '../edge/gateway.js';
+import { ConfigError, UnavailableError } from '../kernel/errors.js';
 import type { Authenticator, Identity } from '../kernel/plugins.js';
 import type { Runtime } from '../kernel/runtime.js';
 import type { PrometheusTelemetry } from '../observe/telemetry.js';
@@ -22,15 +22,20 @@ export async function startEdge(
   runtime: Runtime,
   telemetry: PrometheusTelemetry,
   log: Logger,
-  assertIdentity?: (identity: Identity) => Identity,
+  options: {
+    assertIdentity?: (identity: Identity) => Identity;
+    ready?: (service: string) => boolean;
+    health?: () => Promise<HealthReport>;
+  } = {},
 ): Promise<{ gateway: FastifyInstance; port: number }> {
+  const { assertIdentity } = options;
   const edgeAuth = app.edge?.auth;
   const gateway = await createGateway({
     app,
     appDir,
     invoke: (method, input, root) => runtime.invoke(method, input, undefined, root),
     authenticator: edgeAuth
-      ? outsideIdentities(createJwtAuthenticator({
+      ? outsideIdentities(edgeAuth.jwks.service, options.ready, createJwtAuthenticator({
           // The edge asks as a service: the JWKS method may be internal.
           fetchJwks: async () => (await runtime.invoke(edgeAuth.jwks, {}, undefined, undefined, undefined, 'edge')) as never,
           issuer: edgeAuth.issuer,
@@ -39,6 +44,10 @@ export async function startEdge(
       : undefined,
     log,
     bodyLimit: topology.edge.bodyLimit,
+    requestTimeoutMs: topology.edge.requestTimeoutMs,
+    headersTimeoutMs: topology.edge.headersTimeoutMs,
+    ready: options.ready,
+    health: options.health,
     extras: (server) => {
       server.get('/metrics', async (_req, reply) => reply.type('text/plain; version=0.0.4').send(await telemetry.metrics()));
       server.get('/openapi.json', async () => openApiDocument(app));
@@ -61,9 +70,18 @@ export async function startEdge(
  * their roles (only a service proving itself on the internal plane acts as a service). Where
  * calls leave the process, `assertIdentity` attaches the form a callee can verify.
  */
-function outsideIdentities(inner: Authenticator, assertIdentity: ((identity: Identity) => Identity) | undefined): Authenticator {
+function outsideIdentities(
+  keyService: string,
+  ready: ((service: string) => boolean) | undefined,
+  inner: Authenticator,
+  assertIdentity: ((identity: Identity) => Identity) | undefined,
+): Authenticator {
   return {
     async authenticate(header) {
+      // Without the service that holds the keys, a token can be neither accepted nor refused.
+      if (header && ready && !ready(keyService)) {
+        throw new UnavailableError(`${keyService} has no instance ready to check tokens yet; retry shortly`, { service: keyService });
+      }
       const identity = await inner.authenticate(header);
       if (!identity) return undefined;
       const roles = identity.roles.filter((r) => r !== 'ROLE_SERVICE');

@@ -20,6 +20,7 @@ export async function runMonolith(app: AppDefinition, appDir: string, topology: 
     topology,
     overrides,
     log,
+    architecture: 'monolith',
     services: app.services.map((s) => s.contract.name),
     edge: true,
     crossProcess: false,

@@ -36,7 +36,7 @@ describe('loadTopology', () => {
       storage: 'sqlite',
       policies: {},
       config: {},
-      edge: { bodyLimit: 1024 * 1024 },
+      edge: { bodyLimit: 1024 * 1024, requestTimeoutMs: 30_000, headersTimeoutMs: 10_000 },
       checkSerializable: false,
       drainMs: 10_000,
       groups: {},

@@ -64,9 +64,15 @@ export const topologySchema = z
     policies: z.record(z.string(), policy).default({}),
     config: z.record(z.string(), z.record(z.string(), z.unknown())).default({}),
     edge: z
-      .object({ bodyLimit: z.number().int().positive().default(1024 * 1024) })
+      .object({
+        bodyLimit: z.number().int().positive().default(1024 * 1024),
+        /** A request must arrive whole (headers and body) within this many ms, or the connection is closed. */
+        requestTimeoutMs: z.number().int().positive().default(30_000),
+        /** Its headers within this many ms. */
+        headersTimeoutMs: z.number().int().positive().default(10_000),
+      })
       .strict()
-      .default({ bodyLimit: 1024 * 1024 }),
+      .default({ bodyLimit: 1024 * 1024, requestTimeoutMs: 30_000, headersTimeoutMs: 10_000 }),
     /** Fail calls whose data would not survive a network hop (monolith). */
     checkSerializable: z.boolean().default(false),
     /** Microservices: which services share a process (default: one process per service). */

@@ -6,7 +6,8 @@ import greeterApp from '../../test/fixtures/greeter/app.js';
 import { Kit, silentLog } from '../../test/fixtures/unit-kit.js';
 import { defineApp, route } from '../app/define.js';
 import { defineContract } from '../contract/define.js';
-import { BusinessError, UnauthenticatedError } from '../kernel/errors.js';
+import { BusinessError, UnauthenticatedError, UnavailableError } from '../kernel/errors.js';
+import { connect } from 'node:net';
 import type { Authenticator } from '../kernel/plugins.js';
 import type { Runtime } from '../kernel/runtime.js';
 import { implement } from '../kernel/service.js';
@@ -194,7 +195,8 @@ describe('gateway with a small app', () => {
   test('an internal fault is a 500 that does not leak its message', async () => {
     const res = await server.inject({ method: 'POST', url: '/crash', payload: {} });
     expect(res.statusCode).toBe(500);
-    expect(res.json()).toEqual({ code: 1, message: 'internal error' });
+    // The request id ties the answer to the log line that has the details.
+    expect(res.json()).toEqual({ code: 1, message: `internal error (request ${res.headers['x-request-id']})` });
     expect(res.body).not.toContain('hunter2');
   });
 
@@ -284,6 +286,120 @@ describe('gateway logging', () => {
     } finally {
       await server.close();
       await kit.cleanup();
+    }
+  });
+});
+
+describe('gateway: what a user sees of trouble, and of a service not ready yet', () => {
+  const late = defineContract({
+    name: 'late',
+    version: '1',
+    methods: {
+      ping: { input: z.object({ n: z.coerce.number().optional() }), output: z.object({ got: z.boolean() }) },
+      far: { input: z.object({}), output: z.null() },
+    },
+  });
+  let readyNow = false;
+  let server: FastifyInstance;
+  const lateService = implement(late, {
+    handlers: {
+      ping: async (input) => ({ got: input.n !== undefined }),
+      far: async () => {
+        throw new UnavailableError('late.far: all 1 endpoints unavailable (127.0.0.1:40591 refused connection; circuit open on 10.0.0.7:7001)');
+      },
+    },
+  });
+  const lateApp = defineApp({
+    name: 'late',
+    services: [lateService],
+    edge: { routes: [route('PATCH /ping', late.methods.ping, { input: (req) => ({ n: (req.query as { n?: string }).n }) }), route('POST /far', late.methods.far)] },
+  });
+  beforeAll(async () => {
+    const rt = await kit.start([lateService]);
+    server = await createGateway({
+      app: lateApp,
+      appDir: '/nonexistent',
+      invoke: (method, input, root) => rt.invoke(method, input, undefined, root),
+      log: silentLog,
+      ready: () => readyNow,
+      health: async () => ({ architecture: 'test', dependencies: { late: { ready: readyNow } } }),
+    });
+  });
+  afterAll(async () => {
+    await server?.close();
+    await kit.cleanup();
+  });
+
+  test('until the service a route needs is ready, the route answers 503 with Retry-After; /ready says what it waits for', async () => {
+    readyNow = false;
+    const res = await server.inject({ method: 'PATCH', url: '/ping?n=1' });
+    expect(res.statusCode).toBe(503);
+    expect(res.headers['retry-after']).toBe('1');
+    expect(res.json().message).toMatch(/late has no instance ready/);
+    const ready = await server.inject({ method: 'GET', url: '/ready' });
+    expect(ready.statusCode).toBe(503);
+    expect(ready.json()).toMatchObject({ ready: false, architecture: 'test', waitingFor: ['late'] });
+    const health = await server.inject({ method: 'GET', url: '/health' });
+    expect(health.statusCode).toBe(200);
+    expect(health.json()).toMatchObject({ status: 'degraded', dependencies: { late: { ready: false } } });
+    readyNow = true;
+    expect((await server.inject({ method: 'PATCH', url: '/ping?n=1' })).statusCode).toBe(200);
+    expect((await server.inject({ method: 'GET', url: '/ready' })).json()).toMatchObject({ ready: true });
+    expect((await server.inject({ method: 'GET', url: '/health' })).json()).toMatchObject({ status: 'ok' });
+  });
+
+  test('a JSON request with an empty body is a request without a body (as Spring takes it)', async () => {
+    readyNow = true;
+    for (const payload of ['', '  ']) {
+      const res = await server.inject({ method: 'PATCH', url: '/ping?n=2', headers: { 'content-type': 'application/json' }, payload });
+      expect(res.statusCode, JSON.stringify(payload)).toBe(200);
+      expect(res.json()).toEqual({ got: true });
+    }
+    // Still JSON's own checks for a body that is there.
+    const poisoned = await server.inject({ method: 'PATCH', url: '/ping', headers: { 'content-type': 'application/json' }, payload: '{"__proto__":{"x":1}}' });
+    expect(poisoned.statusCode).toBe(400);
+  });
+
+  test('a 5xx answer names what failed and the request id, never an internal address', async () => {
+    readyNow = true;
+    const res = await server.inject({ method: 'POST', url: '/far', payload: {} });
+    expect(res.statusCode).toBe(503);
+    expect(res.headers['retry-after']).toBe('1');
+    const message = res.json().message as string;
+    expect(message).toContain(`(request ${res.headers['x-request-id']})`);
+    expect(message).toMatch(/late\.far: all 1 endpoints unavailable/);
+    expect(message).toMatch(/circuit open/);
+    expect(message).not.toMatch(/127\.0\.0\.1|10\.0\.0\.7|40591|7001/);
+  });
+
+  test('a client that sends headers and part of a body is cut off after the request timeout', async () => {
+    const rt = await kit.start([]);
+    const slow = await createGateway({ app: lateApp, appDir: '/nonexistent', invoke: (m, i, r) => rt.invoke(m, i, undefined, r), log: silentLog, requestTimeoutMs: 300, headersTimeoutMs: 200 });
+    const url = await slow.listen({ port: 0, host: '127.0.0.1' });
+    try {
+      const { port } = new URL(url);
+      const started = Date.now();
+      const closedAfter = await new Promise<number>((resolve) => {
+        const socket = connect({ host: '127.0.0.1', port: Number(port) }, () => {
+          socket.write('PATCH /ping HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{"n":');
+        });
+        socket.on('data', () => undefined);
+        socket.on('error', () => undefined);
+        socket.on('close', () => resolve(Date.now() - started));
+        setTimeout(() => socket.destroy(), 5_000);
+      });
+      expect(closedAfter).toBeLessThan(3_000);
+      const headersOnly = await new Promise<number>((resolve) => {
+        const t0 = Date.now();
+        const socket = connect({ host: '127.0.0.1', port: Number(port) }, () => socket.write('GET /ready HTTP/1.1\r\nhost: x\r\n'));
+        socket.on('data', () => undefined);
+        socket.on('error', () => undefined);
+        socket.on('close', () => resolve(Date.now() - t0));
+        setTimeout(() => socket.destroy(), 5_000);
+      });
+      expect(headersOnly).toBeLessThan(3_000);
+    } finally {
+      await slow.close();
     }
   });
 });

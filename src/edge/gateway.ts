@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { createServer } from 'node:http';
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import fastifyFormbody from '@fastify/formbody';
@@ -6,7 +7,7 @@ import fastifyStatic from '@fastify/static';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Bindings, ChildLoggerOptions, Logger } from 'pino';
 import type { AppDefinition, EdgeReply, EdgeRequest, RouteSpec } from '../app/define.js';
-import { EvolithError, InternalError, toEvolithError, ValidationError } from '../kernel/errors.js';
+import { EvolithError, InternalError, toEvolithError, UnavailableError, ValidationError } from '../kernel/errors.js';
 import type { Authenticator, Identity } from '../kernel/plugins.js';
 import type { RootCall } from '../kernel/runtime.js';
 import type { MethodDef } from '../contract/define.js';
@@ -21,8 +22,26 @@ export interface GatewayOptions {
   log: Logger;
   /** Largest accepted request body in bytes (413 beyond it). */
   bodyLimit?: number;
-  /** Extra endpoints (health, metrics, OpenAPI) added by the deployer. */
+  /** A request (headers and body) must arrive within this many ms, or its connection is closed. Default 30 s. */
+  requestTimeoutMs?: number;
+  /** The headers of a request must arrive within this many ms. Default 10 s. */
+  headersTimeoutMs?: number;
+  /**
+   * Whether a service can take calls now (microservices: an instance of it is registered).
+   * A route whose service cannot is answered 503 with Retry-After instead of a misleading error.
+   */
+  ready?: (service: string) => boolean;
+  /** What /health and /ready report. */
+  health?: () => Promise<HealthReport>;
+  /** Extra endpoints (metrics, OpenAPI) added by the deployer. */
   extras?: (server: FastifyInstance) => void;
+}
+
+/** Liveness and readiness as the edge reports them. */
+export interface HealthReport {
+  readonly architecture: string;
+  /** Each dependency the edge needs, and whether it can take work now. */
+  readonly dependencies: Readonly<Record<string, { readonly ready: boolean; readonly detail?: string }>>;
 }
 
 /**
@@ -81,6 +100,18 @@ function codedError(err: EvolithError): EdgeReply {
   return { status: err.httpStatus, body: { code: 1, message: err.message } };
 }
 
+/** host:port, [v6]:port and URLs with ports: internal addresses a public answer must not show. */
+const ADDRESS = /\b(?:https?:\/\/)?(?:\[[0-9a-f:.]+\]|(?:\d{1,3}\.){3}\d{1,3}|localhost|[a-z0-9-]+(?:\.[a-z0-9-]+)+):\d{1,5}\b/gi;
+
+/**
+ * A server-side failure as the public may see it: what failed, without the internal addresses
+ * and ports it names (the log line with the same request id has them).
+ */
+export function publicFailure(err: EvolithError, requestId: string): EvolithError {
+  const message = err instanceof InternalError ? 'internal error' : err.message.replace(ADDRESS, 'an instance');
+  return new EvolithError(err.code, `${message} (request ${requestId})`, { httpStatus: err.httpStatus });
+}
+
 /**
  * The public HTTP edge: maps the app's declared routes to methods, parses JSON, forms and
  * query strings, authenticates bearer tokens, maps typed errors to status codes, limits body
@@ -98,9 +129,29 @@ export async function createGateway(options: GatewayOptions): Promise<FastifyIns
     childLoggerFactory: (logger, bindings, options) => new RequestLogger(logger, bindings, options),
     forceCloseConnections: 'idle',
     return503OnClosing: true,
+    // A client that trickles its request (or stops half-way) holds a connection and memory: it
+    // gets deadlines, checked every second rather than Node's default 30 s.
+    serverFactory: (handler) =>
+      createServer(
+        {
+          requestTimeout: options.requestTimeoutMs ?? 30_000,
+          headersTimeout: Math.min(options.headersTimeoutMs ?? 10_000, options.requestTimeoutMs ?? 30_000),
+          connectionsCheckingInterval: 1_000,
+        },
+        handler,
+      ),
   });
 
   await server.register(fastifyFormbody);
+  // As Spring does, a JSON request with an empty body is a request without a body (clients send
+  // `Content-Type: application/json` on PATCH requests that take none); anything else is parsed
+  // by fastify's own parser, with its prototype-poisoning checks.
+  const parseJson = server.getDefaultJsonParser('error', 'error');
+  server.removeContentTypeParser('application/json');
+  server.addContentTypeParser('application/json', { parseAs: 'string' }, (req, body, done) => {
+    if ((body as string).trim() === '') return done(null, undefined);
+    parseJson(req, body as string, done);
+  });
 
   // While closing, answers in flight tell keep-alive clients to hang up, so that close()
   // does not wait out their idle timeout; idle connections are closed at once.
@@ -118,7 +169,7 @@ export async function createGateway(options: GatewayOptions): Promise<FastifyIns
     // Errors raised by fastify itself (malformed JSON, body too large, bad content type).
     const status = error.statusCode && error.statusCode >= 400 && error.statusCode < 600 ? error.statusCode : 500;
     if (status >= 500) req.log.error({ err: error }, 'request failed');
-    const message = status >= 500 ? 'internal error' : describeFastifyError(error);
+    const message = status >= 500 ? `internal error (request ${req.id})` : describeFastifyError(error);
     reply.status(status).send({ code: 1, message });
   });
 
@@ -140,7 +191,19 @@ export async function createGateway(options: GatewayOptions): Promise<FastifyIns
     }
   }
 
-  server.get('/health', async () => ({ status: 'ok' }));
+  // Liveness: the process serves (200 while it runs); the dependencies are reported beside it.
+  // Readiness: 200 only when every dependency the edge needs can take work, else 503.
+  server.get('/health', async () => {
+    const report = await options.health?.();
+    const down = report ? Object.values(report.dependencies).some((d) => !d.ready) : false;
+    return { status: down ? 'degraded' : 'ok', ...(report ?? {}) };
+  });
+  server.get('/ready', async (_req, reply) => {
+    const report = await options.health?.();
+    const down = report ? Object.entries(report.dependencies).filter(([, d]) => !d.ready).map(([name]) => name) : [];
+    if (down.length > 0) reply.status(503).header('retry-after', '1');
+    return { ready: down.length === 0, ...(report ?? {}), ...(down.length ? { waitingFor: down } : {}) };
+  });
   options.extras?.(server);
 
   for (const r of options.app.edge?.routes ?? []) {
@@ -162,6 +225,11 @@ async function handle(r: RouteSpec, req: FastifyRequest, reply: FastifyReply, op
   };
   let out: EdgeReply;
   try {
+    const ready = options.ready;
+    if (ready && !ready(r.method.service)) {
+      reply.header('retry-after', '1');
+      throw new UnavailableError(`${r.method.service} has no instance ready to take calls yet; retry shortly`, { service: r.method.service });
+    }
     const caller: Identity | undefined = options.authenticator ? await options.authenticator.authenticate(req.headers.authorization) : undefined;
     let input: unknown;
     try {
@@ -178,11 +246,12 @@ async function handle(r: RouteSpec, req: FastifyRequest, reply: FastifyReply, op
     out = r.reply ? r.reply(result as never, edgeReq) : result === null || result === undefined ? { status: 204 } : { status: 200, body: result };
   } catch (thrown) {
     const err = toEvolithError(thrown);
-    if (err.httpStatus >= 500) {
-      req.log.error({ err: thrown, code: err.code, origin: err.origin }, 'call failed');
-    }
-    const shown = err instanceof InternalError ? new InternalError('internal error') : err;
-    out = r.error?.(err, edgeReq) ?? codedError(shown);
+    const failed = err.httpStatus >= 500;
+    if (failed) req.log.error({ err: thrown, code: err.code, origin: err.origin }, 'call failed');
+    // Unavailable and timed-out callees may well answer a retry.
+    if (err.httpStatus === 503 || err.httpStatus === 504) reply.header('retry-after', '1');
+    const shown = failed ? publicFailure(err, req.id) : err;
+    out = r.error?.(shown, edgeReq) ?? codedError(shown);
   }
   if (out.headers) reply.headers(out.headers);
   reply.status(out.status);

@@ -59,6 +59,7 @@ async function start(dir: string, services: string[], placement?: PlacementProvi
     topology: loadTopology(dir),
     overrides: {},
     log: silentLog,
+    architecture: 'test',
     services,
     edge: false,
     crossProcess: false,

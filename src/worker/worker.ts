@@ -16,6 +16,9 @@ import type { PlacementProvider } from '../kernel/placement.js';
 import type { Identity } from '../kernel/plugins.js';
 import { checkOverrides, PolicyTable } from '../kernel/policy-table.js';
 import { Runtime } from '../kernel/runtime.js';
+import { sql } from 'kysely';
+import type { HealthReport } from '../edge/gateway.js';
+import { withDeadline } from '../kernel/deadline.js';
 import { dataPlugins, eventBusFor, storageFor } from './backends.js';
 
 /** What a deployer provides for one worker: how it reaches, and is reached by, the rest. */
@@ -31,6 +34,8 @@ export interface Envelope {
   serve?(worker: ServedWorker): Promise<Offer>;
   /** A new valid topology arrived (the policy table is already updated). */
   reconfigure?(topology: Topology): void;
+  /** Whether a service hosted elsewhere can take calls now (e.g. an instance of it is registered). */
+  ready?(service: string): boolean;
   /** Releases what the envelope holds, after the runtime stopped. */
   close?(): Promise<void>;
 }
@@ -57,6 +62,8 @@ export interface WorkerEnvironment {
   /** The command-line overrides the topology was loaded with, applied again on every reload. */
   readonly overrides: TopologyOverrides;
   readonly log: Logger;
+  /** The architecture, as /health reports it. */
+  readonly architecture: string;
   /** The services this worker hosts (none for an edge-only worker). */
   readonly services: readonly string[];
   /** Serve the app's public HTTP edge from this worker. */
@@ -122,7 +129,15 @@ export async function startWorker(env: WorkerEnvironment): Promise<RunningWorker
   try {
     await runtime.start();
     if (edgeModule && telemetry) {
-      const edge = await edgeModule.startEdge(app, env.appDir, topology, runtime, telemetry, log, envelope.assertIdentity);
+      const ready = (service: string): boolean => {
+        const host = runtime.hosts.get(service);
+        return host ? host.running : (envelope.ready?.(service) ?? true);
+      };
+      const edge = await edgeModule.startEdge(app, env.appDir, topology, runtime, telemetry, log, {
+        assertIdentity: envelope.assertIdentity,
+        ready,
+        health: () => healthReport(app, env.architecture, runtime, ready),
+      });
       gateway = edge.gateway;
       url = `http://${topology.host}:${edge.port}`;
     }
@@ -148,4 +163,28 @@ export async function startWorker(env: WorkerEnvironment): Promise<RunningWorker
     throw err;
   }
   return { runtime, url, address: offer?.address, stop };
+}
+
+/**
+ * What the edge needs, and whether each can take work: every service a route calls (and the
+ * one that serves the token keys), and the database of each service this worker hosts.
+ */
+async function healthReport(app: AppDefinition, architecture: string, runtime: Runtime, ready: (service: string) => boolean): Promise<HealthReport> {
+  const needed = new Set((app.edge?.routes ?? []).map((r) => r.method.service));
+  if (app.edge?.auth) needed.add(app.edge.auth.jwks.service);
+  const dependencies: Record<string, { ready: boolean; detail?: string }> = {};
+  for (const service of needed) dependencies[service] = { ready: ready(service) };
+  await Promise.all(
+    [...runtime.hosts.values()].map(async (host) => {
+      const store = host.store;
+      if (!store) return;
+      try {
+        await withDeadline(sql`select 1`.execute(store.db), Date.now() + 1_000, `the ${host.name} database`);
+        dependencies[`${host.name} database`] = { ready: true };
+      } catch (err) {
+        dependencies[`${host.name} database`] = { ready: false, detail: (err as Error).message };
+      }
+    }),
+  );
+  return { architecture, dependencies };
 }

@@ -49,6 +49,7 @@ export async function runMicroservicesWorker(
     topology,
     overrides,
     log,
+    architecture: 'microservices',
     services,
     edge: args.edge === true,
     crossProcess: true,
