@@ -286,13 +286,13 @@ async function processesOf(server: Server): Promise<ProcessSet> {
   const top = server.child.pid!;
   const labels = new Map<number, string>([[top, server.name === 'monolith' ? 'monolith' : 'control plane']]);
   if (server.name === 'microservices') {
-    const control = JSON.parse(readFileSync(join(server.dataDir, '.evolith', 'control-plane.json'), 'utf8')) as {
+    const control = JSON.parse(readFileSync(join(server.dataDir, '.evolith', 'deployment.json'), 'utf8')) as {
       registryUrl: string;
       url: string;
       pid: number;
       operatorToken: string;
     };
-    if (control.pid !== top) fail(`control-plane.json names pid ${control.pid}, but the control plane this bench started is ${top}`);
+    if (control.pid !== top) fail(`deployment.json names pid ${control.pid}, but the control plane this bench started is ${top}`);
     // The registry answers credentials of its deployment only: the operator's, as `evolith status` does.
     const status = JSON.parse((await call(`${control.registryUrl}/status`, { headers: { authorization: `Bearer ${control.operatorToken}` } })).text) as {
       instances: { id: string; metadata?: Record<string, string> }[];

@@ -8,7 +8,7 @@ import { stopOnSignals } from '../deploy/process-signals.js';
 import { contractDocument } from '../contract/schema.js';
 import { openApiDocument } from '../edge/openapi.js';
 import { runMicroservices } from '../deploy/microservices/control-plane.js';
-import { deploymentStatus } from '../deploy/microservices/status.js';
+import { deploymentStatus } from '../deploy/status.js';
 import { runMonolith } from '../deploy/monolith.js';
 import { ARCHITECTURES, loadTopology, type Topology, type TopologyOverrides } from '../deploy/topology.js';
 import { EvolithError } from '../kernel/errors.js';
@@ -90,13 +90,11 @@ export async function main(argv: string[]): Promise<void> {
 
   program
     .command('status')
-    .description('list the processes and instances of a running microservices deployment')
+    .description('what a running deployment of the app has where (every architecture); found without --data')
     .argument('<appDir>', 'directory holding app.ts and evolith.yaml')
-    .option('-d, --data <dir>', 'data directory the deployment was started with')
+    .option('-d, --data <dir>', 'only the deployment on this data directory')
     .action(async (appDirArg: string, o: { data?: string }) => {
-      const appDir = resolve(appDirArg);
-      const topology = loadTopology(appDir, { data: o.data === undefined ? undefined : resolve(o.data) });
-      process.stdout.write(await deploymentStatus(topology.data));
+      process.stdout.write(await deploymentStatus(resolve(appDirArg), o.data === undefined ? undefined : resolve(o.data)));
     });
 
   program

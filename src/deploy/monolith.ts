@@ -1,7 +1,8 @@
 import type { Logger } from 'pino';
 import type { AppDefinition } from '../app/define.js';
 import type { Runtime } from '../kernel/runtime.js';
-import { startWorker } from '../worker/worker.js';
+import { startWorker, type RunningWorker } from '../worker/worker.js';
+import { claimDataDir } from './deployment-record.js';
 import type { RunningDeployment } from './deployer.js';
 import type { Topology, TopologyOverrides } from './topology.js';
 
@@ -14,7 +15,31 @@ export interface RunningApp extends RunningDeployment {
  * local host after validation. No envelope: nothing leaves the process.
  */
 export async function runMonolith(app: AppDefinition, appDir: string, topology: Topology, overrides: TopologyOverrides, log: Logger): Promise<RunningApp> {
-  const worker = await startWorker({
+  const claim = claimDataDir({ architecture: 'monolith', dataDir: topology.data, appDir });
+  let worker: RunningWorker;
+  try {
+    worker = await startMonolith(app, appDir, topology, overrides, log);
+  } catch (err) {
+    claim.release();
+    throw err;
+  }
+  const { runtime } = worker;
+  const services = [...runtime.hosts.values()].map((h) => ({ name: h.name, location: h.store?.location ?? '-' }));
+  claim.update({ url: worker.url!, services });
+  return {
+    url: worker.url!,
+    architecture: 'monolith',
+    services,
+    runtime,
+    async stop() {
+      await worker.stop();
+      claim.release();
+    },
+  };
+}
+
+function startMonolith(app: AppDefinition, appDir: string, topology: Topology, overrides: TopologyOverrides, log: Logger): Promise<RunningWorker> {
+  return startWorker({
     app,
     appDir,
     topology,
@@ -25,12 +50,4 @@ export async function runMonolith(app: AppDefinition, appDir: string, topology: 
     edge: true,
     crossProcess: false,
   });
-  const { runtime } = worker;
-  return {
-    url: worker.url!,
-    architecture: 'monolith',
-    services: [...runtime.hosts.values()].map((h) => ({ name: h.name, location: h.store?.location ?? '-' })),
-    runtime,
-    stop: worker.stop,
-  };
 }

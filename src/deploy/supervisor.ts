@@ -15,9 +15,14 @@ export interface ProcessSpec {
    * spawned (credentials, which must not sit in its environment or on disk). Called per start.
    */
   readonly message?: () => unknown;
+  /**
+   * The exit code by which the process says it cannot start (bad configuration, a port in use,
+   * a database it cannot reach): restarting would only fail again, so it is not restarted.
+   */
+  readonly fatalExitCode?: number;
 }
 
-export type ProcessState = 'starting' | 'running' | 'backoff' | 'stopping' | 'stopped';
+export type ProcessState = 'starting' | 'running' | 'backoff' | 'stopping' | 'stopped' | 'failed';
 
 export interface ProcessStatus {
   readonly name: string;
@@ -27,6 +32,8 @@ export interface ProcessStatus {
   readonly restarts: number;
   readonly startedAt: number | undefined;
   readonly lastExit: { code: number | null; signal: NodeJS.Signals | null; at: number } | undefined;
+  /** Its last lines of output, newest last: why it failed, when it did. */
+  readonly lastLines: readonly string[];
 }
 
 export interface SupervisorOptions {
@@ -52,6 +59,7 @@ class Managed {
   backoff: number;
   timer: NodeJS.Timeout | undefined;
   exited: Promise<void> = Promise.resolve();
+  readonly lastLines: string[] = [];
   constructor(
     readonly spec: ProcessSpec,
     initialBackoff: number,
@@ -70,6 +78,7 @@ class Managed {
       restarts: this.restarts,
       startedAt: this.startedAt,
       lastExit: this.lastExit,
+      lastLines: [...this.lastLines],
     };
   }
 }
@@ -151,10 +160,15 @@ export class Supervisor {
     m.startedAt = Date.now();
     const prefix = `[${m.label}] `;
     for (const stream of [child.stdout!, child.stderr!]) {
-      createInterface({ input: stream, crlfDelay: Infinity }).on('line', (line) => this.write(prefix + line));
+      createInterface({ input: stream, crlfDelay: Infinity }).on('line', (line) => {
+        m.lastLines.push(line);
+        if (m.lastLines.length > 10) m.lastLines.shift();
+        this.write(prefix + line);
+      });
     }
     m.exited = new Promise((resolve) => {
-      child.once('exit', (code, signal) => {
+      // 'close', not 'exit': by then the last lines it wrote (why it stopped) have been read.
+      child.once('close', (code, signal) => {
         m.lastExit = { code, signal, at: Date.now() };
         m.child = undefined;
         resolve();
@@ -174,6 +188,12 @@ export class Supervisor {
   private exited(m: Managed, code: number | null, signal: NodeJS.Signals | null): void {
     if (m.state === 'stopping' || m.state === 'stopped') {
       m.state = 'stopped';
+      this.options.onChange?.(m.status());
+      return;
+    }
+    if (m.spec.fatalExitCode !== undefined && code === m.spec.fatalExitCode) {
+      m.state = 'failed';
+      this.write(`[${m.label}] cannot start (exit code ${code}); not restarted`);
       this.options.onChange?.(m.status());
       return;
     }

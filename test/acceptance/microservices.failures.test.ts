@@ -118,7 +118,7 @@ describe('microservices failures · two warehouse and two payment replicas', () 
     base = app.baseUrl;
     cp = readControlPlane(app.dataDir);
     expect(cp.url).toBe(app.baseUrl);
-    expect(cp.pid, 'control-plane.json names the process the CLI started').toBe(app.pid);
+    expect(cp.pid, 'deployment.json names the process the CLI started').toBe(app.pid);
     await waitForInstances(cp.registryUrl, expected, 30_000);
   }, START_MS + 40_000);
 

@@ -4,13 +4,15 @@
  * over a registered instance, reaching internal ports through a public address, reading the
  * internal endpoint list from the public edge. Each must be refused (and the refusal logged).
  */
+import { spawn } from 'node:child_process';
 import { connect } from 'node:net';
+import { join } from 'node:path';
 import { networkInterfaces } from 'node:os';
 import { pack } from 'msgpackr';
 import { decodePayload, FrameDecoder } from '../../src/rpc/frame.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ADMIN } from '../support/bookstore.js';
-import { startBookstore, type Bookstore } from '../support/bookstore-process.js';
+import { repoRoot, startBookstore, type Bookstore } from '../support/bookstore-process.js';
 import { live, operatorAuth, readControlPlane, registryStatus, waitFor, waitForInstances, type ControlPlane, type RegistryInstance } from '../support/control-plane.js';
 import { Http, login } from '../support/http.js';
 
@@ -153,6 +155,19 @@ describe('microservices internal plane, attacked', () => {
     // Both attempts are in the log, with the reason (the worker's lines reach us through its supervisor).
     const logged = (what: string, why: RegExp) => app.output().split('\n').some((l) => l.includes(what) && why.test(l));
     await waitFor('the refusals in the log', async () => (logged('rpc connection closed: protocol error', /caller is not a string/) && logged('rpc connection refused', /before the peer proved itself/)) || undefined, 5_000, 100);
+  });
+
+  it('evolith status finds the deployment without --data and lists every process through the registry, as the operator', async () => {
+    const out = await new Promise<string>((resolve) => {
+      const child = spawn(process.execPath, [join(repoRoot, 'bin', 'evolith.mjs'), 'status', 'examples/bookstore'], { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] });
+      let text = '';
+      child.stdout.on('data', (d) => (text += d));
+      child.stderr.on('data', (d) => (text += d));
+      child.once('close', () => resolve(text));
+    });
+    expect(out).toContain(`microservices at http://0.0.0.0:`);
+    expect(out).toContain(`pid ${app.pid}`);
+    for (const p of ['account#0', 'auth#0', 'warehouse#0', 'payment#0', 'edge#0']) expect(out).toMatch(new RegExp(`${p}\\s+\\d+\\s+running`));
   });
 
   it('refuses to let anyone but its owner take over a registered instance', async () => {

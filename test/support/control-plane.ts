@@ -1,6 +1,6 @@
 /**
- * Helpers for the microservices failure tests: the control plane a deployment writes to
- * `<data>/.evolith/control-plane.json`, its registry's `/status`, the edge's per-endpoint
+ * Helpers for the microservices failure tests: the deployment record a control plane writes to
+ * `<data>/.evolith/deployment.json`, its registry's `/status`, the edge's per-endpoint
  * health, process signals, a bounded load generator and a throw-away app directory.
  */
 import http from 'node:http';
@@ -23,11 +23,11 @@ export interface ControlPlane {
 const byRegistry = new Map<string, ControlPlane>();
 const byEdge = new Map<string, ControlPlane>();
 
-/** Reads `<data>/.evolith/control-plane.json`. */
+/** Reads a microservices deployment's record, `<data>/.evolith/deployment.json`. */
 export function readControlPlane(dataDir: string): ControlPlane {
-  const cp = JSON.parse(readFileSync(join(dataDir, '.evolith', 'control-plane.json'), 'utf8')) as ControlPlane;
+  const cp = JSON.parse(readFileSync(join(dataDir, '.evolith', 'deployment.json'), 'utf8')) as ControlPlane;
   if (typeof cp.registryUrl !== 'string' || typeof cp.url !== 'string' || !Number.isInteger(cp.pid) || typeof cp.operatorToken !== 'string') {
-    throw new Error(`control-plane.json is incomplete: ${JSON.stringify(cp)}`);
+    throw new Error(`deployment.json is incomplete: ${JSON.stringify(cp)}`);
   }
   byRegistry.set(cp.registryUrl, cp);
   byEdge.set(cp.url, cp);

@@ -1,5 +1,4 @@
-import { chmodSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
-import { dirname, extname, join, resolve } from 'node:path';
+import { dirname, extname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
 import type { AppDefinition } from '../../app/define.js';
@@ -8,7 +7,10 @@ import { RegistryServer, requireOperator } from '../../discovery/registry-server
 import { ConfigError } from '../../kernel/errors.js';
 import { buildBundle } from '../bundle.js';
 import type { RunningDeployment } from '../deployer.js';
-import { Supervisor } from '../supervisor.js';
+import { claimDataDir, type ClaimedDataDir } from '../deployment-record.js';
+import { assertPortFree } from '../port.js';
+import { Supervisor, type ProcessStatus } from '../supervisor.js';
+import { FATAL_EXIT } from './worker-process-exit.js';
 import { CREDENTIAL_TTL_MS, CREDENTIALS, RENEWAL, type CredentialsMessage, type RenewalMessage } from './credentials-channel.js';
 import { serviceGroups, type ServiceGroup } from './groups.js';
 import { watchTopology, type Topology, type TopologyOverrides, type TopologyWatch } from '../topology.js';
@@ -31,15 +33,44 @@ export async function runMicroservices(
   options: { readyTimeoutMs?: number } = {},
 ): Promise<RunningDeployment & { readonly registryUrl: string }> {
   let groups = serviceGroups(app, topology);
+  // Refused at once, naming the cause, rather than after a worker tried and failed.
+  await assertPortFree(topology.host, topology.port);
+  const claim = claimDataDir({ architecture: 'microservices', dataDir: topology.data, appDir });
+  try {
+    return await start(app, appDir, topology, overrides, log, options, groups, claim);
+  } catch (err) {
+    claim.release();
+    throw err;
+  }
+}
+
+async function start(
+  app: AppDefinition,
+  appDir: string,
+  topology: Topology,
+  overrides: TopologyOverrides,
+  log: Logger,
+  options: { readyTimeoutMs?: number },
+  initialGroups: ServiceGroup[],
+  claim: ClaimedDataDir,
+): Promise<RunningDeployment & { readonly registryUrl: string }> {
+  let groups = initialGroups;
   const bundle = await buildBundle(appDir, workerEntry, 'worker');
   // The deployment's authority: every process gets a credential signed by it, and nothing on
   // the internal plane (registry, RPC, interop) answers a caller without one.
   const authority = new DeploymentAuthority();
   // The credential each running process was last given, renewed while it runs.
   const tokens = new Map<string, string>();
+  // A worker that cannot start (exit code FATAL_EXIT) is not restarted: while the deployment
+  // starts, that fails the whole start with its reason; later, it is reported and left down.
+  let failed: ProcessStatus | undefined;
   const supervisor = new Supervisor({
     onChange: (p) => {
-      if (p.state === 'stopped') tokens.delete(Supervisor.key(p.name, p.replica));
+      if (p.state === 'stopped' || p.state === 'failed') tokens.delete(Supervisor.key(p.name, p.replica));
+      if (p.state === 'failed') {
+        failed ??= p;
+        log.error({ process: Supervisor.key(p.name, p.replica), output: p.lastLines }, 'a worker cannot start and is not restarted');
+      }
     },
   });
   const registry = new RegistryServer({ trust: authority.trust, log: log.child({ component: 'registry' }) });
@@ -70,6 +101,7 @@ export async function runMicroservices(
         String(replica),
       ],
       env,
+      fatalExitCode: FATAL_EXIT,
       message: (): CredentialsMessage => {
         const key = Supervisor.key(group, replica);
         const svc = group === 'edge' ? [] : servicesOf(group);
@@ -94,10 +126,6 @@ export async function runMicroservices(
   }, CREDENTIAL_TTL_MS / 3);
   renewals.unref();
 
-  const stateDir = join(topology.data, '.evolith');
-  const controlFile = join(stateDir, 'control-plane.json');
-  mkdirSync(stateDir, { recursive: true, mode: 0o700 });
-  chmodSync(stateDir, 0o700);
   let watch: TopologyWatch | undefined;
   const stopAll = async () => {
     clearInterval(renewals);
@@ -106,12 +134,12 @@ export async function runMicroservices(
     await supervisor.stop('edge', 0);
     await supervisor.stopAll();
     await registry.close();
-    rmSync(controlFile, { force: true });
+    claim.release();
   };
 
   let url: string;
   try {
-    url = await waitUntilReady(registry, groups, options.readyTimeoutMs ?? 60_000, (line) => process.stdout.write(line + '\n'));
+    url = await waitUntilReady(registry, groups, options.readyTimeoutMs ?? 60_000, (line) => process.stdout.write(line + '\n'), () => failed);
   } catch (err) {
     await stopAll();
     throw err;
@@ -144,19 +172,19 @@ export async function runMicroservices(
   // What `evolith status` (and an operator's tools) need: where the control plane is, and an
   // operator credential. Readable by this user only.
   const operator = authority.issue({ sub: 'operator', op: true }, 30 * 24 * 60 * 60 * 1000);
-  writeFileSync(controlFile, JSON.stringify({ registryUrl, url, pid: process.pid, operatorToken: operator.token }, null, 2), { mode: 0o600 });
-  chmodSync(controlFile, 0o600);
+  const services = groups.map((g) => ({ name: g.name, location: `${g.replicas} process${g.replicas === 1 ? '' : 'es'}: ${g.services.join(', ')}` }));
+  claim.update({ url, registryUrl, operatorToken: operator.token, services });
 
-  return {
-    url,
-    architecture: 'microservices',
-    registryUrl,
-    services: groups.map((g) => ({ name: g.name, location: `${g.replicas} process${g.replicas === 1 ? '' : 'es'}: ${g.services.join(', ')}` })),
-    stop: stopAll,
-  };
+  return { url, architecture: 'microservices', registryUrl, services, stop: stopAll };
 }
 
-async function waitUntilReady(registry: RegistryServer, groups: ServiceGroup[], timeoutMs: number, progress: (line: string) => void): Promise<string> {
+async function waitUntilReady(
+  registry: RegistryServer,
+  groups: ServiceGroup[],
+  timeoutMs: number,
+  progress: (line: string) => void,
+  failed: () => ProcessStatus | undefined,
+): Promise<string> {
   const end = Date.now() + timeoutMs;
   const needed = groups.filter((g) => g.replicas > 0).flatMap((g) => g.services);
   const total = groups.reduce((n, g) => n + g.replicas * g.services.length, 0) + 1;
@@ -171,6 +199,12 @@ async function waitUntilReady(registry: RegistryServer, groups: ServiceGroup[], 
       progress(`evolith: starting — ${up}/${total} instances ready${missing.length ? `; waiting for ${missing.join(', ')}` : ''}`);
     }
     if (edge && missing.length === 0) return `http://${edge.address}`;
+    const f = failed();
+    if (f) {
+      // The worker said why on its last line (see worker-process.ts).
+      const why = [...f.lastLines].reverse().find((l) => l.startsWith('evolith: ')) ?? f.lastLines.at(-1) ?? `exit code ${f.lastExit?.code}`;
+      throw new ConfigError(`${Supervisor.key(f.name, f.replica)} could not start: ${why.replace(/^evolith: /, '')}`);
+    }
     if (Date.now() > end) {
       throw new ConfigError(`the deployment did not become ready within ${timeoutMs} ms; waiting for: ${[...missing, ...(edge ? [] : ['edge'])].join(', ')}`);
     }

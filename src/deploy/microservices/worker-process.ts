@@ -6,7 +6,9 @@ import { Command, InvalidArgumentError } from 'commander';
 import type { AppDefinition } from '../../app/define.js';
 import type { TopologyOverrides } from '../topology.js';
 import { exitWithSupervisor, stopOnSignals } from '../process-signals.js';
+import { EvolithError } from '../../kernel/errors.js';
 import { runMicroservicesWorker, type WorkerArgs } from './worker-main.js';
+import { FATAL_EXIT } from './worker-process-exit.js';
 
 function replica(value: string): number {
   const n = Number(value);
@@ -26,7 +28,16 @@ export async function main(app: AppDefinition): Promise<void> {
   program.parse(process.argv);
   const o = program.opts<WorkerArgs & { appDir: string }>();
   const overrides = JSON.parse(process.env.EVOLITH_TOPOLOGY_OVERRIDES ?? '{}') as TopologyOverrides;
-  const { label, worker, log } = await runMicroservicesWorker(app, o.appDir, overrides, o);
+  let started: Awaited<ReturnType<typeof runMicroservicesWorker>>;
+  try {
+    started = await runMicroservicesWorker(app, o.appDir, overrides, o);
+  } catch (err) {
+    // One line that says why, and an exit code that tells the supervisor not to try again.
+    process.stderr.write(`evolith: ${(err as Error).message ?? String(err)}\n`);
+    if (!(err instanceof EvolithError)) process.stderr.write(`${(err as Error).stack ?? ''}\n`);
+    process.exit(FATAL_EXIT);
+  }
+  const { label, worker, log } = started;
   process.stdout.write(`evolith: ${label} serving on ${worker.url ?? worker.address}\n`);
   stopOnSignals(worker, log);
 }

@@ -1,0 +1,77 @@
+/**
+ * `evolith status`: what a running deployment of an app has where, for every architecture. The
+ * deployment is found through its record (see deployment-record.ts): on the given data
+ * directory, or, without one, every running deployment of the app, whatever `--data` it was
+ * started with.
+ */
+import { ConfigError } from '../kernel/errors.js';
+import { findDeployments, type DeploymentRecord } from './deployment-record.js';
+
+interface StatusInstance {
+  id: string;
+  service: string;
+  address: string;
+  ready: boolean;
+  health: string;
+  metadata?: Record<string, string>;
+}
+
+interface ProcessRow {
+  name: string;
+  replica: number;
+  pid?: number;
+  state: string;
+  restarts: number;
+}
+
+function table(rows: string[][]): string {
+  const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
+  return rows.map((r) => r.map((cell, c) => cell.padEnd(widths[c]!)).join('  ').trimEnd()).join('\n');
+}
+
+function since(ms: number): string {
+  const s = Math.max(0, Math.round((Date.now() - ms) / 1000));
+  return s < 120 ? `${s} s` : s < 7200 ? `${Math.round(s / 60)} min` : `${Math.round(s / 3600)} h`;
+}
+
+async function processes(record: DeploymentRecord): Promise<string> {
+  if (!record.registryUrl || !record.operatorToken) return '(no control plane recorded yet: the deployment is still starting)';
+  let instances: StatusInstance[];
+  let procs: ProcessRow[];
+  try {
+    // The registry answers only credentials of its deployment: the operator's is in the (owner-only) record.
+    const headers = { authorization: `Bearer ${record.operatorToken}` };
+    const [s, p] = await Promise.all([fetch(`${record.registryUrl}/status`, { headers }), fetch(`${record.registryUrl}/processes`, { headers })]);
+    if (s.status !== 200 || p.status !== 200) throw new Error(`it answered HTTP ${s.status} and ${p.status}`);
+    instances = ((await s.json()) as { instances: StatusInstance[] }).instances;
+    procs = ((await p.json()) as { processes: ProcessRow[] }).processes;
+  } catch (err) {
+    throw new ConfigError(`the control plane at ${record.registryUrl} (pid ${record.pid}) does not answer: ${(err as Error).message}`);
+  }
+  const rows = [['process', 'pid', 'state', 'restarts', 'instances (address, health)']];
+  for (const p of procs) {
+    const mine = instances.filter((i) => i.metadata?.pid !== undefined && Number(i.metadata.pid) === p.pid);
+    const where = mine.map((i) => `${i.service}@${i.address} ${i.health}${i.ready ? '' : ' (not ready)'}`).join(', ') || '-';
+    const http = mine.find((i) => i.metadata?.http)?.metadata?.http;
+    rows.push([`${p.name}#${p.replica}`, String(p.pid ?? '-'), p.state, String(p.restarts), http ? `${where} (internal http ${http})` : where]);
+  }
+  return `registry ${record.registryUrl}\n${table(rows)}`;
+}
+
+/** A report of every running deployment of the app (or the one on `dataDir`). */
+export async function deploymentStatus(appDir: string, dataDir?: string): Promise<string> {
+  const records = findDeployments(appDir, dataDir);
+  if (records.length === 0) {
+    throw new ConfigError(`no running deployment of ${appDir} found${dataDir ? ` on ${dataDir}` : ''}; start one with \`evolith run ${appDir}\``);
+  }
+  const parts: string[] = [];
+  for (const r of records) {
+    const head = `${r.architecture} at ${r.url || '(starting)'}, pid ${r.pid}, up ${since(r.startedAt)}, data ${r.dataDir}`;
+    const body =
+      r.architecture === 'microservices'
+        ? await processes(r)
+        : table([['service', 'database'], ...r.services.map((s) => [s.name, s.location])]);
+    parts.push(`${head}\n${body}`);
+  }
+  return parts.join('\n\n') + '\n';
+}
