@@ -39,6 +39,8 @@ export interface ProcessStatus {
 export interface SupervisorOptions {
   /** Where prefixed output lines go (default: this process's stdout). */
   write?: (line: string) => void;
+  /** Rewrites each output line before it is written (e.g. JSON log lines into readable ones). */
+  formatLine?: (line: string) => string;
   /** First restart delay; doubles per crash up to `maxBackoffMs`. */
   initialBackoffMs?: number;
   maxBackoffMs?: number;
@@ -91,6 +93,7 @@ class Managed {
 export class Supervisor {
   private readonly procs = new Map<string, Managed>();
   private readonly write: (line: string) => void;
+  private readonly formatLine: (line: string) => string;
   private readonly initialBackoff: number;
   private readonly maxBackoff: number;
   private readonly stableAfter: number;
@@ -98,6 +101,7 @@ export class Supervisor {
 
   constructor(private readonly options: SupervisorOptions = {}) {
     this.write = options.write ?? ((line) => process.stdout.write(line + '\n'));
+    this.formatLine = options.formatLine ?? ((line) => line);
     this.initialBackoff = options.initialBackoffMs ?? 250;
     this.maxBackoff = options.maxBackoffMs ?? 10_000;
     this.stableAfter = options.stableAfterMs ?? 10_000;
@@ -163,7 +167,7 @@ export class Supervisor {
       createInterface({ input: stream, crlfDelay: Infinity }).on('line', (line) => {
         m.lastLines.push(line);
         if (m.lastLines.length > 10) m.lastLines.shift();
-        this.write(prefix + line);
+        this.write(prefix + this.formatLine(line));
       });
     }
     m.exited = new Promise((resolve) => {

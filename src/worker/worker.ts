@@ -70,6 +70,11 @@ export interface WorkerEnvironment {
   readonly edge: boolean;
   /** Events must reach other processes: use the topology's bus, not in-process delivery. */
   readonly crossProcess: boolean;
+  /**
+   * Another process (the control plane) watches the same `evolith.yaml` and reports an invalid
+   * edit; this worker then notes it at debug level, so one typo is reported once, not per process.
+   */
+  readonly topologyErrorsReportedElsewhere?: boolean;
   /** The deployer's envelope, made with the worker's live policy table. */
   envelope?(context: { policies: PolicyTable; log: Logger }): Envelope | Promise<Envelope>;
 }
@@ -156,7 +161,10 @@ export async function startWorker(env: WorkerEnvironment): Promise<RunningWorker
           log.error({ err: (err as Error).message }, 'policy update refused; the previous policies stay');
         }
       },
-      (err) => log.error({ err: err.message }, 'topology change ignored: the file is invalid'),
+      (err) =>
+        env.topologyErrorsReportedElsewhere
+          ? log.debug({ err: err.message }, 'topology change ignored: the file is invalid')
+          : log.error({ err: err.message }, 'topology change ignored: the file is invalid'),
     );
   } catch (err) {
     await stop().catch((e) => log.error({ err: e }, 'stop after a failed start failed'));

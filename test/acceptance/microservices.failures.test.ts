@@ -602,5 +602,17 @@ describe('microservices failures · one warehouse, editable topology', () => {
     // Nothing else was restarted: the same processes as before serve every other instance.
     const after = await waitForInstances(cp.registryUrl, expected(1), 5_000);
     expect(after.instances.map((i) => `${i.id}:${i.metadata?.pid}`).sort()).toEqual(others);
+
+    // An invalid edit changes nothing and is reported once (by the control plane), not once per
+    // process that watches the file.
+    const ignored = () => app.output().split('\n').filter((l) => l.includes('topology change ignored')).length;
+    const seenBefore = ignored();
+    appDir.writeTopology('services: [not: a, map\n');
+    await waitFor('the invalid edit reported', async () => (ignored() > seenBefore ? true : undefined), 10_000, 100);
+    await sleep(1_000); // time for every worker to have read the same file
+    expect(ignored() - seenBefore).toBe(1);
+    const unchanged = await waitForInstances(cp.registryUrl, expected(1), 5_000);
+    expect(unchanged.instances.map((i) => `${i.id}:${i.metadata?.pid}`).sort()).toEqual(others);
+    appDir.writeTopology(topology(1));
   }, 90_000);
 });

@@ -13,6 +13,7 @@ import { Supervisor, type ProcessStatus } from '../supervisor.js';
 import { FATAL_EXIT } from './worker-process-exit.js';
 import { CREDENTIAL_TTL_MS, CREDENTIALS, RENEWAL, type CredentialsMessage, type RenewalMessage } from './credentials-channel.js';
 import { serviceGroups, type ServiceGroup } from './groups.js';
+import { prettyLineFormatter, prettyLogs } from '../../observe/logger.js';
 import { watchTopology, type Topology, type TopologyOverrides, type TopologyWatch } from '../topology.js';
 
 /** The worker process's entry, bundled with the app before any worker starts. */
@@ -65,6 +66,8 @@ async function start(
   // starts, that fails the whole start with its reason; later, it is reported and left down.
   let failed: ProcessStatus | undefined;
   const supervisor = new Supervisor({
+    // Workers always log JSON to their pipe; a terminal sees it as readable lines.
+    formatLine: prettyLogs() ? prettyLineFormatter() : undefined,
     onChange: (p) => {
       if (p.state === 'stopped' || p.state === 'failed') tokens.delete(Supervisor.key(p.name, p.replica));
       if (p.state === 'failed') {
@@ -81,7 +84,7 @@ async function start(
   });
   await registry.listen(0, topology.internalHost);
   const registryUrl = registry.url!;
-  const env = { EVOLITH_TOPOLOGY_OVERRIDES: JSON.stringify(overrides) };
+  const env = { EVOLITH_TOPOLOGY_OVERRIDES: JSON.stringify(overrides), EVOLITH_LOG_FORMAT: 'json' };
   const servicesOf = (group: string) => groups.find((g) => g.name === group)?.services ?? [];
   const spawnWorker = (group: string, replica: number) =>
     supervisor.start({

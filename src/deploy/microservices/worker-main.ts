@@ -3,7 +3,8 @@
  * bundle, see worker-process.ts): the shared worker runtime with the microservices envelope,
  * and the credentials the control plane sends it.
  */
-import pino from 'pino';
+import type { Logger } from 'pino';
+import { createLogger } from '../../observe/logger.js';
 import type { AppDefinition } from '../../app/define.js';
 import { ConfigError } from '../../kernel/errors.js';
 import { startWorker, type RunningWorker } from '../../worker/worker.js';
@@ -25,10 +26,10 @@ export async function runMicroservicesWorker(
   appDir: string,
   overrides: TopologyOverrides,
   args: WorkerArgs,
-): Promise<{ label: string; worker: RunningWorker; log: pino.Logger }> {
+): Promise<{ label: string; worker: RunningWorker; log: Logger }> {
   const topology = loadTopology(appDir, overrides);
   const label = `${args.edge ? 'edge' : args.group}#${args.replica}`;
-  const log = pino({ level: process.env.EVOLITH_LOG_LEVEL ?? 'info', base: { app: app.name, process: label } });
+  const log = createLogger({ app: app.name, process: label });
   let services: readonly string[] = [];
   if (!args.edge) {
     const group = serviceGroups(app, topology).find((g) => g.name === args.group);
@@ -53,6 +54,7 @@ export async function runMicroservicesWorker(
     services,
     edge: args.edge === true,
     crossProcess: true,
+    topologyErrorsReportedElsewhere: true,
     envelope: microservicesEnvelope({
       topology,
       plane,
