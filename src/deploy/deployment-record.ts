@@ -9,6 +9,7 @@
 import { createHash } from 'node:crypto';
 import { chmodSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import type { BacklogSource } from './event-backlog.js';
 import { ConfigError } from '../kernel/errors.js';
 
 export interface DeploymentRecord {
@@ -24,6 +25,8 @@ export interface DeploymentRecord {
   /** Microservices: the control plane's registry, and the operator credential it answers. */
   readonly registryUrl?: string;
   readonly operatorToken?: string;
+  /** Where its services keep their events (outboxes) and which bus carries them. */
+  readonly events?: BacklogSource;
 }
 
 const stateDir = (dataDir: string) => join(dataDir, '.evolith');

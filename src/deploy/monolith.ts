@@ -15,7 +15,13 @@ export interface RunningApp extends RunningDeployment {
  * local host after validation. No envelope: nothing leaves the process.
  */
 export async function runMonolith(app: AppDefinition, appDir: string, topology: Topology, overrides: TopologyOverrides, log: Logger): Promise<RunningApp> {
-  const claim = claimDataDir({ architecture: 'monolith', dataDir: topology.data, appDir });
+  const claim = claimDataDir({
+    architecture: 'monolith',
+    dataDir: topology.data,
+    appDir,
+    // One process: events are delivered in it, whatever bus the topology names for others.
+    events: { data: topology.data, storage: topology.storage, events: 'memory', services: app.services.map((s) => s.contract.name) },
+  });
   let worker: RunningWorker;
   try {
     worker = await startMonolith(app, appDir, topology, overrides, log);

@@ -6,6 +6,7 @@
  */
 import { ConfigError } from '../kernel/errors.js';
 import { findDeployments, type DeploymentRecord } from './deployment-record.js';
+import { eventBacklog } from './event-backlog.js';
 
 interface StatusInstance {
   id: string;
@@ -58,6 +59,20 @@ async function processes(record: DeploymentRecord): Promise<string> {
   return `registry ${record.registryUrl}\n${table(rows)}`;
 }
 
+/** One line on how far behind its events are (read from the stores, so any architecture). */
+async function eventsLine(record: DeploymentRecord): Promise<string> {
+  if (!record.events) return '';
+  try {
+    const b = await eventBacklog(record.events);
+    const waiting = Object.entries(b.unsent).filter(([, n]) => n > 0);
+    const sent = waiting.reduce((a, [, n]) => a + n, 0);
+    const detail = waiting.length ? ` (${waiting.map(([s, n]) => `${s} ${n}`).join(', ')})` : '';
+    return `\nevents: ${sent} waiting to be sent${detail}, ${b.unhandled} waiting to be handled`;
+  } catch (err) {
+    return `\nevents: could not be read: ${(err as Error).message}`;
+  }
+}
+
 /** A report of every running deployment of the app (or the one on `dataDir`). */
 export async function deploymentStatus(appDir: string, dataDir?: string): Promise<string> {
   const records = findDeployments(appDir, dataDir);
@@ -71,7 +86,7 @@ export async function deploymentStatus(appDir: string, dataDir?: string): Promis
       r.architecture === 'microservices'
         ? await processes(r)
         : table([['service', 'database'], ...r.services.map((s) => [s.name, s.location])]);
-    parts.push(`${head}\n${body}`);
+    parts.push(`${head}\n${body}${await eventsLine(r)}`);
   }
   return parts.join('\n\n') + '\n';
 }

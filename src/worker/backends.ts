@@ -10,14 +10,20 @@ import { sqlOutbox } from '../events/outbox.js';
 import type { EventBus, Migrator, OutboxStore, StorageProvider } from '../kernel/plugins.js';
 import { kyselyMigrator } from '../storage/migrate.js';
 
-export async function storageFor(topology: Topology): Promise<StorageProvider> {
+export async function storageFor(topology: Pick<Topology, 'storage' | 'data'>, poolSize?: number): Promise<StorageProvider> {
   const s = topology.storage;
   if (s === 'sqlite' || s.driver === 'sqlite') {
     const { SqliteStorage } = await import('../storage/sqlite.js');
     return new SqliteStorage(topology.data);
   }
   const { PostgresStorage } = await import('../storage/postgres.js');
-  return new PostgresStorage({ connectionString: s.url, schemaPrefix: s.schemaPrefix, poolSize: s.poolSize });
+  return new PostgresStorage({ connectionString: s.url, schemaPrefix: s.schemaPrefix, poolSize: poolSize ?? s.poolSize });
+}
+
+/** The file of the embedded SQLite event bus. */
+export function sqliteBusFile(topology: Pick<Topology, 'events' | 'data'>): string {
+  const e = topology.events;
+  return typeof e === 'object' && e.driver === 'sqlite' && e.file ? e.file : join(topology.data, 'events.sqlite');
 }
 
 export async function eventBusFor(topology: Topology, log: Logger): Promise<EventBus> {
@@ -25,8 +31,7 @@ export async function eventBusFor(topology: Topology, log: Logger): Promise<Even
   if (e === 'memory') return new MemoryEventBus();
   if (e === 'sqlite' || e.driver === 'sqlite') {
     const { SqliteEventBus } = await import('../events/sqlite-bus.js');
-    const file = typeof e === 'object' && e.file ? e.file : join(topology.data, 'events.sqlite');
-    return new SqliteEventBus(file, { log, synchronous: 'normal' });
+    return new SqliteEventBus(sqliteBusFile(topology), { log, synchronous: 'normal' });
   }
   const { NatsEventBus } = await import('../events/nats-bus.js');
   // The subject prefix follows the stream, so two apps on one server never claim the same subjects.

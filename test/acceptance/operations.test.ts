@@ -59,6 +59,7 @@ describe('operations', () => {
     expect(status.code, status.out).toBe(0);
     expect(status.out).toMatch(new RegExp(`monolith at ${app.baseUrl}, pid ${app.pid}, up .*, data ${app.dataDir}`));
     for (const service of ['account', 'auth', 'warehouse', 'payment']) expect(status.out).toMatch(new RegExp(`${service}\\s+\\S*${service}\\.sqlite`));
+    expect(status.out).toContain('events: 0 waiting to be sent, 0 waiting to be handled');
 
     expect(await app.stop()).toBe(0);
     // Stopped, it holds nothing: the directory is free again and status no longer lists it.

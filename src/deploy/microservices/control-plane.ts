@@ -36,7 +36,12 @@ export async function runMicroservices(
   let groups = serviceGroups(app, topology);
   // Refused at once, naming the cause, rather than after a worker tried and failed.
   await assertPortFree(topology.host, topology.port);
-  const claim = claimDataDir({ architecture: 'microservices', dataDir: topology.data, appDir });
+  const claim = claimDataDir({
+    architecture: 'microservices',
+    dataDir: topology.data,
+    appDir,
+    events: { data: topology.data, storage: topology.storage, events: topology.events, services: app.services.map((s) => s.contract.name) },
+  });
   try {
     return await start(app, appDir, topology, overrides, log, options, groups, claim);
   } catch (err) {
