@@ -322,7 +322,10 @@ describe('gateway: what a user sees of trouble, and of a service not ready yet',
       invoke: (method, input, root) => rt.invoke(method, input, undefined, root),
       log: silentLog,
       ready: () => readyNow,
-      health: async () => ({ architecture: 'test', dependencies: { late: { ready: readyNow } } }),
+      health: async () => ({
+        architecture: 'test',
+        dependencies: { late: { ready: readyNow }, 'late database': { ready: readyNow, detail: readyNow ? undefined : 'connect ECONNREFUSED 10.1.2.3:5432' } },
+      }),
     });
   });
   afterAll(async () => {
@@ -338,10 +341,13 @@ describe('gateway: what a user sees of trouble, and of a service not ready yet',
     expect(res.json().message).toMatch(/late has no instance ready/);
     const ready = await server.inject({ method: 'GET', url: '/ready' });
     expect(ready.statusCode).toBe(503);
-    expect(ready.json()).toMatchObject({ ready: false, architecture: 'test', waitingFor: ['late'] });
+    expect(ready.json()).toMatchObject({ ready: false, architecture: 'test', waitingFor: ['late', 'late database'] });
     const health = await server.inject({ method: 'GET', url: '/health' });
     expect(health.statusCode).toBe(200);
     expect(health.json()).toMatchObject({ status: 'degraded', dependencies: { late: { ready: false } } });
+    // Why a dependency is down, but not where it is: addresses stay in the log.
+    expect(health.json().dependencies['late database'].detail).toBe('connect ECONNREFUSED an instance');
+    expect(ready.body).not.toContain('10.1.2.3');
     readyNow = true;
     expect((await server.inject({ method: 'PATCH', url: '/ping?n=1' })).statusCode).toBe(200);
     expect((await server.inject({ method: 'GET', url: '/ready' })).json()).toMatchObject({ ready: true });

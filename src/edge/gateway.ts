@@ -193,13 +193,22 @@ export async function createGateway(options: GatewayOptions): Promise<FastifyIns
 
   // Liveness: the process serves (200 while it runs); the dependencies are reported beside it.
   // Readiness: 200 only when every dependency the edge needs can take work, else 503.
-  server.get('/health', async () => {
+  // Public: what each dependency says about itself, without where it is (that is in the log).
+  const publicReport = async (): Promise<HealthReport | undefined> => {
     const report = await options.health?.();
+    if (!report) return undefined;
+    const dependencies = Object.fromEntries(
+      Object.entries(report.dependencies).map(([name, d]) => [name, d.detail ? { ...d, detail: d.detail.replace(ADDRESS, 'an instance') } : d]),
+    );
+    return { ...report, dependencies };
+  };
+  server.get('/health', async () => {
+    const report = await publicReport();
     const down = report ? Object.values(report.dependencies).some((d) => !d.ready) : false;
     return { status: down ? 'degraded' : 'ok', ...(report ?? {}) };
   });
   server.get('/ready', async (_req, reply) => {
-    const report = await options.health?.();
+    const report = await publicReport();
     const down = report ? Object.entries(report.dependencies).filter(([, d]) => !d.ready).map(([name]) => name) : [];
     if (down.length > 0) reply.status(503).header('retry-after', '1');
     return { ready: down.length === 0, ...(report ?? {}), ...(down.length ? { waitingFor: down } : {}) };
