@@ -261,4 +261,25 @@ describe('SqliteEventBus', () => {
     await bus.close();
     await expect(bus.publish(envelope('orders.placed', {}))).rejects.toMatchObject({ code: 'EVOLITH_UNAVAILABLE' });
   });
+
+  test('check() reports the bus ready, not ready while another process holds the write lock too long, and closed', async () => {
+    const f = setup();
+    const bus = open(f, { ...TUNING, lockStuckMs: 200 });
+    await expect(bus.check()).resolves.toBeUndefined();
+    const holder = new Database(f.file);
+    holder.exec('BEGIN IMMEDIATE');
+    try {
+      const published = bus.publish(envelope('orders.placed', {}));
+      await sleep(400);
+      await expect(bus.check()).rejects.toThrow(/waited \d+ s for the write lock/);
+      holder.exec('COMMIT');
+      await published;
+      await expect(bus.check()).resolves.toBeUndefined();
+    } finally {
+      if (holder.inTransaction) holder.exec('ROLLBACK');
+      holder.close();
+    }
+    await bus.close();
+    await expect(bus.check()).rejects.toMatchObject({ code: 'EVOLITH_UNAVAILABLE' });
+  });
 });

@@ -48,6 +48,8 @@ export interface SqliteEventBusOptions {
    * at a fraction of the cost.
    */
   synchronous?: 'full' | 'normal';
+  /** check() reports the bus not ready once publishes have waited this long for another process's write lock (default 2 s). */
+  lockStuckMs?: number;
   log?: Logger;
 }
 
@@ -130,6 +132,8 @@ export class SqliteEventBus implements EventBus {
   private flushRetry: NodeJS.Timeout | undefined;
   /** When the queued publishes first found the write lock taken. */
   private busySince: number | undefined;
+  /** Why the last publish failed, until one succeeds. */
+  private lastFailure: string | undefined;
   private purgeTimer: NodeJS.Timeout | undefined;
   private nextSubscription = 0;
   private closing: Promise<void> | undefined;
@@ -146,6 +150,7 @@ export class SqliteEventBus implements EventBus {
       retentionMs: options.retentionMs ?? 24 * 60 * 60 * 1000,
       closeTimeoutMs: options.closeTimeoutMs ?? 10_000,
       synchronous: options.synchronous ?? 'full',
+      lockStuckMs: options.lockStuckMs ?? 2_000,
     };
     mkdirSync(dirname(this.file), { recursive: true });
     this.db = new Database(this.file);
@@ -194,6 +199,18 @@ export class SqliteEventBus implements EventBus {
       sub.stop();
       this.subscriptions.delete(sub);
     };
+  }
+
+  /**
+   * Ready unless closed, its last publish failed (and none succeeded since), or its publishes
+   * have waited on another process's write lock for longer than lockStuckMs.
+   */
+  async check(): Promise<void> {
+    if (this.closing) throw new UnavailableError(`event bus ${this.file} is closed`);
+    if (this.lastFailure !== undefined) throw new UnavailableError(`event bus ${this.file}: the last publish failed: ${this.lastFailure}`);
+    if (this.busySince !== undefined && Date.now() - this.busySince > this.opts.lockStuckMs) {
+      throw new UnavailableError(`event bus ${this.file}: publishes have waited ${Math.round((Date.now() - this.busySince) / 1000)} s for the write lock`);
+    }
   }
 
   /** Stops consuming, lets running handlers finish (up to closeTimeoutMs), then closes the file. */
@@ -265,10 +282,12 @@ export class SqliteEventBus implements EventBus {
         return;
       }
       this.busySince = undefined;
+      this.lastFailure = (err as Error).message;
       for (const p of batch) p.reject(err);
       return;
     }
     this.busySince = undefined;
+    this.lastFailure = undefined;
     for (const p of batch) p.resolve();
     if (topics.size === 0) return;
     // Only topics someone subscribes to: a ring wakes readers in every process.

@@ -71,6 +71,8 @@ export interface EventBus {
   subscribe(topic: string, group: string, handler: (event: EventEnvelope) => Promise<void>): () => void;
   /** Resolves once the event is durably accepted (in-process: handled by every group). */
   publish(event: EventEnvelope): Promise<void>;
+  /** Rejects, saying why, when the bus cannot take events now (absent: it always can, as in process). */
+  check?(): Promise<void>;
   close(): Promise<void>;
 }
 

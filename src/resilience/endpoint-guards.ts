@@ -74,6 +74,22 @@ export class EndpointGuards {
     this.log.warn({ service: guard.endpoint.service, endpoint: guard.endpoint.address, ms, consecutiveFailures: stat.consecutiveFailures }, 'endpoint ejected');
   }
 
+  /**
+   * Why none of `endpoints` may take a call now (each ejected or its circuit open), or
+   * undefined when one may. An endpoint not called yet may.
+   */
+  noneAvailable(endpoints: readonly Endpoint[]): string | undefined {
+    if (endpoints.length === 0) return 'no instance registered';
+    const now = Date.now();
+    const reasons: string[] = [];
+    for (const e of endpoints) {
+      const why = this.guards.get(endpointKey(e))?.unavailable(now);
+      if (why === undefined) return undefined;
+      reasons.push(why);
+    }
+    return reasons.join('; ');
+  }
+
   /** Circuit, ejection and statistics of every endpoint called so far. */
   health(): EndpointHealth[] {
     const now = Date.now();

@@ -36,6 +36,11 @@ export interface Envelope {
   reconfigure?(topology: Topology): void;
   /** Whether a service hosted elsewhere can take calls now (e.g. an instance of it is registered). */
   ready?(service: string): boolean;
+  /**
+   * For /health: why a service hosted elsewhere that is ready (registered) still cannot take
+   * calls now (every endpoint's circuit open, say); undefined when it can.
+   */
+  unavailable?(service: string): string | undefined;
   /** Releases what the envelope holds, after the runtime stopped. */
   close?(): Promise<void>;
 }
@@ -141,7 +146,12 @@ export async function startWorker(env: WorkerEnvironment): Promise<RunningWorker
       const edge = await edgeModule.startEdge(app, env.appDir, topology, runtime, telemetry, log, {
         assertIdentity: envelope.assertIdentity,
         ready,
-        health: () => healthReport(app, env.architecture, runtime, ready),
+        health: () => healthReport(app, env.architecture, runtime, (service) => {
+          if (!ready(service)) return { ready: false, detail: 'not ready' };
+          if (runtime.hosts.has(service)) return { ready: true };
+          const why = envelope.unavailable?.(service);
+          return why ? { ready: false, detail: why } : { ready: true };
+        }),
       });
       gateway = edge.gateway;
       url = `http://${topology.host}:${edge.port}`;
@@ -175,24 +185,30 @@ export async function startWorker(env: WorkerEnvironment): Promise<RunningWorker
 
 /**
  * What the edge needs, and whether each can take work: every service a route calls (and the
- * one that serves the token keys), and the database of each service this worker hosts.
+ * one that serves the token keys), the database of each service this worker hosts, and the
+ * event bus it publishes to when that is not in process.
  */
-async function healthReport(app: AppDefinition, architecture: string, runtime: Runtime, ready: (service: string) => boolean): Promise<HealthReport> {
+async function healthReport(
+  app: AppDefinition,
+  architecture: string,
+  runtime: Runtime,
+  serviceState: (service: string) => { ready: boolean; detail?: string },
+): Promise<HealthReport> {
   const needed = new Set((app.edge?.routes ?? []).map((r) => r.method.service));
   if (app.edge?.auth) needed.add(app.edge.auth.jwks.service);
   const dependencies: Record<string, { ready: boolean; detail?: string }> = {};
-  for (const service of needed) dependencies[service] = { ready: ready(service) };
-  await Promise.all(
-    [...runtime.hosts.values()].map(async (host) => {
-      const store = host.store;
-      if (!store) return;
-      try {
-        await withDeadline(sql`select 1`.execute(store.db), Date.now() + 1_000, `the ${host.name} database`);
-        dependencies[`${host.name} database`] = { ready: true };
-      } catch (err) {
-        dependencies[`${host.name} database`] = { ready: false, detail: (err as Error).message };
-      }
-    }),
-  );
+  for (const service of needed) dependencies[service] = serviceState(service);
+  const probe = async (name: string, check: Promise<unknown>) => {
+    try {
+      await withDeadline(check, Date.now() + 1_000, name);
+      dependencies[name] = { ready: true };
+    } catch (err) {
+      dependencies[name] = { ready: false, detail: (err as Error).message };
+    }
+  };
+  const probes = [...runtime.hosts.values()].flatMap((host) => (host.store ? [probe(`${host.name} database`, sql`select 1`.execute(host.store.db))] : []));
+  // An in-process bus has nothing that can be down, and no check.
+  if (runtime.bus.check) probes.push(probe(`events (${runtime.bus.name})`, runtime.bus.check()));
+  await Promise.all(probes);
   return { architecture, dependencies };
 }

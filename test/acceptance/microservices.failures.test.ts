@@ -443,6 +443,16 @@ describe('microservices failures · one warehouse, editable topology', () => {
     const open = endpoints.find((e) => e.service === 'warehouse' && e.address === warehouse!.address);
     expect(open?.circuit, JSON.stringify(endpoints)).toMatch(/^(open|isolated)$/);
     expect((down.at(-1)!.body as { message: string }).message).toMatch(/circuit open/);
+    // Health says so: degraded, the warehouse not ready and why (without its address), /ready 503.
+    const health = await fetch(`${base}/health`);
+    expect(health.status).toBe(200);
+    const h = (await health.json()) as { status: string; architecture: string; dependencies: Record<string, { ready: boolean; detail?: string }> };
+    expect(h).toMatchObject({ status: 'degraded', architecture: 'microservices', dependencies: { warehouse: { ready: false } } });
+    expect(h.dependencies.warehouse!.detail).toMatch(/circuit open on an instance|ejected/);
+    expect(h.dependencies.payment).toEqual({ ready: true });
+    const readyAnswer = await fetch(`${base}/ready`);
+    expect(readyAnswer.status).toBe(503);
+    expect(((await readyAnswer.json()) as { waitingFor: string[] }).waitingFor).toEqual(['warehouse']);
 
     // Recovery: the supervisor restarts it, requests succeed again, and the edge's circuit for it is closed.
     const back = await waitFor(
@@ -456,6 +466,8 @@ describe('microservices failures · one warehouse, editable topology', () => {
     const recovered = await edgeEndpoints(base);
     const current = recovered.filter((e) => e.service === 'warehouse');
     expect(current.map((e) => [e.address, e.circuit]), JSON.stringify(recovered)).toEqual([[back.address, 'closed']]);
+    expect(await (await fetch(`${base}/health`)).json()).toMatchObject({ status: 'ok' });
+    expect((await fetch(`${base}/ready`)).status).toBe(200);
   }, 60_000);
 
   it('a dead warehouse is blamed on the warehouse: paying, which never touches it, keeps working and the circuit to payment stays closed', async () => {

@@ -58,6 +58,7 @@ export function microservicesEnvelope(options: MicroservicesWorkerOptions) {
       },
       reconfigure: (next) => resilience.setAffinity(next.affinity),
       ready: (service) => registry.endpoints(service).length > 0,
+      unavailable: (service) => resilience.guards.noneAvailable(registry.endpoints(service)),
       assertIdentity: plane.signer ? (identity) => plane.signer!.assert(identity) : undefined,
       serve: ({ runtime, edgeUrl }) => serve(options, runtime, edgeUrl, resilience, policies, log),
     };
