@@ -1,7 +1,7 @@
 /**
  * The bookstore's HTTP acceptance suite, written once and run against every architecture.
  * A target says how to start the bookstore; the suite checks the public contract
- * (/work/shared/bookstore-api.md) and the promises behind it: no stock created or lost,
+ * (docs/bookstore-api.md) and the promises behind it: no stock created or lost,
  * durable payment timeouts, crash safety, graceful shutdown.
  *
  * EVOLITH_BASE_URL=http://host:port runs the contract tests against a server already
