@@ -485,6 +485,19 @@ function contractTests(target: BookstoreTarget): void {
         expectFailure(r, 400);
         expect(await getStock(ctx.http, ctx.admin, 6)).toEqual(before);
       });
+
+      it('PATCH with Content-Type: application/json and an empty body is served as one without a body, as Spring serves it', async () => {
+        const before = await getStock(ctx.http, ctx.admin, 6);
+        const r = await ctx.http.patch('/restful/products/stockpile/6', {
+          token: ctx.admin,
+          query: { amount: before.amount + 3 },
+          raw: '',
+          contentType: 'application/json',
+        });
+        expect(r.status, r.text).toBe(200);
+        expect(r.body).toMatchObject({ code: 0 });
+        expect(await getStock(ctx.http, ctx.admin, 6)).toMatchObject({ amount: before.amount + 3 });
+      });
     });
 
     describe('settlements and payments', () => {
@@ -594,6 +607,20 @@ function contractTests(target: BookstoreTarget): void {
         expectFailure(await pay(ctx.http, ctx.admin, r.body.payId, 'CANCEL'), 409);
         await eventsSettled(ctx.server);
         expect(await getStock(ctx.http, ctx.admin, 1)).toMatchObject({ amount: before.amount, frozen: before.frozen });
+      });
+
+      it('PATCH /restful/pay/{id} with Content-Type: application/json and an empty body is served as one without a body', async () => {
+        await setStock(ctx.http, ctx.admin, 1, 50);
+        const r = await settle(ctx.http, ctx.admin, [[1, 1]]);
+        expect(r.status, r.text).toBe(200);
+        const cancelled = await ctx.http.patch(`/restful/pay/${encodeURIComponent(r.body.payId)}`, {
+          token: ctx.admin,
+          query: { state: 'CANCEL' },
+          raw: '',
+          contentType: 'application/json',
+        });
+        expectSuccess(cancelled);
+        expectFailure(await pay(ctx.http, ctx.admin, r.body.payId, 'CANCEL'), 409);
       });
 
       it('the payment link (GET /restful/pay/modify/{payId}) pays without a token', async () => {
