@@ -42,6 +42,10 @@ const storage = z.union([
       url: z.string().regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL'),
       schemaPrefix: z.string().regex(/^[a-z_][a-z0-9_]*$/i, 'letters, digits and underscores only').optional(),
       poolSize: z.number().int().positive().optional(),
+      /** One connection attempt's time limit; the first store opened tries `startAttempts` times, `startRetryMs` apart. */
+      connectTimeoutMs: z.number().int().positive().optional(),
+      startAttempts: z.number().int().positive().optional(),
+      startRetryMs: z.number().int().nonnegative().optional(),
     })
     .strict(),
 ]);
