@@ -29,6 +29,8 @@ const events = z.union([
       driver: z.literal('nats'),
       url: z.string().regex(/^nats:\/\//, 'must be a nats:// URL').default('nats://127.0.0.1:4222'),
       stream: z.string().regex(/^[A-Za-z0-9_-]+$/, 'letters, digits, - and _ only').default('EVOLITH'),
+      /** How soon an event held by a consumer that died goes to another (default 1.5 s). */
+      ackWaitMs: z.number().int().min(300).optional(),
     })
     .strict(),
 ]);

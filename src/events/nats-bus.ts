@@ -37,7 +37,12 @@ export interface NatsEventBusOptions {
    * Fixed for the life of a stream.
    */
   partitions?: number;
-  /** How long a delivered event may go unacknowledged before it goes to another consumer (default 30 s). */
+  /**
+   * How long a delivered event may go without word from its consumer before it goes to another
+   * (default 1.5 s). A handler that runs longer keeps its event by telling the server it is
+   * still working every third of this, so only a dead (or frozen) consumer's events move on:
+   * they reach another consumer within about this long.
+   */
   ackWaitMs?: number;
   /** Backoff before an event whose handler threw is delivered again. */
   retry?: RetryOptions;
@@ -64,6 +69,8 @@ type Settings = Required<
 };
 
 const TOPIC = /^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/;
+/** See NatsEventBusOptions.ackWaitMs. */
+export const DEFAULT_ACK_WAIT_MS = 1_500;
 /** Events one pull request asks for (see PartitionWorker.run). */
 const PULL_BATCH = 16;
 
@@ -104,7 +111,7 @@ export class NatsEventBus implements EventBus {
       stream: options.stream ?? 'EVOLITH',
       prefix: options.prefix ?? 'evolith',
       partitions: options.partitions ?? 8,
-      ackWaitMs: options.ackWaitMs ?? 30_000,
+      ackWaitMs: options.ackWaitMs ?? DEFAULT_ACK_WAIT_MS,
       maxAgeMs: options.maxAgeMs ?? 7 * 24 * 60 * 60 * 1000,
       duplicateWindowMs: options.duplicateWindowMs ?? 2 * 60 * 1000,
       replicas: options.replicas ?? 1,
@@ -283,7 +290,13 @@ export class NatsEventBus implements EventBus {
       return;
     }
     // Tell the server a slow handler is still alive, so only a dead consumer's events are redelivered.
-    const keepAlive = setInterval(() => m.working(), Math.max(100, Math.floor(this.settings.ackWaitMs / 3)));
+    const keepAlive = setInterval(() => {
+      try {
+        m.working();
+      } catch {
+        // The connection is closed: the event goes back to the stream for another consumer.
+      }
+    }, Math.max(100, Math.floor(this.settings.ackWaitMs / 3)));
     try {
       await handler(envelope);
     } catch (err) {

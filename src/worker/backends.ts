@@ -43,7 +43,7 @@ export async function eventBusFor(topology: Topology, log: Logger): Promise<Even
   }
   const { NatsEventBus } = await import('../events/nats-bus.js');
   // The subject prefix follows the stream, so two apps on one server never claim the same subjects.
-  return NatsEventBus.connect({ servers: e.url.replace(/^nats:\/\//, ''), stream: e.stream, prefix: e.stream.toLowerCase(), log });
+  return NatsEventBus.connect({ servers: e.url.replace(/^nats:\/\//, ''), stream: e.stream, prefix: e.stream.toLowerCase(), ackWaitMs: e.ackWaitMs, log });
 }
 
 /** The kernel's data plugins as every worker uses them: outbox and inbox tables, Kysely's migrator. */
