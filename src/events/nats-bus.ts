@@ -128,6 +128,9 @@ export class NatsEventBus implements EventBus {
         servers: options.servers ?? '127.0.0.1:4222',
         name: 'evolith-events',
         maxReconnectAttempts: -1,
+        // Back within a fraction of a second of the server (not the client's default 2 s).
+        reconnectTimeWait: 250,
+        reconnectJitter: 100,
         ...options.connectOptions,
       }));
     try {
@@ -166,7 +169,10 @@ export class NatsEventBus implements EventBus {
         if ((await Promise.race([stored, dropped.then(() => 'dropped' as const)])) === 'stored') return;
       } catch (err) {
         // A refusal by JetStream itself (wrong stream, limits) will not change on a retry.
-        if (err instanceof JetStreamApiError || Date.now() >= deadline || this.connection.isClosed()) throw err;
+        if (err instanceof JetStreamApiError) throw err;
+        if (Date.now() >= deadline || this.connection.isClosed()) {
+          throw new UnavailableError(`NATS did not confirm event ${event.id} within ${this.settings.publishTimeoutMs} ms (${errorMessage(err)})`);
+        }
         // No responders (JetStream restarting, say) answers at once: do not spin on it.
         await sleep(Math.min(1_000, 50 * 2 ** attempt, Math.max(0, deadline - Date.now())));
       }
