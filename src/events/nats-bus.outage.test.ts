@@ -111,3 +111,32 @@ describe.skipIf(missing !== undefined)('NATS outage under the kernel', () => {
     expect(drained).toBeLessThan(3_000);
   }, 120_000);
 });
+
+describe.skipIf(missing !== undefined)('NatsEventBus.check()', () => {
+  test('ready while connected, not ready while NATS is down (saying so), ready again once it is back, closed after close()', async () => {
+    nats = await startPrivateNats();
+    const bus = await NatsEventBus.connect({ servers: nats.servers, partitions: 2 });
+    try {
+      await expect(bus.check()).resolves.toBeUndefined();
+      await nats.stop();
+      const err = await eventually(async () => {
+        const e = await bus.check().then(
+          () => undefined,
+          (x: unknown) => x,
+        );
+        expect(e).toBeDefined();
+        return e;
+      }, 5_000);
+      expect(err).toMatchObject({ code: 'EVOLITH_UNAVAILABLE' });
+      expect((err as Error).message).toMatch(/connection to NATS is lost|JetStream does not answer/);
+      // Still down a while later: no false recovery.
+      await sleep(500);
+      await expect(bus.check()).rejects.toMatchObject({ code: 'EVOLITH_UNAVAILABLE' });
+      await nats.start();
+      await eventually(() => bus.check(), 10_000, 50);
+    } finally {
+      await bus.close();
+    }
+    await expect(bus.check()).rejects.toThrow(/closed/);
+  }, 30_000);
+});

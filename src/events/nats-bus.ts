@@ -198,6 +198,21 @@ export class NatsEventBus implements EventBus {
     };
   }
 
+  /**
+   * Rejects (UnavailableError, saying why) while the bus cannot take events: closed, its
+   * connection lost (reconnecting), or JetStream not answering for its stream. /ready uses it.
+   */
+  async check(): Promise<void> {
+    const { stream } = this.settings;
+    if (this.closing || this.connection.isClosed()) throw new UnavailableError(`event bus on stream ${stream} is closed`);
+    if (!this.link.isUp()) throw new UnavailableError(`event bus on stream ${stream}: the connection to NATS is lost; reconnecting`);
+    try {
+      await this.jsm.streams.info(stream);
+    } catch (err) {
+      throw new UnavailableError(`event bus on stream ${stream}: JetStream does not answer (${errorMessage(err)})`);
+    }
+  }
+
   /** Stops pulling, lets running handlers finish (up to closeTimeoutMs), then drains the connection. */
   close(): Promise<void> {
     return (this.closing ??= this.shutdown());
@@ -446,6 +461,11 @@ class LinkState {
         resolve();
       });
     });
+  }
+
+  /** Whether the connection is up, as far as its status events tell. */
+  isUp(): boolean {
+    return this.connected && !this.closed && !this.nc.isClosed();
   }
 
   /** Resolves at the next disconnect. */
