@@ -106,6 +106,9 @@ if (unavailable) {
       expect(statuses.filter((s) => s === 200).length).toBeGreaterThan(0);
       expect((await get(app.baseUrl, '/restful/products')).status).toBe(200);
       expect(app.output()).not.toMatch(/Unhandled 'error' event/);
+      // Each lost connection is one line, without the client object.
+      expect(app.output()).toMatch(/PostgreSQL connection lost/);
+      expect(app.output()).not.toMatch(/_queryable|_connectionError|"client":/);
     }, 60_000);
 
     it('while the database is unreachable requests fail fast with 503 and Retry-After, and service resumes by itself', async () => {
