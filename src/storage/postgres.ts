@@ -185,7 +185,7 @@ export class PostgresStorage implements StorageProvider {
       } catch (err) {
         if (!isConnectionFailure(err)) throw err;
         if (attempt >= attempts) {
-          throw new UnavailableError(`PostgreSQL at ${where(connectionString)} is unreachable (${describe(err)}); gave up after ${attempts} attempts`);
+          throw new UnavailableError(`PostgreSQL at ${where(connectionString)} is unreachable (${describe(err)}); gave up after ${attempts} attempt${attempts === 1 ? '' : 's'}`);
         }
         this.options.log?.warn(`PostgreSQL at ${where(connectionString)} is unreachable (${describe(err)}), attempt ${attempt} of ${attempts}; retrying in ${retryMs} ms`);
         await sleep(retryMs);
