@@ -161,7 +161,9 @@ export class OutboxDispatcher implements OutboxDispatch {
       } while (this.again && !this.stopped);
       await this.purge();
     } catch (err) {
-      this.log.error({ err }, 'outbox dispatch failed; retrying');
+      // Its database unreachable for now: one line, no stack; the next pass tries again.
+      if (err instanceof UnavailableError) this.log.warn({ err: err.message }, 'outbox dispatch failed; retrying');
+      else this.log.error({ err }, 'outbox dispatch failed; retrying');
     }
     if (!this.stopped) await this.armTimer();
   }
@@ -176,7 +178,7 @@ export class OutboxDispatcher implements OutboxDispatch {
         .executeTakeFirst();
       if (next?.next != null) wait = Math.min(wait, Math.max(0, Number(next.next) - Date.now()));
     } catch (err) {
-      this.log.warn({ err }, 'outbox could not read its next due time');
+      this.log.warn({ err: err instanceof UnavailableError ? err.message : err }, 'outbox could not read its next due time');
     }
     // Something committed while this pass ran: poke() goes round once more instead of sleeping.
     if (this.stopped || this.again) return;
