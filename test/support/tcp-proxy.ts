@@ -12,6 +12,11 @@ export interface TcpProxy {
   upstreamPorts(): number[];
   /** Closes the listener and destroys every connection through it. */
   cut(): Promise<void>;
+  /**
+   * A black hole: destroys every connection, then accepts new ones and never forwards or answers
+   * (a host that went away without a word); `restore()` forwards again.
+   */
+  hang(): Promise<void>;
   /** Listens again on the same port. */
   restore(): Promise<void>;
   close(): Promise<void>;
@@ -22,8 +27,15 @@ export async function startTcpProxy(target: { host: string; port: number }): Pro
   let server: Server | undefined;
   let port = 0;
 
+  let hanging = false;
+  const held = new Set<Socket>();
   const listen = async (): Promise<void> => {
     const s = createServer((client) => {
+      if (hanging) {
+        held.add(client);
+        client.on('error', () => undefined).on('close', () => held.delete(client));
+        return;
+      }
       const upstream = connect(target.port, target.host);
       const pair = { client, upstream };
       pairs.add(pair);
@@ -48,6 +60,9 @@ export async function startTcpProxy(target: { host: string; port: number }): Pro
   const cut = async (): Promise<void> => {
     const s = server;
     server = undefined;
+    hanging = false;
+    for (const c of [...held]) c.destroy();
+    held.clear();
     for (const p of [...pairs]) {
       p.client.destroy();
       p.upstream.destroy();
@@ -63,7 +78,17 @@ export async function startTcpProxy(target: { host: string; port: number }): Pro
     },
     upstreamPorts: () => [...pairs].map((p) => p.upstream.localPort).filter((n): n is number => typeof n === 'number'),
     cut,
+    hang: async () => {
+      await cut();
+      hanging = true;
+      await listen();
+    },
     restore: async () => {
+      if (hanging) {
+        hanging = false;
+        for (const c of [...held]) c.destroy();
+        held.clear();
+      }
       if (!server) await listen();
     },
     close: cut,
