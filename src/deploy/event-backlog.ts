@@ -37,7 +37,8 @@ export function totalBacklog(b: EventBacklog): number {
 
 async function unsent(source: BacklogSource): Promise<Record<string, number>> {
   const s = source.storage;
-  const storage = await storageFor(source, 1);
+  // One attempt: a status line says the database is unreachable rather than wait for it.
+  const storage = await storageFor({ data: source.data, storage: typeof s === 'object' && s.driver === 'postgres' ? { ...s, startAttempts: 1 } : s }, 1);
   const out: Record<string, number> = {};
   for (const service of source.services) {
     // A service whose SQLite file does not exist yet has committed nothing.

@@ -29,6 +29,8 @@ const events = z.union([
       driver: z.literal('nats'),
       url: z.string().regex(/^nats:\/\//, 'must be a nats:// URL').default('nats://127.0.0.1:4222'),
       stream: z.string().regex(/^[A-Za-z0-9_-]+$/, 'letters, digits, - and _ only').default('EVOLITH'),
+      /** How soon an event held by a consumer that died goes to another (default 1.5 s). */
+      ackWaitMs: z.number().int().min(300).optional(),
     })
     .strict(),
 ]);
@@ -42,6 +44,10 @@ const storage = z.union([
       url: z.string().regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL'),
       schemaPrefix: z.string().regex(/^[a-z_][a-z0-9_]*$/i, 'letters, digits and underscores only').optional(),
       poolSize: z.number().int().positive().optional(),
+      /** One connection attempt's time limit; the first store opened tries `startAttempts` times, `startRetryMs` apart. */
+      connectTimeoutMs: z.number().int().positive().optional(),
+      startAttempts: z.number().int().positive().optional(),
+      startRetryMs: z.number().int().nonnegative().optional(),
     })
     .strict(),
 ]);

@@ -37,7 +37,12 @@ export interface NatsEventBusOptions {
    * Fixed for the life of a stream.
    */
   partitions?: number;
-  /** How long a delivered event may go unacknowledged before it goes to another consumer (default 30 s). */
+  /**
+   * How long a delivered event may go without word from its consumer before it goes to another
+   * (default 1.5 s). A handler that runs longer keeps its event by telling the server it is
+   * still working every third of this, so only a dead (or frozen) consumer's events move on:
+   * they reach another consumer within about this long.
+   */
   ackWaitMs?: number;
   /** Backoff before an event whose handler threw is delivered again. */
   retry?: RetryOptions;
@@ -64,6 +69,8 @@ type Settings = Required<
 };
 
 const TOPIC = /^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/;
+/** See NatsEventBusOptions.ackWaitMs. */
+export const DEFAULT_ACK_WAIT_MS = 1_500;
 /** Events one pull request asks for (see PartitionWorker.run). */
 const PULL_BATCH = 16;
 
@@ -104,7 +111,7 @@ export class NatsEventBus implements EventBus {
       stream: options.stream ?? 'EVOLITH',
       prefix: options.prefix ?? 'evolith',
       partitions: options.partitions ?? 8,
-      ackWaitMs: options.ackWaitMs ?? 30_000,
+      ackWaitMs: options.ackWaitMs ?? DEFAULT_ACK_WAIT_MS,
       maxAgeMs: options.maxAgeMs ?? 7 * 24 * 60 * 60 * 1000,
       duplicateWindowMs: options.duplicateWindowMs ?? 2 * 60 * 1000,
       replicas: options.replicas ?? 1,
@@ -121,6 +128,9 @@ export class NatsEventBus implements EventBus {
         servers: options.servers ?? '127.0.0.1:4222',
         name: 'evolith-events',
         maxReconnectAttempts: -1,
+        // Back within a fraction of a second of the server (not the client's default 2 s).
+        reconnectTimeWait: 250,
+        reconnectJitter: 100,
         ...options.connectOptions,
       }));
     try {
@@ -159,7 +169,10 @@ export class NatsEventBus implements EventBus {
         if ((await Promise.race([stored, dropped.then(() => 'dropped' as const)])) === 'stored') return;
       } catch (err) {
         // A refusal by JetStream itself (wrong stream, limits) will not change on a retry.
-        if (err instanceof JetStreamApiError || Date.now() >= deadline || this.connection.isClosed()) throw err;
+        if (err instanceof JetStreamApiError) throw err;
+        if (Date.now() >= deadline || this.connection.isClosed()) {
+          throw new UnavailableError(`NATS did not confirm event ${event.id} within ${this.settings.publishTimeoutMs} ms (${errorMessage(err)})`);
+        }
         // No responders (JetStream restarting, say) answers at once: do not spin on it.
         await sleep(Math.min(1_000, 50 * 2 ** attempt, Math.max(0, deadline - Date.now())));
       }
@@ -183,6 +196,21 @@ export class NatsEventBus implements EventBus {
         this.workers.delete(w);
       }
     };
+  }
+
+  /**
+   * Rejects (UnavailableError, saying why) while the bus cannot take events: closed, its
+   * connection lost (reconnecting), or JetStream not answering for its stream. /ready uses it.
+   */
+  async check(): Promise<void> {
+    const { stream } = this.settings;
+    if (this.closing || this.connection.isClosed()) throw new UnavailableError(`event bus on stream ${stream} is closed`);
+    if (!this.link.isUp()) throw new UnavailableError(`event bus on stream ${stream}: the connection to NATS is lost; reconnecting`);
+    try {
+      await this.jsm.streams.info(stream);
+    } catch (err) {
+      throw new UnavailableError(`event bus on stream ${stream}: JetStream does not answer (${errorMessage(err)})`);
+    }
   }
 
   /** Stops pulling, lets running handlers finish (up to closeTimeoutMs), then drains the connection. */
@@ -283,7 +311,13 @@ export class NatsEventBus implements EventBus {
       return;
     }
     // Tell the server a slow handler is still alive, so only a dead consumer's events are redelivered.
-    const keepAlive = setInterval(() => m.working(), Math.max(100, Math.floor(this.settings.ackWaitMs / 3)));
+    const keepAlive = setInterval(() => {
+      try {
+        m.working();
+      } catch {
+        // The connection is closed: the event goes back to the stream for another consumer.
+      }
+    }, Math.max(100, Math.floor(this.settings.ackWaitMs / 3)));
     try {
       await handler(envelope);
     } catch (err) {
@@ -427,6 +461,11 @@ class LinkState {
         resolve();
       });
     });
+  }
+
+  /** Whether the connection is up, as far as its status events tell. */
+  isUp(): boolean {
+    return this.connected && !this.closed && !this.nc.isClosed();
   }
 
   /** Resolves at the next disconnect. */

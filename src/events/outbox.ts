@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Kysely } from 'kysely';
 import type { Logger } from 'pino';
-import { ValidationError } from '../kernel/errors.js';
+import { UnavailableError, ValidationError } from '../kernel/errors.js';
 import { zodIssues } from '../kernel/validate.js';
 import type { EventBus, EventEnvelope, OutboxDispatch, OutboxEntry, OutboxStore } from '../kernel/plugins.js';
 
@@ -161,7 +161,9 @@ export class OutboxDispatcher implements OutboxDispatch {
       } while (this.again && !this.stopped);
       await this.purge();
     } catch (err) {
-      this.log.error({ err }, 'outbox dispatch failed; retrying');
+      // Its database unreachable for now: one line, no stack; the next pass tries again.
+      if (err instanceof UnavailableError) this.log.warn({ err: err.message }, 'outbox dispatch failed; retrying');
+      else this.log.error({ err }, 'outbox dispatch failed; retrying');
     }
     if (!this.stopped) await this.armTimer();
   }
@@ -176,7 +178,7 @@ export class OutboxDispatcher implements OutboxDispatch {
         .executeTakeFirst();
       if (next?.next != null) wait = Math.min(wait, Math.max(0, Number(next.next) - Date.now()));
     } catch (err) {
-      this.log.warn({ err }, 'outbox could not read its next due time');
+      this.log.warn({ err: err instanceof UnavailableError ? err.message : err }, 'outbox could not read its next due time');
     }
     // Something committed while this pass ran: poke() goes round once more instead of sleeping.
     if (this.stopped || this.again) return;
@@ -192,7 +194,27 @@ export class OutboxDispatcher implements OutboxDispatch {
       .selectAll()
       .where('delivered_at', 'is', null)
       .where('deliver_at', '<=', now)
-      .orderBy('deliver_at')
+      // A row of a key whose earlier event failed and waits for its retry waits too, even if
+      // it was written after that failure (and so is due first): a key's events stay in order.
+      .where((eb) =>
+        eb.or([
+          eb('key', 'is', null),
+          eb.not(
+            eb.exists(
+              eb
+                .selectFrom('evolith_outbox as earlier')
+                .select('earlier.id')
+                .whereRef('earlier.key', '=', 'evolith_outbox.key')
+                .where('earlier.delivered_at', 'is', null)
+                .where('earlier.attempts', '>', 0)
+                .where('earlier.deliver_at', '>', now)
+                .whereRef('earlier.created_at', '<', 'evolith_outbox.created_at'),
+            ),
+          ),
+        ]),
+      )
+      // Written order, not due order: a batch that holds a row of a key also holds every
+      // earlier due row of that key (a retried row is due later than rows written after it).
       .orderBy('created_at')
       .limit(BATCH)
       .execute()) as OutboxRow[];
@@ -232,7 +254,11 @@ export class OutboxDispatcher implements OutboxDispatch {
       return true;
     } catch (err) {
       const attempts = row.attempts + 1;
-      const backoff = Math.min(60_000, 100 * 2 ** Math.min(attempts, 10)) * (0.5 + Math.random() / 2);
+      // A bus that is down for now (UnavailableError: its publish already waited for it up to
+      // its own timeout) is tried again within a second, so the backlog leaves as soon as it is
+      // back; a bus that refuses the event backs off up to a minute.
+      const cap = err instanceof UnavailableError ? 1_000 : 60_000;
+      const backoff = Math.min(cap, 100 * 2 ** Math.min(attempts, 10)) * (0.5 + Math.random() / 2);
       this.log.warn({ err, event: row.topic, id: row.id, attempts }, 'event delivery failed; will retry');
       const retryAt = Date.now() + Math.round(backoff);
       await this.db

@@ -11,7 +11,7 @@ import { Runtime } from '../kernel/runtime.js';
 import { inProcessPlugins } from '../worker/backends.js';
 import { database, implement } from '../kernel/service.js';
 import { migrate } from './migrate.js';
-import { PostgresStorage } from './postgres.js';
+import { isConnectionFailure, PostgresStorage } from './postgres.js';
 
 // A real connection attempt decides; when it fails the reason is printed, never skipped silently.
 const unavailable = await postgresAvailable();
@@ -25,6 +25,21 @@ describe('PostgresStorage.schemaFor (no server needed)', () => {
     expect(s.schemaFor('order-items')).toBe('shop_order_items');
     expect(s.schemaFor('accounts')).toBe('shop_accounts');
     expect(new PostgresStorage({ connectionString: 'postgres://x@127.0.0.1/db' }).schemaFor('a.b"c')).toBe('a_b_c');
+  });
+});
+
+describe('isConnectionFailure (no server needed)', () => {
+  const coded = (code: string, message = 'x') => Object.assign(new Error(message), { code });
+  test('network errors, connection exceptions and server shutdowns are; statement errors are not', () => {
+    expect(isConnectionFailure(coded('ECONNREFUSED'))).toBe(true);
+    expect(isConnectionFailure(new AggregateError([coded('ECONNREFUSED'), coded('ECONNREFUSED')], 'x'))).toBe(true);
+    expect(isConnectionFailure(coded('57P01', 'terminating connection due to administrator command'))).toBe(true);
+    expect(isConnectionFailure(coded('08006'))).toBe(true);
+    expect(isConnectionFailure(new Error('Connection terminated unexpectedly'))).toBe(true);
+    expect(isConnectionFailure(coded('23505', 'duplicate key value violates unique constraint'))).toBe(false);
+    expect(isConnectionFailure(coded('42P01', 'relation "x" does not exist'))).toBe(false);
+    expect(isConnectionFailure(new Error('boom'))).toBe(false);
+    expect(isConnectionFailure(undefined)).toBe(false);
   });
 });
 

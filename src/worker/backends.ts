@@ -10,14 +10,22 @@ import { sqlOutbox } from '../events/outbox.js';
 import type { EventBus, Migrator, OutboxStore, StorageProvider } from '../kernel/plugins.js';
 import { kyselyMigrator } from '../storage/migrate.js';
 
-export async function storageFor(topology: Pick<Topology, 'storage' | 'data'>, poolSize?: number): Promise<StorageProvider> {
+export async function storageFor(topology: Pick<Topology, 'storage' | 'data'>, poolSize?: number, log?: Logger): Promise<StorageProvider> {
   const s = topology.storage;
   if (s === 'sqlite' || s.driver === 'sqlite') {
     const { SqliteStorage } = await import('../storage/sqlite.js');
     return new SqliteStorage(topology.data);
   }
   const { PostgresStorage } = await import('../storage/postgres.js');
-  return new PostgresStorage({ connectionString: s.url, schemaPrefix: s.schemaPrefix, poolSize: poolSize ?? s.poolSize });
+  return new PostgresStorage({
+    connectionString: s.url,
+    schemaPrefix: s.schemaPrefix,
+    poolSize: poolSize ?? s.poolSize,
+    connectTimeoutMs: s.connectTimeoutMs,
+    startAttempts: s.startAttempts,
+    startRetryMs: s.startRetryMs,
+    log,
+  });
 }
 
 /** The file of the embedded SQLite event bus. */
@@ -35,7 +43,7 @@ export async function eventBusFor(topology: Topology, log: Logger): Promise<Even
   }
   const { NatsEventBus } = await import('../events/nats-bus.js');
   // The subject prefix follows the stream, so two apps on one server never claim the same subjects.
-  return NatsEventBus.connect({ servers: e.url.replace(/^nats:\/\//, ''), stream: e.stream, prefix: e.stream.toLowerCase(), log });
+  return NatsEventBus.connect({ servers: e.url.replace(/^nats:\/\//, ''), stream: e.stream, prefix: e.stream.toLowerCase(), ackWaitMs: e.ackWaitMs, log });
 }
 
 /** The kernel's data plugins as every worker uses them: outbox and inbox tables, Kysely's migrator. */

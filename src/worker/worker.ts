@@ -108,7 +108,7 @@ export async function startWorker(env: WorkerEnvironment): Promise<RunningWorker
   const telemetry = env.edge ? new (await import('../observe/telemetry.js')).PrometheusTelemetry({ collectDefault: true }) : undefined;
   const runtime = new Runtime({
     services,
-    storage: await storageFor(topology),
+    storage: await storageFor(topology, undefined, log),
     bus: env.crossProcess ? await eventBusFor(topology, log) : new MemoryEventBus(),
     ...dataPlugins,
     telemetry,

@@ -1,0 +1,64 @@
+/**
+ * The outbox keeps a key's events in order when the bus fails for a while: an event written
+ * after an earlier one of its key failed waits for that one, even though it is due first.
+ */
+import { afterEach, expect, test } from 'vitest';
+import { eventually, Kit, silentLog } from '../../test/fixtures/unit-kit.js';
+import { UnavailableError } from '../kernel/errors.js';
+import type { EventBus, EventEnvelope } from '../kernel/plugins.js';
+import { SqliteStorage } from '../storage/sqlite.js';
+import { createEventTables, OutboxDispatcher, writeOutbox } from './outbox.js';
+import { z } from 'zod';
+
+const kit = new Kit();
+afterEach(() => kit.cleanup());
+
+/** A bus that refuses every publish while `down`, and records what it accepted, in order. */
+class FlakyBus implements EventBus {
+  readonly name = 'flaky';
+  down = false;
+  readonly accepted: string[] = [];
+  refused = 0;
+  subscribe(): () => void {
+    return () => undefined;
+  }
+  async publish(e: EventEnvelope): Promise<void> {
+    if (this.down) {
+      this.refused++;
+      throw new UnavailableError('bus down');
+    }
+    this.accepted.push((e.payload as { n: string }).n);
+  }
+  async close(): Promise<void> {}
+}
+
+const placed = { topic: 'orders.placed', schema: z.object({ n: z.string() }) } as never;
+
+test('an event written after an earlier one of its key failed is not delivered before it', async () => {
+  const store = await new SqliteStorage(kit.tmp('outbox')).open('orders');
+  try {
+    await createEventTables(store.db);
+    const bus = new FlakyBus();
+    const dispatcher = new OutboxDispatcher(store.db, 'orders', bus, silentLog);
+    dispatcher.start();
+    try {
+      bus.down = true;
+      await writeOutbox(store.db, [{ event: placed, payload: { n: 'k-1' }, key: 'k' }, { event: placed, payload: { n: 'other' }, key: 'x' }]);
+      dispatcher.notify(Date.now());
+      await eventually(() => expect(bus.refused).toBeGreaterThanOrEqual(2));
+      // The bus is back; a new event of the same key is due now, the failed one only after its backoff.
+      bus.down = false;
+      await writeOutbox(store.db, [{ event: placed, payload: { n: 'k-2' }, key: 'k' }, { event: placed, payload: { n: 'free' } }]);
+      dispatcher.notify(Date.now());
+      await eventually(() => expect(bus.accepted).toContain('k-2'), 5_000);
+      const k = bus.accepted.filter((n) => n.startsWith('k-'));
+      expect(k).toEqual(['k-1', 'k-2']);
+      // Events without a key, or of another key, were not held up by k.
+      await eventually(() => expect(bus.accepted).toEqual(expect.arrayContaining(['free', 'other'])), 5_000);
+    } finally {
+      await dispatcher.stop();
+    }
+  } finally {
+    await store.close();
+  }
+});
