@@ -1,5 +1,13 @@
-import { describe, expect, test } from 'vitest';
-import { hashPassword, verifyPassword } from './passwords.js';
+import { spawnSync } from 'node:child_process';
+import { dirname, resolve } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import bcrypt from 'bcryptjs';
+import { afterAll, describe, expect, test } from 'vitest';
+import { closePasswordWorkers, hashPassword, PasswordChecksBusyError, PasswordWorkers, verifyPassword } from './passwords.js';
+
+const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+
+afterAll(() => closePasswordWorkers());
 
 // bcrypt is slow on purpose; each test does as few hashes as it can.
 describe('hashPassword / verifyPassword', () => {
@@ -23,5 +31,83 @@ describe('hashPassword / verifyPassword', () => {
     const [a] = await hashes;
     await expect(verifyPassword('correct horse пароль-密', a)).resolves.toBe(false);
     await expect(verifyPassword('', a)).resolves.toBe(false);
+  });
+
+  test('agrees with bcryptjs both ways: its hashes verify here, and these verify with it', async () => {
+    const [a] = await hashes;
+    expect(bcrypt.compareSync(secret, a)).toBe(true);
+    expect(bcrypt.compareSync('correct horse', a)).toBe(false);
+    const theirs = bcrypt.hashSync('s3cret', 4);
+    await expect(verifyPassword('s3cret', theirs)).resolves.toBe(true);
+    await expect(verifyPassword('s3cret!', theirs)).resolves.toBe(false);
+    // What bcryptjs says about a stored value that is no bcrypt hash at all.
+    await expect(verifyPassword('s3cret', 'not a hash')).resolves.toBe(bcrypt.compareSync('s3cret', 'not a hash'));
+  });
+});
+
+describe('PasswordWorkers (the thread pool behind them)', () => {
+  test('an error in a thread reaches the caller with bcryptjs own message, and the pool keeps working', async () => {
+    const pool = new PasswordWorkers({ threads: 1 });
+    try {
+      const expected = (() => {
+        try {
+          bcrypt.hashSync(5 as unknown as string, 4);
+        } catch (err) {
+          return (err as Error).message;
+        }
+        return 'no error';
+      })();
+      await expect(pool.hash(5 as unknown as string, 4)).rejects.toThrow(expected);
+      await expect(pool.verify('x', 7 as unknown as string)).rejects.toThrow(/Illegal arguments/);
+      const h = await pool.hash('still works', 4);
+      expect(bcrypt.compareSync('still works', h)).toBe(true);
+    } finally {
+      await pool.close();
+    }
+  });
+
+  test('a full queue refuses at once with a typed 503 error; accepted jobs still finish', async () => {
+    const pool = new PasswordWorkers({ threads: 1, maxQueued: 2 });
+    try {
+      const hash = bcrypt.hashSync('pw', 4);
+      const accepted = [pool.verify('pw', hash), pool.verify('no', hash), pool.verify('pw', hash)]; // 1 running + 2 queued
+      expect(pool.queued).toBe(2);
+      const refused = pool.verify('pw', hash);
+      await expect(refused).rejects.toBeInstanceOf(PasswordChecksBusyError);
+      await expect(refused).rejects.toMatchObject({ code: 'PASSWORD_CHECKS_BUSY', httpStatus: 503 });
+      await expect(Promise.all(accepted)).resolves.toEqual([true, false, true]);
+      // Room again once the queue has drained.
+      await expect(pool.verify('pw', hash)).resolves.toBe(true);
+    } finally {
+      await pool.close();
+    }
+  });
+
+  test('close waits for accepted jobs, then stops the threads; the pool starts again on the next job', async () => {
+    const pool = new PasswordWorkers({ threads: 2 });
+    const hash = bcrypt.hashSync('pw', 4);
+    const pending = [pool.verify('pw', hash), pool.verify('pw', hash), pool.verify('nope', hash)];
+    await pool.close();
+    await expect(Promise.all(pending)).resolves.toEqual([true, true, false]);
+    await expect(pool.verify('pw', hash)).resolves.toBe(true);
+    await pool.close();
+  });
+
+  test('rejects a pool without threads', () => {
+    expect(() => new PasswordWorkers({ threads: 0 })).toThrow(RangeError);
+    expect(() => new PasswordWorkers({ maxQueued: -1 })).toThrow(RangeError);
+  });
+
+  test('a process that hashed and verified passwords exits on its own (idle threads do not hold it open)', () => {
+    const moduleUrl = pathToFileURL(resolve(repoRoot, 'src/auth/passwords.ts')).href;
+    const script = `
+      const { hashPassword, verifyPassword } = await import(${JSON.stringify(moduleUrl)});
+      const h = await hashPassword('pw');
+      console.log(String(await verifyPassword('pw', h)) + ' ' + String(await verifyPassword('px', h)));
+    `;
+    const r = spawnSync(process.execPath, ['--import', 'tsx/esm', '--input-type=module', '-e', script], { cwd: repoRoot, encoding: 'utf8', timeout: 30_000 });
+    expect(r.error, r.stderr).toBeUndefined(); // a timeout would be reported here
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout.trim()).toBe('true false');
   });
 });
