@@ -111,3 +111,43 @@ describe('PasswordWorkers (the thread pool behind them)', () => {
     expect(r.stdout.trim()).toBe('true false');
   });
 });
+
+describe('secrets longer than bcrypt reads (72 bytes)', () => {
+  const base = 'a-long-passphrase-'.repeat(5); // 90 bytes
+  const other = base.slice(0, 80) + 'X'.repeat(10); // the same first 80 bytes, a different tail
+  // 23 three-byte characters plus one 'a' make 70 bytes; the 24th character then takes bytes 71–73.
+  // 密 (E5 AF 86) and 寇 (E5 AF 87) differ only in their last byte: the 73rd of the secret.
+  const cjk = 'a' + '密'.repeat(23) + '密' + '码'.repeat(5);
+  const cjkOther = 'a' + '密'.repeat(23) + '寇' + '码'.repeat(5);
+
+  test('plain bcrypt would take either of two secrets that differ only past byte 72', () => {
+    const h = bcrypt.hashSync(base, 4);
+    expect(bcrypt.compareSync(other, h)).toBe(true);
+    const c = bcrypt.hashSync(cjk, 4);
+    expect(bcrypt.compareSync(cjkOther, c)).toBe(true);
+  });
+
+  test('every byte counts: the second of two long secrets sharing their first 72 bytes does not verify', async () => {
+    const [h, c] = await Promise.all([hashPassword(base), hashPassword(cjk)]);
+    expect(h.startsWith('hmac-sha256:$2')).toBe(true);
+    await expect(verifyPassword(base, h)).resolves.toBe(true);
+    await expect(verifyPassword(other, h)).resolves.toBe(false);
+    await expect(verifyPassword(cjk, c)).resolves.toBe(true);
+    await expect(verifyPassword(cjkOther, c)).resolves.toBe(false);
+    await expect(verifyPassword(base.slice(0, 72), h)).resolves.toBe(false);
+  });
+
+  test('a secret of exactly 72 bytes keeps a plain bcrypt hash, and a longer one sharing it is refused', async () => {
+    const exact = 'z'.repeat(72);
+    const h = await hashPassword(exact);
+    expect(h).toMatch(/^\$2[aby]\$10\$.{53}$/);
+    await expect(verifyPassword(exact, h)).resolves.toBe(true);
+    await expect(verifyPassword(exact + '!', h)).resolves.toBe(false);
+  });
+
+  test('hashes of short secrets stored before keep verifying', async () => {
+    const stored = bcrypt.hashSync('MFfTW3uNI4eqhwDkG7HP9p2mzEUu/r2', 4);
+    await expect(verifyPassword('MFfTW3uNI4eqhwDkG7HP9p2mzEUu/r2', stored)).resolves.toBe(true);
+    await expect(verifyPassword('MFfTW3uNI4eqhwDkG7HP9p2mzEUu/r3', stored)).resolves.toBe(false);
+  });
+});

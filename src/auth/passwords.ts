@@ -11,7 +11,16 @@
  *
  * Idle workers do not keep the process alive, and `closePasswordWorkers()` stops them once the
  * jobs already accepted are done; a later job starts the pool again.
+ *
+ * bcrypt reads only the first 72 bytes of a secret: two passwords sharing those would both
+ * match. A secret longer than that is first condensed with HMAC-SHA256 (base64, 44 bytes, so
+ * every byte of it counts) and its stored hash is marked with `hmac-sha256:` in front of the
+ * bcrypt hash. Secrets of up to 72 bytes are hashed as before, so their hashes stay plain
+ * bcrypt and hashes stored earlier keep verifying. An unmarked hash never matches a secret
+ * longer than 72 bytes: it was made from at most 72 bytes, and the bytes beyond would be
+ * ignored (a long password stored before pre-hashing must be set again).
  */
+import { createHmac } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
@@ -182,12 +191,30 @@ export class PasswordWorkers {
 let shared: PasswordWorkers | undefined;
 const pool = () => (shared ??= new PasswordWorkers());
 
-/** bcrypt hash of a secret; only the hash is ever stored. */
-export function hashPassword(secret: string): Promise<string> {
+/** The most bytes of a secret bcrypt looks at. */
+export const BCRYPT_MAX_BYTES = 72;
+/** Marks a stored hash whose secret was condensed with HMAC-SHA256 before bcrypt. */
+const PREHASHED = 'hmac-sha256:';
+// A fixed key: the HMAC only condenses long secrets (the salt and cost are bcrypt's), the key
+// keeps these digests apart from plain SHA-256 digests of the same text.
+const PREHASH_KEY = 'evolith password pre-hash v1';
+
+const prehash = (secret: string): string => createHmac('sha256', PREHASH_KEY).update(secret, 'utf8').digest('base64');
+const isLong = (secret: unknown): secret is string => typeof secret === 'string' && Buffer.byteLength(secret, 'utf8') > BCRYPT_MAX_BYTES;
+
+/** bcrypt hash of a secret (of its HMAC-SHA256 if longer than 72 bytes); only the hash is ever stored. */
+export async function hashPassword(secret: string): Promise<string> {
+  if (isLong(secret)) return PREHASHED + (await pool().hash(prehash(secret), ROUNDS));
   return pool().hash(secret, ROUNDS);
 }
 
 export function verifyPassword(secret: string, hash: string): Promise<boolean> {
+  if (typeof hash === 'string' && hash.startsWith(PREHASHED)) {
+    return typeof secret === 'string' ? pool().verify(prehash(secret), hash.slice(PREHASHED.length)) : pool().verify(secret, hash);
+  }
+  // Bytes past the 72nd would be ignored by a plain bcrypt hash: such a secret cannot be the one
+  // stored. The check still costs a bcrypt run, so the answer's timing does not tell which hashes are marked.
+  if (isLong(secret)) return pool().verify(prehash(secret), hash).then(() => false);
   return pool().verify(secret, hash);
 }
 
