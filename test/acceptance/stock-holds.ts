@@ -6,6 +6,7 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { Bookstore } from '../support/bookstore-process.js';
 import { createAccount, expectFailure, expectSuccess, getStock, pay, setStock, settle } from '../support/bookstore.js';
+import { eventsApplied } from '../support/events.js';
 import { login, type Http } from '../support/http.js';
 
 /** The suite's running server: filled in by its beforeAll, read here only inside tests. */
@@ -73,6 +74,42 @@ export function stockHoldTests(ctx: SuiteServer): void {
       expect(ok.length).toBe(Math.floor(HELD_UNITS_LIMIT / 3));
       expect(await getStock(ctx.http, ctx.admin, product)).toMatchObject({ frozen: before.frozen + 3 * ok.length });
       for (const r of ok) expectSuccess(await pay(ctx.http, buyer, r.body.payId, 'CANCEL'));
+    }, 30_000);
+
+    // No waiting and no polling below: the next request after the answer must already see the change.
+    it('PATCH /restful/pay/{id}?state=CANCEL: the released stock is back on sale by the time it answers', async () => {
+      const product = 6;
+      await setStock(ctx.http, ctx.admin, product, 50);
+      const before = await getStock(ctx.http, ctx.admin, product);
+      for (let round = 0; round < 3; round++) {
+        const r = await settle(ctx.http, buyer, [[product, 4]]);
+        expect(r.status, r.text).toBe(200);
+        expect(await getStock(ctx.http, ctx.admin, product)).toMatchObject({ amount: before.amount - 4, frozen: before.frozen + 4 });
+        expectSuccess(await pay(ctx.http, buyer, r.body.payId, 'CANCEL'));
+        expect(await getStock(ctx.http, ctx.admin, product)).toMatchObject({ amount: before.amount, frozen: before.frozen });
+      }
+      if (ctx.server) await eventsApplied(ctx.server.dataDir); // the cancelled events, once handled, change nothing more
+      expect(await getStock(ctx.http, ctx.admin, product)).toMatchObject({ amount: before.amount, frozen: before.frozen });
+    }, 30_000);
+
+    it('PATCH /restful/pay/{id}?state=PAYED: the sold stock has left frozen by the time it answers', async () => {
+      const product = 6;
+      await setStock(ctx.http, ctx.admin, product, 50);
+      const before = await getStock(ctx.http, ctx.admin, product);
+      for (let round = 1; round <= 3; round++) {
+        const r = await settle(ctx.http, ctx.admin, [[product, 2]]);
+        expect(r.status, r.text).toBe(200);
+        expectSuccess(await pay(ctx.http, ctx.admin, r.body.payId, 'PAYED'));
+        expect(await getStock(ctx.http, ctx.admin, product)).toMatchObject({ amount: before.amount - 2 * round, frozen: before.frozen });
+      }
+      // Several at once, too: each answer means its own change is in.
+      const batch = await Promise.all(Array.from({ length: 4 }, () => settle(ctx.http, ctx.admin, [[product, 1]])));
+      for (const r of batch) expect(r.status, r.text).toBe(200);
+      const paid = await Promise.all(batch.map((r) => pay(ctx.http, ctx.admin, r.body.payId, 'PAYED')));
+      for (const p of paid) expectSuccess(p);
+      expect(await getStock(ctx.http, ctx.admin, product)).toMatchObject({ amount: before.amount - 10, frozen: before.frozen });
+      if (ctx.server) await eventsApplied(ctx.server.dataDir); // the paid events, once handled, change nothing more
+      expect(await getStock(ctx.http, ctx.admin, product)).toMatchObject({ amount: before.amount - 10, frozen: before.frozen });
     }, 30_000);
   });
 }

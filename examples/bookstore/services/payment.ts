@@ -38,8 +38,25 @@ async function callerAccountId(ctx: Ctx): Promise<number> {
  * WAITING → PAYED (debiting the wallet) or WAITING → CANCEL, in one transaction with the event
  * that tells the warehouse to consume or release the stock. The conditional update decides
  * races with a second click, a cancel or the expiry timer: exactly one of them moves the payment.
+ *
+ * Once that has committed, the warehouse is asked to make the stock change directly, so that it
+ * is visible to the caller's next request, as in Fenix's own services, in every architecture.
+ * The event stays the guarantee: the warehouse's stock operations are keyed by the payment and
+ * only a FROZEN hold moves, so whichever of the call and the event comes second changes nothing,
+ * and if the call fails the event still applies the change, once.
  */
 async function changeState(ctx: Ctx, payId: string, state: 'PAYED' | 'CANCEL', accountId: number): Promise<CodedMessage> {
+  const answer = await moveState(ctx, payId, state, accountId);
+  const warehouse = ctx.client(warehouseContract);
+  try {
+    await (state === 'PAYED' ? warehouse.consume({ payId }) : warehouse.release({ payId }));
+  } catch (err) {
+    ctx.log.warn({ err, payId, state }, 'the warehouse did not apply the stock change directly; the payment event will');
+  }
+  return answer;
+}
+
+async function moveState(ctx: Ctx, payId: string, state: 'PAYED' | 'CANCEL', accountId: number): Promise<CodedMessage> {
   return ctx.transaction(async (tx) => {
     const payment = await tx.db.selectFrom('payment').selectAll().where('pay_id', '=', payId).executeTakeFirst();
     if (!payment) throw new NotFoundError(`payment ${payId} does not exist`);
