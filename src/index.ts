@@ -48,4 +48,4 @@ export type { Identity, CallMeta, Dialect } from './kernel/plugins.js';
 export { defineApp, route } from './app/define.js';
 export type { AppDefinition, EdgeReply, EdgeRequest, EdgeSpec, RouteSpec } from './app/define.js';
 export { createTokenService, type TokenService, type TokenPair, type SigningKeyStore } from './auth/tokens.js';
-export { hashPassword, verifyPassword } from './auth/passwords.js';
+export { closePasswordWorkers, hashPassword, PasswordChecksBusyError, PasswordWorkers, verifyPassword, type PasswordWorkersOptions } from './auth/passwords.js';

@@ -92,8 +92,8 @@ const q = {
   nextPaymentId: payment.prepare<[], { last_id: number }>(
     "insert into id_counter (name, last_id) values ('payment', 1) on conflict (name) do update set last_id = id_counter.last_id + 1 returning last_id",
   ),
-  insertPayment: payment.prepare<[number, string, number, number, number, number, number]>(
-    "insert into payment (id, pay_id, account_id, total_cents, expires_ms, expires_at, create_time, pay_state) values (?, ?, ?, ?, ?, ?, ?, 'WAITING')",
+  insertPayment: payment.prepare<[number, string, number, number, number, number, number, number]>(
+    "insert into payment (id, pay_id, account_id, total_cents, expires_ms, expires_at, create_time, pay_state, held_units) values (?, ?, ?, ?, ?, ?, ?, 'WAITING', ?)",
   ),
   cancelPayment: payment.prepare<[string]>("update payment set pay_state = 'CANCEL' where pay_id = ? and pay_state = 'WAITING'"),
   outbox: payment.prepare<[string, string, string, string, string, number, number]>(
@@ -206,9 +206,10 @@ async function authenticate(header: string | undefined): Promise<Caller | undefi
 }
 
 /** Opens the payment and its expiry timer in one commit (before any stock is frozen, as Evolith does). */
-const openPayment = payment.transaction((payId: string, accountId: number, totalCents: number, now: number) => {
+// (The bench settles as the administrator, whom the per-account limit on held stock does not apply to.)
+const openPayment = payment.transaction((payId: string, accountId: number, totalCents: number, heldUnits: number, now: number) => {
   const id = q.nextPaymentId.get()!.last_id;
-  q.insertPayment.run(id, payId, accountId, totalCents, EXPIRES_MS, now + EXPIRES_MS, now);
+  q.insertPayment.run(id, payId, accountId, totalCents, EXPIRES_MS, now + EXPIRES_MS, now, heldUnits);
   q.outbox.run(`expire:${payId}`, 'payment.expired', JSON.stringify({ payId }), payId, traceparent(), now + EXPIRES_MS, Date.now());
   return id;
 });
@@ -261,7 +262,7 @@ async function settle(authorization: string | undefined, body: unknown) {
 
   const payId = randomUUID();
   const now = Date.now();
-  const id = openPayment(payId, accountId, total, now);
+  const id = openPayment(payId, accountId, total, items.reduce((n, i) => n + i.amount, 0), now);
   try {
     freeze(payId, items.map((i) => ({ productId: i.id, amount: i.amount })));
   } catch (err) {

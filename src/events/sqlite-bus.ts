@@ -1,12 +1,12 @@
 import { randomUUID } from 'node:crypto';
-import { mkdirSync } from 'node:fs';
-import { dirname, resolve } from 'node:path';
+import { resolve } from 'node:path';
 import Database from 'better-sqlite3';
 import type { Logger } from 'pino';
 import { UnavailableError } from '../kernel/errors.js';
 import type { EventBus, EventEnvelope } from '../kernel/plugins.js';
 import { errorMessage, InflightHandlers, redeliveryDelay, type RetryOptions } from './redelivery.js';
 import { createSchema, idHash, prepareStatements, type Statements } from './sqlite-bus-schema.js';
+import { preparePrivateDatabaseFile } from '../storage/sqlite-files.js';
 import { Doorbell } from './sqlite-doorbell.js';
 
 export interface SqliteEventBusOptions {
@@ -152,7 +152,8 @@ export class SqliteEventBus implements EventBus {
       synchronous: options.synchronous ?? 'full',
       lockStuckMs: options.lockStuckMs ?? 2_000,
     };
-    mkdirSync(dirname(this.file), { recursive: true });
+    // Owner-only, as the services' databases: mode 0600 (with its -wal and -shm) in a 0700 directory.
+    preparePrivateDatabaseFile(this.file);
     this.db = new Database(this.file);
     // The busy timeout first: switching to WAL needs a lock another process may hold.
     this.db.pragma(`busy_timeout = ${LOCK_WAIT_MS}`);

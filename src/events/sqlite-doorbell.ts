@@ -1,6 +1,7 @@
-import { closeSync, constants, existsSync, mkdirSync, openSync, watch, writeSync, type FSWatcher } from 'node:fs';
+import { closeSync, existsSync, watch, writeSync, type FSWatcher } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
+import { makePrivateDir, openPrivateFileForWriting } from '../storage/sqlite-files.js';
 import { stableHash } from './redelivery.js';
 
 const BYTE = Buffer.from([0]);
@@ -74,11 +75,11 @@ export class Doorbell {
     const path = join(this.dir, bellName(topic));
     let fd: number;
     try {
-      fd = openSync(path, constants.O_WRONLY | constants.O_CREAT, 0o600);
+      fd = openPrivateFileForWriting(path);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
       this.ensureDir();
-      fd = openSync(path, constants.O_WRONLY | constants.O_CREAT, 0o600);
+      fd = openPrivateFileForWriting(path);
     }
     try {
       writeSync(fd, BYTE, 0, 1, 0);
@@ -88,7 +89,7 @@ export class Doorbell {
   }
 
   private ensureDir(): void {
-    mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+    makePrivateDir(this.dir);
   }
 
   private watch(): void {

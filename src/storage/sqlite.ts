@@ -1,10 +1,10 @@
-import { mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import Database from 'better-sqlite3';
 import type { ServiceStore, StorageProvider } from '../kernel/plugins.js';
+import { preparePrivateDatabaseFile } from './sqlite-files.js';
 import { sqliteKysely } from './sqlite-kysely.js';
 
-/** Embedded default: one SQLite file per service under the app's data directory. */
+/** Embedded default: one SQLite file per service under the app's data directory, owner-only (see sqlite-files.ts). */
 export class SqliteStorage implements StorageProvider {
   readonly name = 'sqlite';
   readonly dir: string;
@@ -13,8 +13,8 @@ export class SqliteStorage implements StorageProvider {
   }
 
   async open(service: string): Promise<ServiceStore> {
-    mkdirSync(this.dir, { recursive: true });
     const file = join(this.dir, `${service}.sqlite`);
+    preparePrivateDatabaseFile(file);
     const sqlite = new Database(file);
     // WAL lets readers run beside the writer; the busy timeout rides out a checkpoint;
     // synchronous=NORMAL in WAL mode never corrupts and loses at most the last commits on power loss.

@@ -29,6 +29,7 @@ import {
 import { eventually, sleep } from '../support/eventually.js';
 import { eventsApplied } from '../support/events.js';
 import { CLIENT, Http, login, type Reply, type TokenPair } from '../support/http.js';
+import { stockHoldTests } from './stock-holds.js';
 
 /** What a suite may ask of a target when starting it. */
 export type StartOverrides = Pick<BookstoreOptions, 'set' | 'env'>;
@@ -826,6 +827,8 @@ function contractTests(target: BookstoreTarget): void {
         expect(await getStock(ctx.http, ctx.admin, product)).toMatchObject({ amount: expected, frozen: before.frozen });
       });
     });
+
+    stockHoldTests(ctx);
   });
 }
 

@@ -13,6 +13,8 @@ export interface PaymentTable {
   expires_at: number;
   create_time: number;
   pay_state: PayState;
+  /** Units of stock the payment holds frozen while it waits (the sum of its items' amounts). */
+  held_units: number;
 }
 
 export interface WalletTable {
@@ -21,9 +23,15 @@ export interface WalletTable {
   money_cents: number;
 }
 
+/** One row per account that ever settled while limited; settlements lock it to count the account's holds one at a time. */
+export interface HoldGuardTable {
+  account_id: number;
+}
+
 export interface PaymentDB {
   payment: PaymentTable;
   wallet: WalletTable;
+  hold_guard: HoldGuardTable;
   id_counter: IdCounterTable;
 }
 
@@ -49,6 +57,13 @@ export const paymentDatabase = database<PaymentDB>({
         .addColumn('money_cents', 'bigint', (c) => c.notNull())
         .addCheckConstraint('wallet_not_overdrawn', sql`money_cents >= 0`)
         .execute();
+    },
+    // Per-account limit on stock held by waiting payments (config.payment.maxHeldUnitsPerAccount).
+    // Payments made before this migration count as holding nothing; they time out soon enough.
+    '002_held_units': async (db: Kysely<any>) => {
+      await db.schema.alterTable('payment').addColumn('held_units', 'integer', (c) => c.notNull().defaultTo(0)).execute();
+      await db.schema.createIndex('payment_account_state').on('payment').columns(['account_id', 'pay_state']).execute();
+      await db.schema.createTable('hold_guard').addColumn('account_id', 'integer', (c) => c.primaryKey()).execute();
     },
   },
 });

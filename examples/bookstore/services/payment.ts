@@ -1,12 +1,12 @@
 import { randomUUID } from 'node:crypto';
-import { BusinessError, ForbiddenError, implement, NotFoundError, ValidationError, type ServiceContext } from 'evolith';
+import { BusinessError, ForbiddenError, implement, NotFoundError, sql, ValidationError, type ServiceContext, type TransactionContext } from 'evolith';
 import { accountContract } from '../contracts/account.js';
 import { success, type CodedMessage } from '../contracts/coded-message.js';
 import { paymentContract, type Payment } from '../contracts/payment.js';
 import { warehouseContract } from '../contracts/warehouse.js';
 import { claimFirstIds, nextId } from '../shared/id-counter.js';
 import { fromCents, toCents } from '../shared/money.js';
-import { paymentExpiresMs } from './payment-config.js';
+import { maxHeldUnitsPerAccount, paymentExpiresMs } from './payment-config.js';
 import { demoWallet, paymentDatabase, type PaymentDB, type PaymentTable } from './payment-db.js';
 
 const SHIPPING_CENTS = 12_00;
@@ -38,8 +38,25 @@ async function callerAccountId(ctx: Ctx): Promise<number> {
  * WAITING → PAYED (debiting the wallet) or WAITING → CANCEL, in one transaction with the event
  * that tells the warehouse to consume or release the stock. The conditional update decides
  * races with a second click, a cancel or the expiry timer: exactly one of them moves the payment.
+ *
+ * Once that has committed, the warehouse is asked to make the stock change directly, so that it
+ * is visible to the caller's next request, as in Fenix's own services, in every architecture.
+ * The event stays the guarantee: the warehouse's stock operations are keyed by the payment and
+ * only a FROZEN hold moves, so whichever of the call and the event comes second changes nothing,
+ * and if the call fails the event still applies the change, once.
  */
 async function changeState(ctx: Ctx, payId: string, state: 'PAYED' | 'CANCEL', accountId: number): Promise<CodedMessage> {
+  const answer = await moveState(ctx, payId, state, accountId);
+  const warehouse = ctx.client(warehouseContract);
+  try {
+    await (state === 'PAYED' ? warehouse.consume({ payId }) : warehouse.release({ payId }));
+  } catch (err) {
+    ctx.log.warn({ err, payId, state }, 'the warehouse did not apply the stock change directly; the payment event will');
+  }
+  return answer;
+}
+
+async function moveState(ctx: Ctx, payId: string, state: 'PAYED' | 'CANCEL', accountId: number): Promise<CodedMessage> {
   return ctx.transaction(async (tx) => {
     const payment = await tx.db.selectFrom('payment').selectAll().where('pay_id', '=', payId).executeTakeFirst();
     if (!payment) throw new NotFoundError(`payment ${payId} does not exist`);
@@ -76,6 +93,32 @@ async function changeState(ctx: Ctx, payId: string, state: 'PAYED' | 'CANCEL', a
   });
 }
 
+/**
+ * Refuses (with 400) a settlement that would take the account's stock held by waiting payments
+ * past `limit` units. Runs in the transaction that inserts the payment: the upsert on the
+ * account's hold_guard row makes concurrent settlements of one account count one at a time
+ * (PostgreSQL locks the row until commit; SQLite has a single writer anyway).
+ */
+async function checkHeldUnits(tx: TransactionContext<PaymentDB>, accountId: number, units: number, limit: number): Promise<void> {
+  await sql`insert into hold_guard (account_id) values (${accountId})
+    on conflict (account_id) do update set account_id = excluded.account_id`.execute(tx.db);
+  const row = await tx.db
+    .selectFrom('payment')
+    .select((eb) => eb.fn.coalesce(eb.fn.sum<number>('held_units'), sql<number>`0`).as('held'))
+    .where('account_id', '=', accountId)
+    .where('pay_state', '=', 'WAITING')
+    .executeTakeFirstOrThrow();
+  const held = Number(row.held);
+  if (held + units > limit) {
+    throw new BusinessError(
+      'HOLD_LIMIT_EXCEEDED',
+      `an account may hold at most ${limit} units of stock in waiting payments (maxHeldUnitsPerAccount); ` +
+        `this settlement asks for ${units} and ${held} are already held: pay or cancel a waiting payment first`,
+      { httpStatus: 400, details: { limit, held, requested: units } },
+    );
+  }
+}
+
 /** Gives up a payment whose stock could not be frozen; its `cancelled` event releases anything that was. */
 async function abandon(ctx: Ctx, payId: string): Promise<void> {
   await ctx.transaction(async (tx) => {
@@ -103,7 +146,11 @@ export const paymentService = implement(paymentContract, {
       const payId = randomUUID();
       const now = Date.now();
       const expires = paymentExpiresMs(ctx.config);
+      const units = items.reduce((sum, item) => sum + item.amount, 0);
+      // Administrators may set the stock anyway; limiting what they hold would protect nothing.
+      const limit = ctx.caller?.roles.includes('ROLE_ADMIN') ? undefined : maxHeldUnitsPerAccount(ctx.config);
       const row = await ctx.transaction(async (tx) => {
+        if (limit !== undefined) await checkHeldUnits(tx, accountId, units, limit);
         const row: PaymentTable = {
           id: await nextId(tx.db, 'payment'),
           pay_id: payId,
@@ -113,6 +160,7 @@ export const paymentService = implement(paymentContract, {
           expires_at: now + expires,
           create_time: now,
           pay_state: 'WAITING',
+          held_units: units,
         };
         await tx.db.insertInto('payment').values(row).execute();
         await tx.schedule(paymentContract.events.expired, { payId }, row.expires_at, { id: `expire:${payId}`, key: payId });
@@ -143,7 +191,9 @@ export const paymentService = implement(paymentContract, {
   },
 
   async onStart(ctx) {
-    paymentExpiresMs(ctx.config); // refuse to start with a broken setting rather than fail every settlement
+    // Refuse to start with a broken setting rather than fail every settlement.
+    paymentExpiresMs(ctx.config);
+    maxHeldUnitsPerAccount(ctx.config);
     await ctx.transaction(async ({ db }) => {
       if (await claimFirstIds(db, 'wallet', demoWallet.id)) await db.insertInto('wallet').values(demoWallet).execute();
     });
