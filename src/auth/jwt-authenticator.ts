@@ -48,7 +48,8 @@ class VerifiedTokens<T> {
 
 /**
  * Verifies `Authorization: bearer <jwt>` at the edge: RS256 only (so `alg: none` and HMAC
- * confusion are refused), signature against the published JWKS, expiry, issuer, token type.
+ * confusion are refused), signature against the published JWKS, expiry (a token without `exp`
+ * is refused), issuer, token type.
  * No header means an anonymous caller; a header that fails any check is refused.
  *
  * A token that passed every check is remembered, by its exact text, until its `exp`: the same
@@ -73,14 +74,16 @@ export function createJwtAuthenticator(options: JwtAuthenticatorOptions): Authen
         loading = undefined;
       }));
 
+  // A token without exp would be valid forever (and remembered forever): refused even when signed.
+  const checks = { algorithms: ['RS256'], issuer: options.issuer, audience: options.audience, requiredClaims: ['exp'] };
   const verify = async (token: string) => {
     if (!keyset) await refresh();
     try {
-      return await jwtVerify(token, keyset!, { algorithms: ['RS256'], issuer: options.issuer, audience: options.audience });
+      return await jwtVerify(token, keyset!, checks);
     } catch (err) {
       if (err instanceof joseErrors.JWKSNoMatchingKey && Date.now() - lastRefresh > minInterval) {
         await refresh();
-        return jwtVerify(token, keyset!, { algorithms: ['RS256'], issuer: options.issuer, audience: options.audience });
+        return jwtVerify(token, keyset!, checks);
       }
       throw err;
     }
@@ -109,7 +112,7 @@ export function createJwtAuthenticator(options: JwtAuthenticatorOptions): Authen
       // Shared by every request that presents this token: nobody may change it.
       const identity: Identity = Object.freeze({ subject: payload.sub, roles: Object.freeze(roles), claims: Object.freeze(payload) as Record<string, unknown> });
       // jose refuses a token once the clock reaches its exp (in seconds); remembered until then.
-      if (typeof payload.exp === 'number') verified.set(token, identity, payload.exp * 1000);
+      verified.set(token, identity, payload.exp! * 1000);
       return identity;
     },
   };

@@ -123,6 +123,20 @@ describe('createTokenService', () => {
       await expect(tokens.verifyRefresh(fresh)).resolves.toMatchObject({ subject: 'alice' });
     });
 
+    test('a validly signed one without exp (it would never expire)', async () => {
+      await tokens.jwks();
+      const key = await importJWK(store.jwk!, 'RS256');
+      const forever = await new SignJWT({ typ: 'refresh', authorities: [] })
+        .setProtectedHeader({ alg: 'RS256', kid: store.jwk!.kid })
+        .setSubject('alice')
+        .setIssuer(ISSUER)
+        .setIssuedAt()
+        .sign(key);
+      const err = await failure(tokens.verifyRefresh(forever));
+      expect(err).toBeInstanceOf(UnauthenticatedError);
+      expect(err.message).toMatch(/exp/);
+    });
+
     test('one issued with a negative lifetime', async () => {
       const shortLived = createTokenService({ store, issuer: ISSUER, refreshTtlSeconds: -5 });
       const { refresh_token } = await shortLived.issue(alice);

@@ -108,7 +108,8 @@ export function createTokenService(options: TokenServiceOptions): TokenService {
       const { publicJwk } = await loadKeys();
       const key = await importJWK(publicJwk, ALG);
       try {
-        const { payload } = await jwtVerify(token, key, { algorithms: [ALG], issuer: options.issuer });
+        // A token without exp would never expire: refused whoever signed it.
+        const { payload } = await jwtVerify(token, key, { algorithms: [ALG], issuer: options.issuer, requiredClaims: ['exp'] });
         if (payload.typ !== 'refresh' || typeof payload.sub !== 'string') throw new Error('not a refresh token');
         return {
           subject: payload.sub,

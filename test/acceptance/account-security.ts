@@ -1,0 +1,110 @@
+/**
+ * Account and token security, over HTTP, for every architecture the bookstore suite runs:
+ * tokens that never expire, accounts without a password, look-alike usernames, password
+ * changes that revoke tokens, refresh-token rotation and login throttling.
+ */
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { importJWK, SignJWT, type JWK } from 'jose';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Bookstore } from '../support/bookstore-process.js';
+import { ADMIN } from '../support/bookstore.js';
+import { CLIENT, Http, login, type Reply } from '../support/http.js';
+import type { BookstoreTarget, StartOverrides } from './bookstore.suite.js';
+
+const EXTERNAL = process.env.EVOLITH_BASE_URL?.replace(/\/+$/, '') || undefined;
+
+interface Ctx {
+  server?: Bookstore;
+  http: Http;
+}
+
+function useServer(target: BookstoreTarget, overrides?: StartOverrides): Ctx {
+  const ctx = {} as Ctx;
+  beforeAll(async () => {
+    if (EXTERNAL) ctx.http = new Http(EXTERNAL);
+    else {
+      ctx.server = await target.start(overrides);
+      ctx.http = new Http(ctx.server.baseUrl);
+    }
+  }, 90_000);
+  afterAll(async () => {
+    await ctx.server?.stop();
+  }, 30_000);
+  return ctx;
+}
+
+/** The auth service's private signing key, read from its own database (SQLite file or PostgreSQL schema). */
+async function signingKey(server: Bookstore): Promise<JWK> {
+  const storage = server.options.storage;
+  if (storage?.startsWith('postgres')) {
+    const schema = `${server.options.schemaPrefix ?? ''}auth`.replace(/[^a-zA-Z0-9_]/g, '_').toLowerCase();
+    const client = new pg.Client({ connectionString: storage });
+    await client.connect();
+    try {
+      const { rows } = await client.query(`SELECT jwk FROM "${schema}".signing_key`);
+      return JSON.parse(rows[0].jwk) as JWK;
+    } finally {
+      await client.end();
+    }
+  }
+  const db = new Database(join(server.dataDir, 'auth.sqlite'), { readonly: true, fileMustExist: true });
+  try {
+    const row = db.prepare('SELECT jwk FROM signing_key').get() as { jwk: string };
+    return JSON.parse(row.jwk) as JWK;
+  } finally {
+    db.close();
+  }
+}
+
+/** A token signed with the server's own key, carrying `claims` and no `exp`. */
+async function signedWithoutExp(server: Bookstore, claims: Record<string, unknown>): Promise<string> {
+  const jwk = await signingKey(server);
+  const key = await importJWK(jwk, 'RS256');
+  return new SignJWT(claims).setProtectedHeader({ alg: 'RS256', kid: jwk.kid }).setIssuedAt().sign(key);
+}
+
+function refreshGrant(http: Http, refreshToken: string): Promise<Reply> {
+  return http.get('/oauth/token', {
+    query: { grant_type: 'refresh_token', refresh_token: refreshToken, client_id: CLIENT.id, client_secret: CLIENT.secret },
+  });
+}
+
+function noteExternal(title: string): boolean {
+  if (!EXTERNAL) return false;
+  console.warn(`[acceptance] skipping "${title}": with EVOLITH_BASE_URL the suite cannot read the server's signing key`);
+  return true;
+}
+
+export function accountSecurityTests(target: BookstoreTarget): void {
+  describe('account and token security', () => {
+    const ctx = useServer(target);
+
+    describe('tokens without exp', () => {
+      it('a validly signed access token without exp is refused with 401; the same claims with exp work', async () => {
+        if (noteExternal('access token without exp')) return;
+        const real = await login(ctx.http, ADMIN.username, ADMIN.password);
+        const claims = JSON.parse(Buffer.from(real.access_token.split('.')[1]!, 'base64url').toString('utf8')) as Record<string, unknown>;
+        const { exp: _exp, iat: _iat, ...rest } = claims;
+        const forever = await signedWithoutExp(ctx.server!, rest);
+        const refused = await ctx.http.get('/restful/products/stockpile/1', { token: forever });
+        expect(refused.status, refused.text).toBe(401);
+        const ok = await ctx.http.get('/restful/products/stockpile/1', { token: real.access_token });
+        expect(ok.status, ok.text).toBe(200);
+      });
+
+      it('a validly signed refresh token without exp is refused (invalid_grant)', async () => {
+        if (noteExternal('refresh token without exp')) return;
+        const real = await login(ctx.http, ADMIN.username, ADMIN.password);
+        const claims = JSON.parse(Buffer.from(real.refresh_token.split('.')[1]!, 'base64url').toString('utf8')) as Record<string, unknown>;
+        const { exp: _exp, iat: _iat, ...rest } = claims;
+        const forever = await signedWithoutExp(ctx.server!, rest);
+        const r = await refreshGrant(ctx.http, forever);
+        expect(r.status, r.text).toBe(400);
+        expect(r.body).toMatchObject({ error: 'invalid_grant' });
+        expect(r.body.error_description).toMatch(/exp/);
+      });
+    });
+  });
+}
