@@ -9,7 +9,7 @@ import { importJWK, SignJWT, type JWK } from 'jose';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Bookstore } from '../support/bookstore-process.js';
-import { ADMIN } from '../support/bookstore.js';
+import { ADMIN, createAccount, expectSuccess, newAccount } from '../support/bookstore.js';
 import { CLIENT, Http, login, type Reply } from '../support/http.js';
 import type { BookstoreTarget, StartOverrides } from './bookstore.suite.js';
 
@@ -71,6 +71,12 @@ function refreshGrant(http: Http, refreshToken: string): Promise<Reply> {
   });
 }
 
+function passwordGrant(http: Http, username: string, password?: string): Promise<Reply> {
+  return http.get('/oauth/token', {
+    query: { grant_type: 'password', username, password, client_id: CLIENT.id, client_secret: CLIENT.secret },
+  });
+}
+
 function noteExternal(title: string): boolean {
   if (!EXTERNAL) return false;
   console.warn(`[acceptance] skipping "${title}": with EVOLITH_BASE_URL the suite cannot read the server's signing key`);
@@ -104,6 +110,32 @@ export function accountSecurityTests(target: BookstoreTarget): void {
         expect(r.status, r.text).toBe(400);
         expect(r.body).toMatchObject({ error: 'invalid_grant' });
         expect(r.body.error_description).toMatch(/exp/);
+      });
+    });
+
+    describe('accounts registered without a password', () => {
+      it('POST without a password creates the account (as Fenix does), yet no sign-in to it ever succeeds', async () => {
+        const { password: _none, ...account } = newAccount();
+        const created = await ctx.http.post('/restful/accounts', account);
+        expectSuccess(created);
+        const got = await ctx.http.get(`/restful/accounts/${account.username}`);
+        expect(got.status, got.text).toBe(200);
+        expect(got.body).toMatchObject({ username: account.username, email: account.email });
+
+        // What a wrong password gets, for comparison: the same answer for every attempt below.
+        const other = await createAccount(ctx.http);
+        const wrong = await passwordGrant(ctx.http, other.username, 'not-the-password');
+        expect(wrong.status, wrong.text).toBe(400);
+        expect(wrong.body).toMatchObject({ error: 'invalid_grant' });
+
+        for (const [what, password] of [['empty', ''], ['missing', undefined], ['some', 'guess-1'], ['blank', '   ']] as const) {
+          const r = await passwordGrant(ctx.http, account.username, password);
+          expect(r.status, `${what} password: ${r.text}`).toBe(400);
+          expect(r.body, `${what} password`).toEqual(wrong.body);
+        }
+        // An empty or missing password never matches an account that has one either.
+        for (const password of ['', undefined]) expect((await passwordGrant(ctx.http, other.username, password)).body).toEqual(wrong.body);
+        expect((await login(ctx.http, other.username, other.password)).username).toBe(other.username);
       });
     });
   });

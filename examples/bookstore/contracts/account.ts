@@ -12,7 +12,11 @@ const AccountFields = z.object({
   location: optional('location', 200),
 });
 
-export const NewAccount = AccountFields.extend({ password: required('password', 200) });
+/**
+ * As in Fenix, the password may be left out: the account is created with an empty one, which
+ * no sign-in ever matches.
+ */
+export const NewAccount = AccountFields.extend({ password: optional('password', 200) });
 
 /** A PUT carries the whole account; fields left out keep their value, a password changes the credentials. */
 export const AccountChange = AccountFields.extend({ password: optional('password', 200) });

@@ -54,7 +54,8 @@ export const authContract = defineContract({
     setCredentials: {
       input: z.object({
         username: z.string().trim().min(1, 'username is required'),
-        password: z.string().min(1, 'password is required').max(200, 'password must be at most 200 characters'),
+        // Empty: the account has no password, and nobody can sign in to it with one.
+        password: z.string().max(200, 'password must be at most 200 characters'),
         roles: z.array(Role).min(1, 'roles must not be empty').optional(),
       }),
       output: CodedMessage,

@@ -58,7 +58,7 @@ export const accountService = implement(accountContract, {
         })
         .catch(raceLost);
       try {
-        await ctx.client(authContract).setCredentials({ username: input.username, password: input.password });
+        await ctx.client(authContract).setCredentials({ username: input.username, password: input.password ?? '' });
       } catch (err) {
         // An account nobody can sign in to is useless; undo it so the username stays free.
         await ctx.db.deleteFrom('account').where('id', '=', id).execute();

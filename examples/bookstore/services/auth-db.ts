@@ -2,6 +2,7 @@ import { database, type Kysely } from 'evolith';
 
 export interface CredentialTable {
   username: string;
+  /** bcrypt of the password, or NO_PASSWORD for an account registered without one. */
   password_hash: string;
   /** Comma-separated authorities, e.g. `ROLE_USER,ROLE_ADMIN`. */
   roles: string;
@@ -37,6 +38,12 @@ export const authDatabase = database<AuthDB>({
     },
   },
 });
+
+/**
+ * The stored hash of an account registered without a password (Fenix accepts those and
+ * stores an empty one). It is no bcrypt hash, so no password, the empty one included, matches it.
+ */
+export const NO_PASSWORD = '';
 
 export function parseRoles(roles: string): string[] {
   return roles.split(',').filter(Boolean);

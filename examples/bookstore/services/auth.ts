@@ -12,7 +12,7 @@ import {
 } from 'evolith';
 import { authContract, tokenIssuer } from '../contracts/auth.js';
 import { success } from '../contracts/coded-message.js';
-import { authDatabase, demoCredential, parseRoles, type AuthDB } from './auth-db.js';
+import { authDatabase, demoCredential, NO_PASSWORD, parseRoles, type AuthDB } from './auth-db.js';
 import { authenticateClient, type OAuthClient } from './oauth-clients.js';
 
 const KEY_ID = 'current';
@@ -72,13 +72,13 @@ export const authService = implement(authContract, {
         });
       }
       if (input.grant_type === 'password') {
-        if (!input.username || !input.password) {
-          throw new BusinessError('invalid_request', 'username and password are required for grant_type=password', { httpStatus: 400 });
-        }
+        if (!input.username) throw new BusinessError('invalid_request', 'username is required for grant_type=password', { httpStatus: 400 });
         const cred = await ctx.db.selectFrom('credential').selectAll().where('username', '=', input.username).executeTakeFirst();
-        const hash = cred?.password_hash ?? (await (decoyHash ??= hashPassword(randomUUID())));
-        const matches = await verifyPassword(input.password, hash);
-        if (!cred || !matches) throw invalidGrant('Bad credentials');
+        // An account registered without a password has none (NO_PASSWORD), and an empty password
+        // matches nothing: both cost a bcrypt check and answer exactly as a wrong password does.
+        const usable = cred && cred.password_hash !== NO_PASSWORD ? cred.password_hash : undefined;
+        const matches = await verifyPassword(input.password ?? '', usable ?? (await (decoyHash ??= hashPassword(randomUUID()))));
+        if (!cred || !usable || !input.password || !matches) throw invalidGrant('Bad credentials');
         return issueFor(ctx, client, cred.username, parseRoles(cred.roles));
       }
       if (!input.refresh_token) throw new BusinessError('invalid_request', 'refresh_token is required for grant_type=refresh_token', { httpStatus: 400 });
@@ -103,7 +103,7 @@ export const authService = implement(authContract, {
       const caller = ctx.caller;
       const privileged = !!caller && (caller.roles.includes('ROLE_ADMIN') || caller.roles.includes('ROLE_SERVICE'));
       if (roles && !privileged) throw new ForbiddenError('only an administrator may grant roles');
-      const hash = await hashPassword(password);
+      const hash = password === '' ? NO_PASSWORD : await hashPassword(password);
       const existing = await ctx.db.selectFrom('credential').select('username').where('username', '=', username).executeTakeFirst();
       if (existing) {
         // Registration is anonymous, so "exists" must not mean "anyone may overwrite it".
