@@ -9,7 +9,7 @@ import { importJWK, SignJWT, type JWK } from 'jose';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Bookstore } from '../support/bookstore-process.js';
-import { ADMIN, createAccount, expectSuccess, newAccount } from '../support/bookstore.js';
+import { ADMIN, createAccount, expectFailure, expectSuccess, mentions, newAccount } from '../support/bookstore.js';
 import { CLIENT, Http, login, type Reply } from '../support/http.js';
 import type { BookstoreTarget, StartOverrides } from './bookstore.suite.js';
 
@@ -136,6 +136,57 @@ export function accountSecurityTests(target: BookstoreTarget): void {
         // An empty or missing password never matches an account that has one either.
         for (const password of ['', undefined]) expect((await passwordGrant(ctx.http, other.username, password)).body).toEqual(wrong.body);
         expect((await login(ctx.http, other.username, other.password)).username).toBe(other.username);
+      });
+    });
+
+    describe('usernames', () => {
+      it('ICYFENIX and a Cyrillic look-alike of icyfenix are refused as taken; nothing is created', async () => {
+        for (const name of ['ICYFENIX', 'IcyFenix', '\u0456cyfenix', 'ｉｃｙｆｅｎｉｘ']) {
+          const account = { ...newAccount(), username: name };
+          const r = await ctx.http.post('/restful/accounts', account);
+          expectFailure(r, 400);
+          expect(r.body.message, name).toMatch(mentions('username'));
+          expect(r.body.message, name).toMatch(/already used/);
+          expect((await ctx.http.get(`/restful/accounts/${encodeURIComponent(name)}`)).status, name).toBe(204);
+          // Nor did it get credentials of its own: the password it chose signs in to nothing.
+          expect((await passwordGrant(ctx.http, name, account.password)).status, name).toBe(400);
+        }
+        // A new name taken in one case is taken in every other.
+        const mine = await createAccount(ctx.http);
+        const upper = await ctx.http.post('/restful/accounts', { ...newAccount(), username: mine.username.toUpperCase() });
+        expectFailure(upper, 400);
+        expect(upper.body.message).toMatch(mentions('username'));
+      });
+
+      it('a NUL byte, zero-width characters and path characters are refused with 400 naming the violation', async () => {
+        const cases: [string, RegExp][] = [
+          ['evil\u0000name', /control characters/],
+          ['evil\u200bname', /invisible/],
+          ['../../etc', /\/ or \\/],
+          ['../../etc', /'\.\.'/],
+          ['a\\b', /\/ or \\/],
+        ];
+        for (const [name, why] of cases) {
+          const r = await ctx.http.post('/restful/accounts', { ...newAccount(), username: name });
+          expectFailure(r, 400);
+          expect(r.body.message, JSON.stringify(name)).toMatch(mentions('username'));
+          expect(r.body.message, JSON.stringify(name)).toMatch(why);
+        }
+        // Every violation is listed, beside the other fields' ones.
+        const all = await ctx.http.post('/restful/accounts', { ...newAccount(), username: '..\u0000/', email: 'not-an-email' });
+        expectFailure(all, 400);
+        for (const why of [/control characters/, /\/ or \\/, /'\.\.'/, /email/]) expect(all.body.message).toMatch(why);
+      });
+
+      it('sign-in normalises the name the same way: ICYFENIX signs in as icyfenix, with its password only', async () => {
+        const pair = await login(ctx.http, 'ICYFENIX', ADMIN.password);
+        expect(pair.username).toBe(ADMIN.username);
+        const ok = await ctx.http.get('/restful/products/stockpile/1', { token: pair.access_token });
+        expect(ok.status, ok.text).toBe(200);
+        expect((await passwordGrant(ctx.http, 'ICYFENIX', 'wrong-password')).body).toMatchObject({ error: 'invalid_grant' });
+        const mine = await createAccount(ctx.http, { ...newAccount(), username: `Reader_${Date.now().toString(36)}` });
+        expect((await login(ctx.http, mine.username.toLowerCase(), mine.password)).username).toBe(mine.username);
+        expect((await login(ctx.http, `  ${mine.username}  `, mine.password)).username).toBe(mine.username);
       });
     });
   });

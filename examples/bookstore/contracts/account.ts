@@ -1,10 +1,10 @@
 import { defineContract, z } from 'evolith';
 import { CodedMessage } from './coded-message.js';
-import { optionalText as optional, requiredText as required } from './fields.js';
+import { optionalText as optional, requiredText as required, username } from './fields.js';
 
 /** The fields a client may write. Uniqueness of username, telephone and email is checked by the service. */
 const AccountFields = z.object({
-  username: required('username', 50),
+  username: username(50),
   name: required('name', 50),
   avatar: optional('avatar', 500),
   telephone: z.string({ error: 'telephone must be text' }).regex(/^1\d{10}$/, 'telephone must be 11 digits starting with 1').nullish(),

@@ -1,5 +1,6 @@
 import { defineContract, z } from 'evolith';
 import { CodedMessage } from './coded-message.js';
+import { username } from './fields.js';
 
 /** The `iss` of every token the auth service signs; the edge accepts no other. */
 export const tokenIssuer = 'evolith-bookstore';
@@ -53,7 +54,7 @@ export const authContract = defineContract({
     },
     setCredentials: {
       input: z.object({
-        username: z.string().trim().min(1, 'username is required'),
+        username: username(50),
         // Empty: the account has no password, and nobody can sign in to it with one.
         password: z.string().max(200, 'password must be at most 200 characters'),
         roles: z.array(Role).min(1, 'roles must not be empty').optional(),

@@ -1,4 +1,5 @@
 import { database, type Kysely } from 'evolith';
+import { keyExistingUsernames } from '../shared/username-migration.js';
 
 export interface CredentialTable {
   username: string;
@@ -6,6 +7,8 @@ export interface CredentialTable {
   password_hash: string;
   /** Comma-separated authorities, e.g. `ROLE_USER,ROLE_ADMIN`. */
   roles: string;
+  /** usernameKey(username), unique: sign-in finds an account by it. */
+  username_key: string | null;
 }
 
 export interface SigningKeyTable {
@@ -35,6 +38,9 @@ export const authDatabase = database<AuthDB>({
         .addColumn('jwk', 'text', (c) => c.notNull())
         .addColumn('created_at', 'bigint', (c) => c.notNull())
         .execute();
+    },
+    '002_username_key': async (db: Kysely<any>) => {
+      await keyExistingUsernames(db, 'credential', 'username');
     },
   },
 });

@@ -14,6 +14,7 @@ import { authContract, tokenIssuer } from '../contracts/auth.js';
 import { success } from '../contracts/coded-message.js';
 import { authDatabase, demoCredential, NO_PASSWORD, parseRoles, type AuthDB } from './auth-db.js';
 import { authenticateClient, type OAuthClient } from './oauth-clients.js';
+import { normaliseUsername, usernameKey } from '../shared/username.js';
 
 const KEY_ID = 'current';
 
@@ -60,6 +61,19 @@ async function issueFor(ctx: ServiceContext<AuthDB>, client: OAuthClient, userna
   return tokens(ctx.db).issue({ subject: username, roles, clientId: client.id, scope: client.scope });
 }
 
+/**
+ * The credentials a sign-in names: by the exact (NFKC) username first, then by its key, so
+ * 'ICYFENIX' signs in as icyfenix (with icyfenix's password). The exact match keeps accounts
+ * registered before keys existed reachable when their names share a key.
+ */
+async function findCredential(db: Kysely<AuthDB>, username: string) {
+  const name = normaliseUsername(username);
+  return (
+    (await db.selectFrom('credential').selectAll().where('username', '=', name).executeTakeFirst()) ??
+    (await db.selectFrom('credential').selectAll().where('username_key', '=', usernameKey(name)).executeTakeFirst())
+  );
+}
+
 export const authService = implement(authContract, {
   database: authDatabase,
   handlers: {
@@ -73,7 +87,7 @@ export const authService = implement(authContract, {
       }
       if (input.grant_type === 'password') {
         if (!input.username) throw new BusinessError('invalid_request', 'username is required for grant_type=password', { httpStatus: 400 });
-        const cred = await ctx.db.selectFrom('credential').selectAll().where('username', '=', input.username).executeTakeFirst();
+        const cred = await findCredential(ctx.db, input.username);
         // An account registered without a password has none (NO_PASSWORD), and an empty password
         // matches nothing: both cost a bcrypt check and answer exactly as a wrong password does.
         const usable = cred && cred.password_hash !== NO_PASSWORD ? cred.password_hash : undefined;
@@ -104,10 +118,16 @@ export const authService = implement(authContract, {
       const privileged = !!caller && (caller.roles.includes('ROLE_ADMIN') || caller.roles.includes('ROLE_SERVICE'));
       if (roles && !privileged) throw new ForbiddenError('only an administrator may grant roles');
       const hash = password === '' ? NO_PASSWORD : await hashPassword(password);
-      const existing = await ctx.db.selectFrom('credential').select('username').where('username', '=', username).executeTakeFirst();
+      const key = usernameKey(username);
+      const existing = await ctx.db
+        .selectFrom('credential')
+        .select('username')
+        .where((eb) => eb.or([eb('username', '=', username), eb('username_key', '=', key)]))
+        .executeTakeFirst();
       if (existing) {
-        // Registration is anonymous, so "exists" must not mean "anyone may overwrite it".
-        if (!privileged && caller?.subject !== username) {
+        // Registration is anonymous, so "exists" must not mean "anyone may overwrite it";
+        // nor may a name that merely reads the same reach someone else's credentials.
+        if (existing.username !== username || (!privileged && caller?.subject !== username)) {
           throw new BusinessError('USERNAME_TAKEN', `username ${username} is already registered`, { httpStatus: 400 });
         }
         await ctx.db
@@ -119,8 +139,8 @@ export const authService = implement(authContract, {
       }
       const r = await ctx.db
         .insertInto('credential')
-        .values({ username, password_hash: hash, roles: (roles ?? ['ROLE_USER']).join(',') })
-        .onConflict((oc) => oc.column('username').doNothing())
+        .values({ username, username_key: key, password_hash: hash, roles: (roles ?? ['ROLE_USER']).join(',') })
+        .onConflict((oc) => oc.doNothing())
         .executeTakeFirst();
       if (Number(r.numInsertedOrUpdatedRows ?? 0n) === 0) {
         throw new BusinessError('USERNAME_TAKEN', `username ${username} is already registered`, { httpStatus: 400 });
@@ -134,7 +154,7 @@ export const authService = implement(authContract, {
     if (empty) {
       await ctx.db
         .insertInto('credential')
-        .values({ username: demoCredential.username, password_hash: await hashPassword(demoCredential.password), roles: demoCredential.roles.join(',') })
+        .values({ username: demoCredential.username, username_key: usernameKey(demoCredential.username), password_hash: await hashPassword(demoCredential.password), roles: demoCredential.roles.join(',') })
         .onConflict((oc) => oc.column('username').doNothing())
         .execute();
     }
