@@ -248,7 +248,12 @@ for (const backend of backends) {
 
       expect((await as(reader).account.update(change)).code).toBe(0);
       expect(await as().account.getByUsername({ username: 'reader' })).toMatchObject({ name: 'Renamed Reader', telephone: '13900000000' });
+      // The password in an update is ignored; changePassword (with the current one) changes it.
       const { auth } = as();
+      await expect(auth.token({ grant_type: 'password', username: 'reader', password: 'secret-1', ...client })).resolves.toMatchObject({ username: 'reader' });
+      expect(await failure(auth.token({ grant_type: 'password', username: 'reader', password: 'secret-2', ...client }))).toMatchObject({ code: 'invalid_grant' });
+      expect(await failure(as(reader).auth.changePassword({ currentPassword: 'wrong', newPassword: 'secret-2' }))).toMatchObject({ code: 'WRONG_PASSWORD', httpStatus: 400 });
+      expect((await as(reader).auth.changePassword({ currentPassword: 'secret-1', newPassword: 'secret-2' })).code).toBe(0);
       await expect(auth.token({ grant_type: 'password', username: 'reader', password: 'secret-2', ...client })).resolves.toMatchObject({ username: 'reader' });
       expect(await failure(auth.token({ grant_type: 'password', username: 'reader', password: 'secret-1', ...client }))).toMatchObject({ code: 'invalid_grant' });
     });

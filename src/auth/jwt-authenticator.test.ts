@@ -219,4 +219,30 @@ describe('verified-token cache', () => {
     const x = await off.authenticate(`bearer ${a}`);
     expect(await off.authenticate(`bearer ${a}`)).not.toBe(x);
   });
+
+  test('isActive is asked on every request, cached tokens included, and a false answer refuses the token', async () => {
+    const asked: unknown[] = [];
+    let active = true;
+    const revocable = createJwtAuthenticator({
+      fetchJwks: () => tokens.jwks(),
+      issuer: ISSUER,
+      isActive: async (claims) => {
+        asked.push(claims.sub);
+        return active;
+      },
+    });
+    await expect(revocable.authenticate(`bearer ${valid}`)).resolves.toMatchObject({ subject: 'alice' });
+    await expect(revocable.authenticate(`bearer ${valid}`)).resolves.toMatchObject({ subject: 'alice' });
+    expect(asked).toEqual(['alice', 'alice']);
+    active = false;
+    const err = await revocable.authenticate(`bearer ${valid}`).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(UnauthenticatedError);
+    expect((err as UnauthenticatedError).message).toBe('token revoked');
+    // A token that fails its own checks is refused without asking.
+    await expect(revocable.authenticate('bearer not.a.token')).rejects.toBeInstanceOf(UnauthenticatedError);
+    expect(asked).toHaveLength(3);
+    // Anonymous requests are not asked about either.
+    await expect(revocable.authenticate(undefined)).resolves.toBeUndefined();
+    expect(asked).toHaveLength(3);
+  });
 });

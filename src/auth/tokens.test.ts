@@ -69,12 +69,10 @@ describe('createTokenService', () => {
     const second = createTokenService({ store, issuer: ISSUER });
     expect(await second.jwks()).toEqual(await first.jwks());
     expect(store.saves).toBe(1);
-    await expect(second.verifyRefresh(pair.refresh_token)).resolves.toEqual({
-      subject: 'alice',
-      roles: alice.roles,
-      clientId: 'bookstore_frontend',
-      scope: ['BROWSER'],
-    });
+    const holder = await second.verifyRefresh(pair.refresh_token);
+    expect(holder).toMatchObject({ subject: 'alice', roles: alice.roles, clientId: 'bookstore_frontend', scope: ['BROWSER'] });
+    expect(holder.id).toBe(holder.payload.jti);
+    expect(typeof holder.id).toBe('string');
     await jwtVerify(pair.access_token, createLocalJWKSet(await second.jwks()), { issuer: ISSUER });
   });
 
@@ -185,5 +183,20 @@ describe('createTokenService', () => {
     const [pub] = (await tokens.jwks()).keys;
     const key = (await importJWK(pub!, 'RS256')) as CryptoKey;
     expect(key.type).toBe('public');
+  });
+
+  test('common claims travel in both tokens; the refresh id is the one asked for', async () => {
+    const store = new MemoryKeyStore(TEST_KEY_A);
+    const tokens = createTokenService({ store, issuer: ISSUER });
+    const pair = await tokens.issue({ ...alice, common: { ver: 3, fam: 'family-1' }, refreshId: 'refresh-1' });
+    const key = createLocalJWKSet(await tokens.jwks());
+    const { payload: access } = await jwtVerify(pair.access_token, key, { issuer: ISSUER });
+    expect(access).toMatchObject({ ver: 3, fam: 'family-1', typ: 'access' });
+    const holder = await tokens.verifyRefresh(pair.refresh_token);
+    expect(holder.id).toBe('refresh-1');
+    expect(holder.payload).toMatchObject({ ver: 3, fam: 'family-1', typ: 'refresh', jti: 'refresh-1' });
+    // The token's own claims win over common ones of the same name.
+    const odd = await tokens.issue({ ...alice, common: { typ: 'access', sub: 'mallory' } });
+    expect((await tokens.verifyRefresh(odd.refresh_token)).subject).toBe('alice');
   });
 });

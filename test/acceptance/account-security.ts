@@ -189,5 +189,66 @@ export function accountSecurityTests(target: BookstoreTarget): void {
         expect((await login(ctx.http, `  ${mine.username}  `, mine.password)).username).toBe(mine.username);
       });
     });
+
+    describe('changing the password', () => {
+      it('PUT /restful/accounts ignores a password in the body: the old one still signs in, the new one does not', async () => {
+        const mine = await createAccount(ctx.http);
+        const token = (await login(ctx.http, mine.username, mine.password)).access_token;
+        const r = await ctx.http.put('/restful/accounts', { ...mine, name: 'Still Me', password: 'taken-over-1' }, { token });
+        expectSuccess(r);
+        expect((await ctx.http.get(`/restful/accounts/${mine.username}`)).body.name).toBe('Still Me');
+        expect((await passwordGrant(ctx.http, mine.username, 'taken-over-1')).body).toMatchObject({ error: 'invalid_grant' });
+        expect((await login(ctx.http, mine.username, mine.password)).username).toBe(mine.username);
+        // Nor did it revoke anything.
+        expect((await ctx.http.get(`/restful/accounts/${mine.username}`, { token })).status).toBe(200);
+        expectSuccess(await ctx.http.put('/restful/accounts', { ...mine, name: 'Me Again' }, { token }));
+      });
+
+      it('PUT /restful/accounts/password needs the signed-in user and the current password; a wrong one changes nothing', async () => {
+        const mine = await createAccount(ctx.http);
+        const pair = await login(ctx.http, mine.username, mine.password);
+        const anonymous = await ctx.http.put('/restful/accounts/password', { currentPassword: mine.password, newPassword: 'new-pass-1' });
+        expect(anonymous.status, anonymous.text).toBe(403);
+        const wrong = await ctx.http.put('/restful/accounts/password', { currentPassword: 'not-it', newPassword: 'new-pass-1' }, { token: pair.access_token });
+        expectFailure(wrong, 400);
+        expect(wrong.body.message).toMatch(mentions('currentPassword'));
+        const missing = await ctx.http.put('/restful/accounts/password', {}, { token: pair.access_token });
+        expectFailure(missing, 400);
+        for (const field of ['currentPassword', 'newPassword']) expect(missing.body.message).toMatch(mentions(field));
+        // Nothing changed, nothing was revoked.
+        expect((await login(ctx.http, mine.username, mine.password)).username).toBe(mine.username);
+        expectSuccess(await ctx.http.put('/restful/accounts', { ...mine, name: 'Unchanged' }, { token: pair.access_token }));
+        expect((await refreshGrant(ctx.http, pair.refresh_token)).status).toBe(200);
+      });
+
+      it('a password change revokes the access and refresh tokens issued before, on the very next request', async () => {
+        const mine = await createAccount(ctx.http);
+        const before = await login(ctx.http, mine.username, mine.password);
+        const other = await login(ctx.http, mine.username, mine.password); // another device
+        // Used (and so remembered by the edge) before the change.
+        expectSuccess(await ctx.http.put('/restful/accounts', { ...mine, name: 'Before' }, { token: before.access_token }));
+        const changed = await ctx.http.put('/restful/accounts/password', { currentPassword: mine.password, newPassword: 'brand-new-1' }, { token: before.access_token });
+        expectSuccess(changed);
+        for (const old of [before.access_token, other.access_token]) {
+          const put = await ctx.http.put('/restful/accounts', { ...mine, name: 'After' }, { token: old });
+          expect(put.status, put.text).toBe(401);
+          const settlement = await ctx.http.post('/restful/settlements', { items: [{ id: 1, amount: 1 }] }, { token: old });
+          expect(settlement.status, settlement.text).toBe(401);
+        }
+        for (const old of [before.refresh_token, other.refresh_token]) {
+          const r = await refreshGrant(ctx.http, old);
+          expect(r.status, r.text).toBe(400);
+          expect(r.body).toMatchObject({ error: 'invalid_grant' });
+        }
+        expect((await ctx.http.get(`/restful/accounts/${mine.username}`)).body.name).toBe('Before');
+        expect((await passwordGrant(ctx.http, mine.username, mine.password)).body).toMatchObject({ error: 'invalid_grant' });
+        const fresh = await login(ctx.http, mine.username, 'brand-new-1');
+        expectSuccess(await ctx.http.put('/restful/accounts', { ...mine, name: 'After' }, { token: fresh.access_token }));
+        expect((await refreshGrant(ctx.http, fresh.refresh_token)).status).toBe(200);
+        // Other users' tokens are untouched.
+        const admin = await login(ctx.http, ADMIN.username, ADMIN.password);
+        expect((await ctx.http.get('/restful/products/stockpile/1', { token: admin.access_token })).status).toBe(200);
+      });
+    });
   });
 }

@@ -18,7 +18,10 @@ const AccountFields = z.object({
  */
 export const NewAccount = AccountFields.extend({ password: optional('password', 200) });
 
-/** A PUT carries the whole account; fields left out keep their value, a password changes the credentials. */
+/**
+ * A PUT carries the whole account; fields left out keep their value. A password in it is
+ * ignored, as in Fenix (the column is not updatable): PUT /restful/accounts/password changes it.
+ */
 export const AccountChange = AccountFields.extend({ password: optional('password', 200) });
 
 /** What anyone may read about an account; the password is write-only. */

@@ -1,6 +1,6 @@
 import { defineContract, z } from 'evolith';
 import { CodedMessage } from './coded-message.js';
-import { username } from './fields.js';
+import { requiredText, username } from './fields.js';
 
 /** The `iss` of every token the auth service signs; the edge accepts no other. */
 export const tokenIssuer = 'evolith-bookstore';
@@ -52,6 +52,23 @@ export const authContract = defineContract({
       idempotent: true,
       description: 'The public signing keys, for whoever verifies access tokens (the edge).',
     },
+    checkToken: {
+      input: z.object({ sub: z.string(), ver: z.number().int().optional() }),
+      output: z.object({ active: z.boolean() }),
+      idempotent: true,
+      internal: true,
+      description:
+        'Whether an access token (its claims) is still honoured: false once a password change (or a reused refresh token) revoked it. The edge asks on every authenticated request.',
+    },
+    changePassword: {
+      input: z.object({
+        currentPassword: z.string({ error: (i) => (i.input === undefined || i.input === null ? 'currentPassword is required' : 'currentPassword must be text') }),
+        newPassword: requiredText('newPassword', 200),
+      }),
+      output: CodedMessage,
+      roles: ['ROLE_USER'],
+      description: 'Changes the signed-in account\'s password, given the current one; every token issued before is revoked.',
+    },
     setCredentials: {
       input: z.object({
         username: username(50),
@@ -63,7 +80,7 @@ export const authContract = defineContract({
       // Internal: only the account service calls it, also for anonymous registrations, so the
       // handler decides who may overwrite existing credentials (their owner, an admin or a service).
       internal: true,
-      description: 'Creates credentials (default role ROLE_USER) or changes a password.',
+      description: 'Creates credentials (default role ROLE_USER); an administrator or a service may also reset existing ones.',
     },
   },
 });

@@ -86,7 +86,6 @@ export const accountService = implement(accountContract, {
       const issues = await conflicts(ctx.db, { username: current.username, telephone: next.telephone, email: next.email }, current.id);
       if (issues.length) refuse(issues);
       await ctx.db.updateTable('account').set(next).where('id', '=', current.id).execute().catch(raceLost);
-      if (input.password) await ctx.client(authContract).setCredentials({ username: input.username, password: input.password });
       return success(`account ${input.username} updated`);
     },
 

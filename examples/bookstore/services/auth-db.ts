@@ -1,4 +1,4 @@
-import { database, type Kysely } from 'evolith';
+import { database, type Generated, type Kysely } from 'evolith';
 import { keyExistingUsernames } from '../shared/username-migration.js';
 
 export interface CredentialTable {
@@ -9,6 +9,11 @@ export interface CredentialTable {
   roles: string;
   /** usernameKey(username), unique: sign-in finds an account by it. */
   username_key: string | null;
+  /**
+   * Raised by every password change. Tokens carry the version they were issued under; tokens
+   * of an older version are refused, so a password change revokes them all at once.
+   */
+  token_version: Generated<number>;
 }
 
 export interface SigningKeyTable {
@@ -41,6 +46,9 @@ export const authDatabase = database<AuthDB>({
     },
     '002_username_key': async (db: Kysely<any>) => {
       await keyExistingUsernames(db, 'credential', 'username');
+    },
+    '003_token_version': async (db: Kysely<any>) => {
+      await db.schema.alterTable('credential').addColumn('token_version', 'integer', (c) => c.notNull().defaultTo(0)).execute();
     },
   },
 });

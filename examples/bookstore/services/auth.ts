@@ -7,12 +7,13 @@ import {
   implement,
   verifyPassword,
   type Kysely,
+  type Selectable,
   type ServiceContext,
   type TokenService,
 } from 'evolith';
 import { authContract, tokenIssuer } from '../contracts/auth.js';
 import { success } from '../contracts/coded-message.js';
-import { authDatabase, demoCredential, NO_PASSWORD, parseRoles, type AuthDB } from './auth-db.js';
+import { authDatabase, demoCredential, NO_PASSWORD, parseRoles, type AuthDB, type CredentialTable } from './auth-db.js';
 import { authenticateClient, type OAuthClient } from './oauth-clients.js';
 import { normaliseUsername, usernameKey } from '../shared/username.js';
 
@@ -57,8 +58,23 @@ function invalidGrant(description: string): BusinessError {
   return new BusinessError('invalid_grant', description, { httpStatus: 400 });
 }
 
-async function issueFor(ctx: ServiceContext<AuthDB>, client: OAuthClient, username: string, roles: string[]) {
-  return tokens(ctx.db).issue({ subject: username, roles, clientId: client.id, scope: client.scope });
+/**
+ * Both tokens carry the credentials' version (`ver`): changing the password raises it, which
+ * revokes every token issued before (the edge asks `checkToken` on each request).
+ */
+async function issueFor(ctx: ServiceContext<AuthDB>, client: OAuthClient, cred: Selectable<CredentialTable>) {
+  return tokens(ctx.db).issue({
+    subject: cred.username,
+    roles: parseRoles(cred.roles),
+    clientId: client.id,
+    scope: client.scope,
+    common: { ver: Number(cred.token_version) },
+  });
+}
+
+/** The version a token was issued under; tokens from before versions existed carry none (0). */
+function versionOf(claims: Readonly<Record<string, unknown>>): number {
+  return typeof claims.ver === 'number' ? claims.ver : 0;
 }
 
 /**
@@ -93,7 +109,7 @@ export const authService = implement(authContract, {
         const usable = cred && cred.password_hash !== NO_PASSWORD ? cred.password_hash : undefined;
         const matches = await verifyPassword(input.password ?? '', usable ?? (await (decoyHash ??= hashPassword(randomUUID()))));
         if (!cred || !usable || !input.password || !matches) throw invalidGrant('Bad credentials');
-        return issueFor(ctx, client, cred.username, parseRoles(cred.roles));
+        return issueFor(ctx, client, cred);
       }
       if (!input.refresh_token) throw new BusinessError('invalid_request', 'refresh_token is required for grant_type=refresh_token', { httpStatus: 400 });
       const holder = await tokens(ctx.db)
@@ -105,7 +121,32 @@ export const authService = implement(authContract, {
       // Roles come from the credentials as they are now, not as they were at sign-in.
       const cred = await ctx.db.selectFrom('credential').selectAll().where('username', '=', holder.subject).executeTakeFirst();
       if (!cred) throw invalidGrant(`user ${holder.subject} no longer exists`);
-      return issueFor(ctx, client, cred.username, parseRoles(cred.roles));
+      if (versionOf(holder.payload) !== Number(cred.token_version)) throw invalidGrant('the refresh token was revoked: the password changed since it was issued');
+      return issueFor(ctx, client, cred);
+    },
+
+    async checkToken({ sub, ver }, ctx) {
+      const cred = await ctx.db.selectFrom('credential').select('token_version').where('username', '=', sub).executeTakeFirst();
+      return { active: !!cred && (ver ?? 0) === Number(cred.token_version) };
+    },
+
+    async changePassword({ currentPassword, newPassword }, ctx) {
+      const username = ctx.caller!.subject;
+      const cred = await ctx.db.selectFrom('credential').selectAll().where('username', '=', username).executeTakeFirst();
+      const usable = cred && cred.password_hash !== NO_PASSWORD ? cred.password_hash : undefined;
+      const matches = await verifyPassword(currentPassword, usable ?? (await (decoyHash ??= hashPassword(randomUUID()))));
+      if (!cred || !usable || !matches) {
+        throw new BusinessError('WRONG_PASSWORD', 'currentPassword is not the password of this account; nothing was changed', { httpStatus: 400 });
+      }
+      const hash = await hashPassword(newPassword);
+      // Raising the version revokes every access and refresh token issued before: whoever holds
+      // one (a thief, say) has to sign in again, with the new password.
+      await ctx.db
+        .updateTable('credential')
+        .set((eb) => ({ password_hash: hash, token_version: eb('token_version', '+', 1) }))
+        .where('username', '=', username)
+        .execute();
+      return success(`password of ${username} changed; sign in again`);
     },
 
     async jwks(_input, ctx) {
@@ -127,12 +168,14 @@ export const authService = implement(authContract, {
       if (existing) {
         // Registration is anonymous, so "exists" must not mean "anyone may overwrite it";
         // nor may a name that merely reads the same reach someone else's credentials.
-        if (existing.username !== username || (!privileged && caller?.subject !== username)) {
+        // A user changes their own password with changePassword (which asks for the current one).
+        if (existing.username !== username || !privileged) {
           throw new BusinessError('USERNAME_TAKEN', `username ${username} is already registered`, { httpStatus: 400 });
         }
+        // An administrator's reset revokes the tokens issued under the old password, too.
         await ctx.db
           .updateTable('credential')
-          .set(roles ? { password_hash: hash, roles: roles.join(',') } : { password_hash: hash })
+          .set((eb) => ({ password_hash: hash, token_version: eb('token_version', '+', 1), ...(roles ? { roles: roles.join(',') } : {}) }))
           .where('username', '=', username)
           .execute();
         return success(`credentials of ${username} changed`);
