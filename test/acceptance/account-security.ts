@@ -250,5 +250,52 @@ export function accountSecurityTests(target: BookstoreTarget): void {
         expect((await ctx.http.get('/restful/products/stockpile/1', { token: admin.access_token })).status).toBe(200);
       });
     });
+
+    describe('refresh-token rotation', () => {
+      it('each refresh returns a new refresh token and spends the one used', async () => {
+        const mine = await createAccount(ctx.http);
+        const first = await login(ctx.http, mine.username, mine.password);
+        const second = await refreshGrant(ctx.http, first.refresh_token);
+        expect(second.status, second.text).toBe(200);
+        expect(second.body.refresh_token).not.toBe(first.refresh_token);
+        const third = await refreshGrant(ctx.http, second.body.refresh_token);
+        expect(third.status, third.text).toBe(200);
+        expect(third.body.refresh_token).not.toBe(second.body.refresh_token);
+        expectSuccess(await ctx.http.put('/restful/accounts', { ...mine, name: 'Rotated' }, { token: third.body.access_token }));
+      });
+
+      it('reusing a spent refresh token answers invalid_grant and revokes the whole sign-in: its refresh and access tokens', async () => {
+        const mine = await createAccount(ctx.http);
+        const a = await login(ctx.http, mine.username, mine.password);
+        const elsewhere = await login(ctx.http, mine.username, mine.password); // another sign-in: a family of its own
+        const b = await refreshGrant(ctx.http, a.refresh_token);
+        expect(b.status, b.text).toBe(200);
+        // Both access tokens of the family work until the reuse.
+        for (const token of [a.access_token, b.body.access_token]) {
+          expectSuccess(await ctx.http.put('/restful/accounts', { ...mine, name: 'Family' }, { token }));
+        }
+
+        const reuse = await refreshGrant(ctx.http, a.refresh_token);
+        expect(reuse.status, reuse.text).toBe(400);
+        expect(reuse.body).toMatchObject({ error: 'invalid_grant' });
+        expect(reuse.body.error_description).toMatch(/already used/);
+
+        const afterB = await refreshGrant(ctx.http, b.body.refresh_token);
+        expect(afterB.status, afterB.text).toBe(400);
+        expect(afterB.body).toMatchObject({ error: 'invalid_grant' });
+        for (const token of [a.access_token, b.body.access_token]) {
+          const r = await ctx.http.put('/restful/accounts', { ...mine, name: 'Stolen' }, { token });
+          expect(r.status, r.text).toBe(401);
+        }
+        expect((await ctx.http.get(`/restful/accounts/${mine.username}`)).body.name).toBe('Family');
+
+        // The other sign-in is another family: untouched.
+        expectSuccess(await ctx.http.put('/restful/accounts', { ...mine, name: 'Other Device' }, { token: elsewhere.access_token }));
+        expect((await refreshGrant(ctx.http, elsewhere.refresh_token)).status).toBe(200);
+        // And signing in again starts a new, working family.
+        const again = await login(ctx.http, mine.username, mine.password);
+        expect((await refreshGrant(ctx.http, again.refresh_token)).status).toBe(200);
+      });
+    });
   });
 }

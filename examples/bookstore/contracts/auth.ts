@@ -53,7 +53,7 @@ export const authContract = defineContract({
       description: 'The public signing keys, for whoever verifies access tokens (the edge).',
     },
     checkToken: {
-      input: z.object({ sub: z.string(), ver: z.number().int().optional() }),
+      input: z.object({ sub: z.string(), ver: z.number().int().optional(), fam: z.string().optional() }),
       output: z.object({ active: z.boolean() }),
       idempotent: true,
       internal: true,

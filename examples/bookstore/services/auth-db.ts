@@ -16,6 +16,22 @@ export interface CredentialTable {
   token_version: Generated<number>;
 }
 
+/**
+ * One sign-in (password grant) and every refresh token descended from it. Only the newest
+ * refresh token of a family may be used; presenting an older one (a copy someone kept)
+ * revokes the family, and with it every access token issued from it.
+ */
+export interface TokenFamilyTable {
+  id: string;
+  username: string;
+  /** The jti of the family's one usable refresh token. */
+  refresh_id: string;
+  /** 1 once revoked. */
+  revoked: Generated<number>;
+  /** When its last refresh token expires (epoch ms); past it the row is of no use. */
+  expires_at: number;
+}
+
 export interface SigningKeyTable {
   id: string;
   /** The private JWK as JSON: tokens stay valid across restarts and replicas. */
@@ -26,6 +42,7 @@ export interface SigningKeyTable {
 export interface AuthDB {
   credential: CredentialTable;
   signing_key: SigningKeyTable;
+  token_family: TokenFamilyTable;
 }
 
 export const authDatabase = database<AuthDB>({
@@ -49,6 +66,17 @@ export const authDatabase = database<AuthDB>({
     },
     '003_token_version': async (db: Kysely<any>) => {
       await db.schema.alterTable('credential').addColumn('token_version', 'integer', (c) => c.notNull().defaultTo(0)).execute();
+    },
+    '004_token_family': async (db: Kysely<any>) => {
+      await db.schema
+        .createTable('token_family')
+        .addColumn('id', 'varchar(36)', (c) => c.primaryKey())
+        .addColumn('username', 'varchar(50)', (c) => c.notNull())
+        .addColumn('refresh_id', 'varchar(36)', (c) => c.notNull())
+        .addColumn('revoked', 'integer', (c) => c.notNull().defaultTo(0))
+        .addColumn('expires_at', 'bigint', (c) => c.notNull())
+        .execute();
+      await db.schema.createIndex('token_family_username').on('token_family').column('username').execute();
     },
   },
 });

@@ -18,6 +18,8 @@ import { authenticateClient, type OAuthClient } from './oauth-clients.js';
 import { normaliseUsername, usernameKey } from '../shared/username.js';
 
 const KEY_ID = 'current';
+/** How long a refresh token (and so a sign-in's family) lasts. */
+const REFRESH_TTL_SECONDS = 30 * 24 * 60 * 60;
 
 // One token service per database: a process may host several runtimes (tests do), and each
 // must sign with the key stored in its own auth database.
@@ -28,6 +30,7 @@ function tokens(db: Kysely<AuthDB>): TokenService {
   if (!service) {
     service = createTokenService({
       issuer: tokenIssuer,
+      refreshTtlSeconds: REFRESH_TTL_SECONDS,
       store: {
         async load() {
           const row = await db.selectFrom('signing_key').select('jwk').where('id', '=', KEY_ID).executeTakeFirst();
@@ -59,17 +62,49 @@ function invalidGrant(description: string): BusinessError {
 }
 
 /**
- * Both tokens carry the credentials' version (`ver`): changing the password raises it, which
- * revokes every token issued before (the edge asks `checkToken` on each request).
+ * Both tokens carry the credentials' version (`ver`) and their family (`fam`, one per
+ * sign-in): changing the password raises the version, reusing a spent refresh token revokes
+ * the family, and either way the tokens are refused (the edge asks `checkToken` on each request).
  */
-async function issueFor(ctx: ServiceContext<AuthDB>, client: OAuthClient, cred: Selectable<CredentialTable>) {
+async function issueFor(ctx: ServiceContext<AuthDB>, client: OAuthClient, cred: Selectable<CredentialTable>, family: string, refreshId: string) {
   return tokens(ctx.db).issue({
     subject: cred.username,
     roles: parseRoles(cred.roles),
     clientId: client.id,
     scope: client.scope,
-    common: { ver: Number(cred.token_version) },
+    common: { ver: Number(cred.token_version), fam: family },
+    refreshId,
   });
+}
+
+/** A new family for a sign-in; the user's families that have expired are dropped on the way. */
+async function newFamily(db: Kysely<AuthDB>, username: string): Promise<{ family: string; refreshId: string }> {
+  const now = Date.now();
+  const family = randomUUID();
+  const refreshId = randomUUID();
+  await db.deleteFrom('token_family').where('username', '=', username).where('expires_at', '<', now).execute();
+  await db.insertInto('token_family').values({ id: family, username, refresh_id: refreshId, expires_at: now + REFRESH_TTL_SECONDS * 1000 }).execute();
+  return { family, refreshId };
+}
+
+/**
+ * Spends `used` (the refresh token presented) and makes `next` the family's one usable refresh
+ * token. Presenting any other refresh token of the family (one already spent: a copy someone
+ * kept, or a replay) revokes the whole family.
+ */
+async function rotate(db: Kysely<AuthDB>, family: string, used: string, next: string): Promise<void> {
+  const r = await db
+    .updateTable('token_family')
+    .set({ refresh_id: next, expires_at: Date.now() + REFRESH_TTL_SECONDS * 1000 })
+    .where('id', '=', family)
+    .where('refresh_id', '=', used)
+    .where('revoked', '=', 0)
+    .executeTakeFirst();
+  if (Number(r.numUpdatedRows) === 1) return;
+  const row = await db.selectFrom('token_family').select('revoked').where('id', '=', family).executeTakeFirst();
+  if (!row) throw invalidGrant('the refresh token was revoked; sign in again');
+  if (Number(row.revoked) === 0) await db.updateTable('token_family').set({ revoked: 1 }).where('id', '=', family).execute();
+  throw invalidGrant('the refresh token was already used; every token of this sign-in is now revoked, sign in again');
 }
 
 /** The version a token was issued under; tokens from before versions existed carry none (0). */
@@ -109,7 +144,8 @@ export const authService = implement(authContract, {
         const usable = cred && cred.password_hash !== NO_PASSWORD ? cred.password_hash : undefined;
         const matches = await verifyPassword(input.password ?? '', usable ?? (await (decoyHash ??= hashPassword(randomUUID()))));
         if (!cred || !usable || !input.password || !matches) throw invalidGrant('Bad credentials');
-        return issueFor(ctx, client, cred);
+        const { family, refreshId } = await newFamily(ctx.db, cred.username);
+        return issueFor(ctx, client, cred, family, refreshId);
       }
       if (!input.refresh_token) throw new BusinessError('invalid_request', 'refresh_token is required for grant_type=refresh_token', { httpStatus: 400 });
       const holder = await tokens(ctx.db)
@@ -122,12 +158,20 @@ export const authService = implement(authContract, {
       const cred = await ctx.db.selectFrom('credential').selectAll().where('username', '=', holder.subject).executeTakeFirst();
       if (!cred) throw invalidGrant(`user ${holder.subject} no longer exists`);
       if (versionOf(holder.payload) !== Number(cred.token_version)) throw invalidGrant('the refresh token was revoked: the password changed since it was issued');
-      return issueFor(ctx, client, cred);
+      const family = holder.payload.fam;
+      // Refresh tokens from before families existed cannot be rotated: their holder signs in again.
+      if (typeof family !== 'string' || !holder.id) throw invalidGrant('the refresh token can no longer be used; sign in again');
+      const next = randomUUID();
+      await rotate(ctx.db, family, holder.id, next);
+      return issueFor(ctx, client, cred, family, next);
     },
 
-    async checkToken({ sub, ver }, ctx) {
+    async checkToken({ sub, ver, fam }, ctx) {
       const cred = await ctx.db.selectFrom('credential').select('token_version').where('username', '=', sub).executeTakeFirst();
-      return { active: !!cred && (ver ?? 0) === Number(cred.token_version) };
+      if (!cred || (ver ?? 0) !== Number(cred.token_version)) return { active: false };
+      if (fam === undefined) return { active: true };
+      const family = await ctx.db.selectFrom('token_family').select('revoked').where('id', '=', fam).executeTakeFirst();
+      return { active: !!family && Number(family.revoked) === 0 };
     },
 
     async changePassword({ currentPassword, newPassword }, ctx) {
