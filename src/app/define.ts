@@ -11,6 +11,11 @@ export interface EdgeRequest {
   readonly query: Readonly<Record<string, string | string[] | undefined>>;
   readonly body: unknown;
   readonly headers: IncomingHttpHeaders;
+  /**
+   * The address of the TCP peer that sent the request (the client, or the last proxy in front
+   * of the edge). Never taken from a header such as X-Forwarded-For: clients can write those.
+   */
+  readonly remoteAddress?: string;
 }
 
 export interface EdgeReply {

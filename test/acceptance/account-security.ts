@@ -10,6 +10,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Bookstore } from '../support/bookstore-process.js';
 import { ADMIN, createAccount, expectFailure, expectSuccess, mentions, newAccount } from '../support/bookstore.js';
+import { sleep } from '../support/eventually.js';
 import { CLIENT, Http, login, type Reply } from '../support/http.js';
 import type { BookstoreTarget, StartOverrides } from './bookstore.suite.js';
 
@@ -148,9 +149,9 @@ export function accountSecurityTests(target: BookstoreTarget): void {
           expect(r.body.message, name).toMatch(mentions('username'));
           expect(r.body.message, name).toMatch(/already used/);
           expect((await ctx.http.get(`/restful/accounts/${encodeURIComponent(name)}`)).status, name).toBe(204);
-          // Nor did it get credentials of its own: the password it chose signs in to nothing.
-          expect((await passwordGrant(ctx.http, name, account.password)).status, name).toBe(400);
         }
+        // Nor did the look-alike get credentials of its own: the password it chose signs in to nothing.
+        expect((await passwordGrant(ctx.http, '\u0456cyfenix', newAccount().password)).status).toBe(400);
         // A new name taken in one case is taken in every other.
         const mine = await createAccount(ctx.http);
         const upper = await ctx.http.post('/restful/accounts', { ...newAccount(), username: mine.username.toUpperCase() });
@@ -295,6 +296,77 @@ export function accountSecurityTests(target: BookstoreTarget): void {
         // And signing in again starts a new, working family.
         const again = await login(ctx.http, mine.username, mine.password);
         expect((await refreshGrant(ctx.http, again.refresh_token)).status).toBe(200);
+      });
+    });
+
+    describe('sign-in throttling', () => {
+      // Lower limits than the defaults (5 per username, 50 per address), set the way a deployer would.
+      const throttled = useServer(target, {
+        set: { 'config.auth.loginFailuresPerUser': 3, 'config.auth.loginFailuresPerAddress': 8, 'config.auth.loginBackoffMs': 1000 },
+      });
+
+      function expectLocked(r: Reply): number {
+        expect(r.status, r.text).toBe(429);
+        expect(r.body).toMatchObject({ error: 'too_many_attempts' });
+        expect(typeof r.body.error_description).toBe('string');
+        const wait = Number(r.headers.get('retry-after'));
+        expect(Number.isInteger(wait) && wait >= 1, `Retry-After: ${r.headers.get('retry-after')}`).toBe(true);
+        return wait;
+      }
+
+      it('wrong passwords lock the username (429 + Retry-After); after the wait the right password works and resets the count', async () => {
+        const mine = await createAccount(throttled.http);
+        for (let i = 1; i <= 3; i++) {
+          const r = await passwordGrant(throttled.http, mine.username, `wrong-${i}`);
+          expect(r.status, `attempt ${i}: ${r.text}`).toBe(400);
+          expect(r.body).toMatchObject({ error: 'invalid_grant' });
+        }
+        // Locked: even the right password is refused, without being looked at; so is the same name in capitals.
+        const wait = expectLocked(await passwordGrant(throttled.http, mine.username, mine.password));
+        expectLocked(await passwordGrant(throttled.http, mine.username.toUpperCase(), mine.password));
+        // Other users are not affected.
+        expect((await login(throttled.http, ADMIN.username, ADMIN.password)).username).toBe(ADMIN.username);
+
+        await sleep(wait * 1000 + 100);
+        expect((await login(throttled.http, mine.username, mine.password)).username).toBe(mine.username);
+        // The success reset the username's count: a wrong password is an ordinary failure again.
+        const after = await passwordGrant(throttled.http, mine.username, 'wrong-again');
+        expect(after.status, after.text).toBe(400);
+        expect((await login(throttled.http, mine.username, mine.password)).username).toBe(mine.username);
+      });
+
+      it('failures across usernames lock the client address; a forged X-Forwarded-For or client_address does not get around it', async () => {
+        const victim = await createAccount(throttled.http);
+        let locked: Reply | undefined;
+        for (let i = 0; i < 8 && !locked; i++) {
+          const r = await passwordGrant(throttled.http, `nobody_${i}_${Date.now().toString(36)}`, 'guess');
+          if (r.status === 429) locked = r;
+          else expect(r.status, r.text).toBe(400);
+        }
+        expect(locked, 'the address was never locked').toBeDefined();
+        const wait = expectLocked(locked!);
+        // Locked for every username from this address, the right password included...
+        expectLocked(await passwordGrant(throttled.http, victim.username, victim.password));
+        // ...whatever the client claims about its address.
+        const forged = { 'x-forwarded-for': '203.0.113.7', 'x-real-ip': '203.0.113.8' };
+        expectLocked(
+          await throttled.http.get('/oauth/token', {
+            headers: forged,
+            query: { grant_type: 'password', username: victim.username, password: victim.password, client_id: CLIENT.id, client_secret: CLIENT.secret, client_address: '203.0.113.9' },
+          }),
+        );
+        expectLocked(
+          await throttled.http.postForm('/oauth/token', {
+            grant_type: 'password',
+            username: victim.username,
+            password: victim.password,
+            client_id: CLIENT.id,
+            client_secret: CLIENT.secret,
+            client_address: '203.0.113.10',
+          }),
+        );
+        await sleep(wait * 1000 + 100);
+        expect((await login(throttled.http, victim.username, victim.password)).username).toBe(victim.username);
       });
     });
   });

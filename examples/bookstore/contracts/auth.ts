@@ -14,11 +14,16 @@ export const Role = z.enum(['ROLE_USER', 'ROLE_ADMIN']);
  */
 export const TokenRequest = z.object({
   grant_type: z.string().optional(),
-  username: z.string().optional(),
+  username: z.string().max(200, 'username must be at most 200 characters').optional(),
   password: z.string().optional(),
   refresh_token: z.string().optional(),
   client_id: z.string().optional(),
   client_secret: z.string().optional(),
+  /**
+   * The client's address, for throttling sign-ins. Set by the edge from the TCP connection
+   * (edge-input.ts); a value a client sends under this name is never copied into the request.
+   */
+  client_address: z.string().max(100).optional(),
 });
 
 export const TokenPair = z.object({

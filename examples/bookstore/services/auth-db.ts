@@ -32,6 +32,16 @@ export interface TokenFamilyTable {
   expires_at: number;
 }
 
+/** Failed sign-ins per username key (`user:…`) and per client address (`addr:…`). */
+export interface LoginThrottleTable {
+  key: string;
+  /** Failures in a row, forgotten a while after the latest. */
+  failures: number;
+  last_failure_at: number;
+  /** Until when (epoch ms) sign-ins are refused; 0 when not locked. */
+  blocked_until: number;
+}
+
 export interface SigningKeyTable {
   id: string;
   /** The private JWK as JSON: tokens stay valid across restarts and replicas. */
@@ -43,6 +53,7 @@ export interface AuthDB {
   credential: CredentialTable;
   signing_key: SigningKeyTable;
   token_family: TokenFamilyTable;
+  login_throttle: LoginThrottleTable;
 }
 
 export const authDatabase = database<AuthDB>({
@@ -77,6 +88,15 @@ export const authDatabase = database<AuthDB>({
         .addColumn('expires_at', 'bigint', (c) => c.notNull())
         .execute();
       await db.schema.createIndex('token_family_username').on('token_family').column('username').execute();
+    },
+    '005_login_throttle': async (db: Kysely<any>) => {
+      await db.schema
+        .createTable('login_throttle')
+        .addColumn('key', 'text', (c) => c.primaryKey())
+        .addColumn('failures', 'integer', (c) => c.notNull())
+        .addColumn('last_failure_at', 'bigint', (c) => c.notNull())
+        .addColumn('blocked_until', 'bigint', (c) => c.notNull())
+        .execute();
     },
   },
 });

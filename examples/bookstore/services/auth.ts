@@ -16,6 +16,7 @@ import { success } from '../contracts/coded-message.js';
 import { authDatabase, demoCredential, NO_PASSWORD, parseRoles, type AuthDB, type CredentialTable } from './auth-db.js';
 import { authenticateClient, type OAuthClient } from './oauth-clients.js';
 import { normaliseUsername, usernameKey } from '../shared/username.js';
+import { recordFailure, recordSuccess, refuseIfLocked, throttleSettings } from './login-throttle.js';
 
 const KEY_ID = 'current';
 /** How long a refresh token (and so a sign-in's family) lasts. */
@@ -138,12 +139,19 @@ export const authService = implement(authContract, {
       }
       if (input.grant_type === 'password') {
         if (!input.username) throw new BusinessError('invalid_request', 'username is required for grant_type=password', { httpStatus: 400 });
+        // Locked usernames and addresses are refused before any password is looked at.
+        const throttle = { user: usernameKey(input.username), address: input.client_address };
+        await refuseIfLocked(ctx.db, throttle);
         const cred = await findCredential(ctx.db, input.username);
         // An account registered without a password has none (NO_PASSWORD), and an empty password
         // matches nothing: both cost a bcrypt check and answer exactly as a wrong password does.
         const usable = cred && cred.password_hash !== NO_PASSWORD ? cred.password_hash : undefined;
         const matches = await verifyPassword(input.password ?? '', usable ?? (await (decoyHash ??= hashPassword(randomUUID()))));
-        if (!cred || !usable || !input.password || !matches) throw invalidGrant('Bad credentials');
+        if (!cred || !usable || !input.password || !matches) {
+          await recordFailure(ctx.db, throttle, throttleSettings(ctx.config));
+          throw invalidGrant('Bad credentials');
+        }
+        await recordSuccess(ctx.db, throttle);
         const { family, refreshId } = await newFamily(ctx.db, cred.username);
         return issueFor(ctx, client, cred, family, refreshId);
       }
@@ -237,6 +245,7 @@ export const authService = implement(authContract, {
   },
 
   async onStart(ctx) {
+    throttleSettings(ctx.config); // refuse to start with a broken setting rather than fail sign-ins
     const empty = !(await ctx.db.selectFrom('credential').select('username').limit(1).executeTakeFirst());
     if (empty) {
       await ctx.db
