@@ -3,7 +3,7 @@ import { accountContract } from './contracts/account.js';
 import { authContract, tokenIssuer } from './contracts/auth.js';
 import { paymentContract } from './contracts/payment.js';
 import { warehouseContract } from './contracts/warehouse.js';
-import { first, numeric, oauthError, tokenRequest } from './edge-input.js';
+import { first, numeric, oauthError, retryLater, tokenRequest } from './edge-input.js';
 import { accountService } from './services/account.js';
 import { authService } from './services/auth.js';
 import { paymentService } from './services/payment.js';
@@ -30,7 +30,7 @@ export default defineApp({
       route('GET /restful/accounts/:username', account.getByUsername, { input: (req) => ({ username: req.params.username! }) }),
       route('POST /restful/accounts', account.create),
       route('PUT /restful/accounts', account.update),
-      route('PUT /restful/accounts/password', changePassword),
+      route('PUT /restful/accounts/password', changePassword, { error: retryLater }),
 
       route('GET /restful/advertisements', warehouse.listAdvertisements, { input: () => ({}) }),
       route('GET /restful/products', warehouse.listProducts, { input: () => ({}) }),

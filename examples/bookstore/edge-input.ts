@@ -49,3 +49,10 @@ export function oauthError(err: EvolithError): EdgeReply | undefined {
   if (err.httpStatus === 429 && typeof wait === 'number') reply.headers = { 'retry-after': String(wait) };
   return reply;
 }
+
+/** A throttled request (429) in the bookstore's `{code, message}` form, telling the client when to retry. */
+export function retryLater(err: EvolithError): EdgeReply | undefined {
+  const wait = (err.details as { retryAfterSeconds?: unknown } | undefined)?.retryAfterSeconds;
+  if (err.httpStatus !== 429 || typeof wait !== 'number') return undefined;
+  return { status: 429, body: { code: 1, message: err.message }, headers: { 'retry-after': String(wait) } };
+}

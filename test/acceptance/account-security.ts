@@ -335,6 +335,23 @@ export function accountSecurityTests(target: BookstoreTarget): void {
         expect((await login(throttled.http, mine.username, mine.password)).username).toBe(mine.username);
       });
 
+      it('guessing the current password on PUT /restful/accounts/password is throttled the same way', async () => {
+        const mine = await createAccount(throttled.http);
+        const { access_token: token } = await login(throttled.http, mine.username, mine.password);
+        for (let i = 1; i <= 3; i++) {
+          const r = await throttled.http.put('/restful/accounts/password', { currentPassword: `guess-${i}`, newPassword: 'mine-now' }, { token });
+          expectFailure(r, 400);
+        }
+        const refused = await throttled.http.put('/restful/accounts/password', { currentPassword: mine.password, newPassword: 'mine-now' }, { token });
+        expect(refused.status, refused.text).toBe(429);
+        expect(refused.body).toMatchObject({ code: 1 });
+        const wait = Number(refused.headers.get('retry-after'));
+        expect(wait).toBeGreaterThanOrEqual(1);
+        await sleep(wait * 1000 + 100);
+        expectSuccess(await throttled.http.put('/restful/accounts/password', { currentPassword: mine.password, newPassword: 'mine-now' }, { token }));
+        expect((await login(throttled.http, mine.username, 'mine-now')).username).toBe(mine.username);
+      });
+
       it('failures across usernames lock the client address; a forged X-Forwarded-For or client_address does not get around it', async () => {
         const victim = await createAccount(throttled.http);
         let locked: Reply | undefined;

@@ -184,12 +184,17 @@ export const authService = implement(authContract, {
 
     async changePassword({ currentPassword, newPassword }, ctx) {
       const username = ctx.caller!.subject;
+      // Guessing the current password with a stolen token is throttled like signing in.
+      const throttle = { user: usernameKey(username) };
+      await refuseIfLocked(ctx.db, throttle);
       const cred = await ctx.db.selectFrom('credential').selectAll().where('username', '=', username).executeTakeFirst();
       const usable = cred && cred.password_hash !== NO_PASSWORD ? cred.password_hash : undefined;
       const matches = await verifyPassword(currentPassword, usable ?? (await (decoyHash ??= hashPassword(randomUUID()))));
       if (!cred || !usable || !matches) {
+        await recordFailure(ctx.db, throttle, throttleSettings(ctx.config));
         throw new BusinessError('WRONG_PASSWORD', 'currentPassword is not the password of this account; nothing was changed', { httpStatus: 400 });
       }
+      await recordSuccess(ctx.db, throttle);
       const hash = await hashPassword(newPassword);
       // Raising the version revokes every access and refresh token issued before: whoever holds
       // one (a thief, say) has to sign in again, with the new password.
