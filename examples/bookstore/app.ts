@@ -3,13 +3,13 @@ import { accountContract } from './contracts/account.js';
 import { authContract, tokenIssuer } from './contracts/auth.js';
 import { paymentContract } from './contracts/payment.js';
 import { warehouseContract } from './contracts/warehouse.js';
-import { first, numeric, oauthError, tokenRequest } from './edge-input.js';
+import { first, numeric, oauthError, retryLater, tokenRequest } from './edge-input.js';
 import { accountService } from './services/account.js';
 import { authService } from './services/auth.js';
 import { paymentService } from './services/payment.js';
 import { warehouseService } from './services/warehouse.js';
 
-const { token, jwks } = authContract.methods;
+const { token, jwks, checkToken, changePassword } = authContract.methods;
 const account = accountContract.methods;
 const warehouse = warehouseContract.methods;
 const payment = paymentContract.methods;
@@ -30,6 +30,7 @@ export default defineApp({
       route('GET /restful/accounts/:username', account.getByUsername, { input: (req) => ({ username: req.params.username! }) }),
       route('POST /restful/accounts', account.create),
       route('PUT /restful/accounts', account.update),
+      route('PUT /restful/accounts/password', changePassword, { error: retryLater }),
 
       route('GET /restful/advertisements', warehouse.listAdvertisements, { input: () => ({}) }),
       route('GET /restful/products', warehouse.listProducts, { input: () => ({}) }),
@@ -51,6 +52,6 @@ export default defineApp({
       }),
     ],
     static: { dir: 'public', fallback: 'index.html' },
-    auth: { jwks, issuer: tokenIssuer },
+    auth: { jwks, issuer: tokenIssuer, active: checkToken },
   },
 });

@@ -6,7 +6,7 @@ import pg from 'pg';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { EvolithError, Identity, ValidationError } from 'evolith';
-import type { ServiceStore, StorageProvider } from '../../src/kernel/plugins.js';
+import type { StorageProvider } from '../../src/kernel/plugins.js';
 import { Runtime } from '../../src/kernel/runtime.js';
 import { inProcessPlugins } from '../../src/worker/backends.js';
 import { PostgresStorage } from '../../src/storage/postgres.js';
@@ -49,33 +49,6 @@ async function reachable(connectionString: string): Promise<boolean> {
   }
 }
 
-/**
- * Works around src/storage/migrate.ts on PostgreSQL: kysely's Migrator looks for its tables in
- * every schema, finds the first service's and skips creating the next one's, whose migration
- * then fails ("relation evolith_migration_lock does not exist"). Creating them up front in
- * each service's own schema (its search_path) lets every service migrate.
- */
-class PostgresWithOwnMigrationTables implements StorageProvider {
-  readonly name = 'postgres';
-  constructor(readonly inner: PostgresStorage) {}
-  async open(service: string): Promise<ServiceStore> {
-    const store = await this.inner.open(service);
-    await store.db.schema
-      .createTable('evolith_migration')
-      .ifNotExists()
-      .addColumn('name', 'varchar(255)', (c) => c.notNull().primaryKey())
-      .addColumn('timestamp', 'varchar(255)', (c) => c.notNull())
-      .execute();
-    await store.db.schema
-      .createTable('evolith_migration_lock')
-      .ifNotExists()
-      .addColumn('id', 'varchar(255)', (c) => c.notNull().primaryKey())
-      .addColumn('is_locked', 'integer', (c) => c.notNull().defaultTo(0))
-      .execute();
-    return store;
-  }
-}
-
 const connectionString = pgUrl();
 const backends: Backend[] = [
   {
@@ -93,7 +66,7 @@ const backends: Backend[] = [
       const schemaPrefix = `bst_${randomUUID().slice(0, 8)}_`;
       const postgres = new PostgresStorage({ connectionString, schemaPrefix });
       return {
-        storage: () => new PostgresWithOwnMigrationTables(postgres),
+        storage: () => postgres,
         async cleanup() {
           const c = new pg.Client({ connectionString });
           await c.connect();
@@ -248,7 +221,12 @@ for (const backend of backends) {
 
       expect((await as(reader).account.update(change)).code).toBe(0);
       expect(await as().account.getByUsername({ username: 'reader' })).toMatchObject({ name: 'Renamed Reader', telephone: '13900000000' });
+      // The password in an update is ignored; changePassword (with the current one) changes it.
       const { auth } = as();
+      await expect(auth.token({ grant_type: 'password', username: 'reader', password: 'secret-1', ...client })).resolves.toMatchObject({ username: 'reader' });
+      expect(await failure(auth.token({ grant_type: 'password', username: 'reader', password: 'secret-2', ...client }))).toMatchObject({ code: 'invalid_grant' });
+      expect(await failure(as(reader).auth.changePassword({ currentPassword: 'wrong', newPassword: 'secret-2' }))).toMatchObject({ code: 'WRONG_PASSWORD', httpStatus: 400 });
+      expect((await as(reader).auth.changePassword({ currentPassword: 'secret-1', newPassword: 'secret-2' })).code).toBe(0);
       await expect(auth.token({ grant_type: 'password', username: 'reader', password: 'secret-2', ...client })).resolves.toMatchObject({ username: 'reader' });
       expect(await failure(auth.token({ grant_type: 'password', username: 'reader', password: 'secret-1', ...client }))).toMatchObject({ code: 'invalid_grant' });
     });

@@ -18,9 +18,11 @@ const oauthFields = ['grant_type', 'username', 'password', 'refresh_token', 'cli
  * An OAuth2 token request from a query string or a form (or JSON) body. Clients may also
  * authenticate with HTTP Basic (RFC 6749 §2.3.1), which is what most OAuth libraries do.
  */
-export function tokenRequest(source: unknown, req: EdgeRequest): Partial<Record<(typeof oauthFields)[number], string>> {
+export function tokenRequest(source: unknown, req: EdgeRequest): Partial<Record<(typeof oauthFields)[number] | 'client_address', string>> {
   const fields = (source ?? {}) as Record<string, unknown>;
-  const out: Partial<Record<(typeof oauthFields)[number], string>> = {};
+  const out: Partial<Record<(typeof oauthFields)[number] | 'client_address', string>> = {};
+  // Sign-ins are throttled per client address too: the TCP peer's, never one a client sends.
+  if (req.remoteAddress) out.client_address = req.remoteAddress;
   for (const f of oauthFields) {
     const v = first(fields[f]);
     if (v !== undefined) out[f] = v;
@@ -43,5 +45,14 @@ export function oauthError(err: EvolithError): EdgeReply | undefined {
   if (err.code.startsWith('EVOLITH_')) return undefined;
   const reply: EdgeReply = { status: err.httpStatus, body: { error: err.code, error_description: err.message } };
   if (err.httpStatus === 401) reply.headers = { 'www-authenticate': 'Basic realm="bookstore"' };
+  const wait = (err.details as { retryAfterSeconds?: unknown } | undefined)?.retryAfterSeconds;
+  if (err.httpStatus === 429 && typeof wait === 'number') reply.headers = { 'retry-after': String(wait) };
   return reply;
+}
+
+/** A throttled request (429) in the bookstore's `{code, message}` form, telling the client when to retry. */
+export function retryLater(err: EvolithError): EdgeReply | undefined {
+  const wait = (err.details as { retryAfterSeconds?: unknown } | undefined)?.retryAfterSeconds;
+  if (err.httpStatus !== 429 || typeof wait !== 'number') return undefined;
+  return { status: 429, body: { code: 1, message: err.message }, headers: { 'retry-after': String(wait) } };
 }

@@ -11,6 +11,11 @@ export interface EdgeRequest {
   readonly query: Readonly<Record<string, string | string[] | undefined>>;
   readonly body: unknown;
   readonly headers: IncomingHttpHeaders;
+  /**
+   * The address of the TCP peer that sent the request (the client, or the last proxy in front
+   * of the edge). Never taken from a header such as X-Forwarded-For: clients can write those.
+   */
+  readonly remoteAddress?: string;
 }
 
 export interface EdgeReply {
@@ -51,7 +56,18 @@ export interface EdgeSpec {
   /** Static files, relative to the app directory. */
   readonly static?: { readonly dir: string; readonly prefix?: string; readonly fallback?: string };
   /** Verifies bearer tokens at the edge with keys from this method (it returns a JWKS). */
-  readonly auth?: { readonly jwks: MethodDef; readonly issuer?: string; readonly audience?: string };
+  readonly auth?: {
+    readonly jwks: MethodDef;
+    readonly issuer?: string;
+    readonly audience?: string;
+    /**
+     * Asked (as the edge, so it may be internal) on every request whose token passed the
+     * checks, with the token's claims as input (parsed by its input schema; a token whose
+     * claims it refuses is refused): `{ active: false }` refuses the token (401). This is how
+     * the issuer revokes tokens before they expire; it costs one call per authenticated request.
+     */
+    readonly active?: MethodDef;
+  };
 }
 
 export interface AppDefinition {

@@ -116,6 +116,20 @@ describe('createJwtAuthenticator', () => {
     expect(err.message).toBe('token expired');
   });
 
+  test('refuses a validly signed access token without exp (it would never expire)', async () => {
+    const key = await importJWK(stored!, 'RS256');
+    const forever = await new SignJWT({ typ: 'access', authorities: ['ROLE_USER'] })
+      .setProtectedHeader({ alg: 'RS256', kid: stored!.kid })
+      .setSubject('alice')
+      .setIssuer(ISSUER)
+      .setIssuedAt(now())
+      .sign(key);
+    const err = await refused(`bearer ${forever}`);
+    expect(err.message).toMatch(/exp/);
+    // Refused again on a second try: a refusal is not remembered as a success.
+    await refused(`bearer ${forever}`);
+  });
+
   test('refuses a refresh token used as an access token', async () => {
     const { refresh_token } = await tokens.issue({ subject: 'alice', roles: [], clientId: 'web', scope: [] });
     const err = await refused(`bearer ${refresh_token}`);
@@ -175,12 +189,10 @@ describe('verified-token cache', () => {
     await expect(fresh.authenticate(`bearer ${token}`)).rejects.toThrow('token expired');
   });
 
-  test('a token without exp is verified every time (never remembered)', async () => {
+  test('a token without exp is refused every time (neither accepted nor remembered)', async () => {
     const token = await signed({});
-    const first = await auth.authenticate(`bearer ${token}`);
-    const again = await auth.authenticate(`bearer ${token}`);
-    expect(again).toEqual(first);
-    expect(again).not.toBe(first);
+    expect((await refused(`bearer ${token}`)).message).toMatch(/"exp" claim/);
+    await refused(`bearer ${token}`);
   });
 
   test('a refused token stays refused, and an altered copy of a cached token is refused', async () => {
@@ -206,5 +218,31 @@ describe('verified-token cache', () => {
     const off = createJwtAuthenticator({ fetchJwks: () => tokens.jwks(), issuer: ISSUER, verifiedTokenCache: 0 });
     const x = await off.authenticate(`bearer ${a}`);
     expect(await off.authenticate(`bearer ${a}`)).not.toBe(x);
+  });
+
+  test('isActive is asked on every request, cached tokens included, and a false answer refuses the token', async () => {
+    const asked: unknown[] = [];
+    let active = true;
+    const revocable = createJwtAuthenticator({
+      fetchJwks: () => tokens.jwks(),
+      issuer: ISSUER,
+      isActive: async (claims) => {
+        asked.push(claims.sub);
+        return active;
+      },
+    });
+    await expect(revocable.authenticate(`bearer ${valid}`)).resolves.toMatchObject({ subject: 'alice' });
+    await expect(revocable.authenticate(`bearer ${valid}`)).resolves.toMatchObject({ subject: 'alice' });
+    expect(asked).toEqual(['alice', 'alice']);
+    active = false;
+    const err = await revocable.authenticate(`bearer ${valid}`).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(UnauthenticatedError);
+    expect((err as UnauthenticatedError).message).toBe('token revoked');
+    // A token that fails its own checks is refused without asking.
+    await expect(revocable.authenticate('bearer not.a.token')).rejects.toBeInstanceOf(UnauthenticatedError);
+    expect(asked).toHaveLength(3);
+    // Anonymous requests are not asked about either.
+    await expect(revocable.authenticate(undefined)).resolves.toBeUndefined();
+    expect(asked).toHaveLength(3);
   });
 });

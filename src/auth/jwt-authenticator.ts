@@ -15,6 +15,12 @@ export interface JwtAuthenticatorOptions {
    * the cache off. Default 10,000.
    */
   verifiedTokenCache?: number;
+  /**
+   * Asked on every request whose token passed the checks (from the cache too), with the
+   * token's claims: whether the issuer still honours it (a password change or a reused refresh
+   * token revokes tokens before their exp). A token it answers false for is refused (401).
+   */
+  isActive?: (claims: Readonly<Record<string, unknown>>) => Promise<boolean>;
 }
 
 const bearer = /^bearer\s+(\S+)\s*$/i;
@@ -48,7 +54,8 @@ class VerifiedTokens<T> {
 
 /**
  * Verifies `Authorization: bearer <jwt>` at the edge: RS256 only (so `alg: none` and HMAC
- * confusion are refused), signature against the published JWKS, expiry, issuer, token type.
+ * confusion are refused), signature against the published JWKS, expiry (a token without `exp`
+ * is refused), issuer, token type.
  * No header means an anonymous caller; a header that fails any check is refused.
  *
  * A token that passed every check is remembered, by its exact text, until its `exp`: the same
@@ -61,6 +68,7 @@ export function createJwtAuthenticator(options: JwtAuthenticatorOptions): Authen
   let lastRefresh = 0;
   const minInterval = options.refreshIntervalMs ?? 30_000;
   const verified = new VerifiedTokens<Identity>(options.verifiedTokenCache ?? 10_000);
+  const isActive = options.isActive;
 
   const refresh = (): Promise<void> =>
     (loading ??= options
@@ -73,14 +81,16 @@ export function createJwtAuthenticator(options: JwtAuthenticatorOptions): Authen
         loading = undefined;
       }));
 
+  // A token without exp would be valid forever (and remembered forever): refused even when signed.
+  const checks = { algorithms: ['RS256'], issuer: options.issuer, audience: options.audience, requiredClaims: ['exp'] };
   const verify = async (token: string) => {
     if (!keyset) await refresh();
     try {
-      return await jwtVerify(token, keyset!, { algorithms: ['RS256'], issuer: options.issuer, audience: options.audience });
+      return await jwtVerify(token, keyset!, checks);
     } catch (err) {
       if (err instanceof joseErrors.JWKSNoMatchingKey && Date.now() - lastRefresh > minInterval) {
         await refresh();
-        return jwtVerify(token, keyset!, { algorithms: ['RS256'], issuer: options.issuer, audience: options.audience });
+        return jwtVerify(token, keyset!, checks);
       }
       throw err;
     }
@@ -95,22 +105,26 @@ export function createJwtAuthenticator(options: JwtAuthenticatorOptions): Authen
         return undefined;
       }
       const token = m[1]!;
-      const known = verified.get(token);
-      if (known) return known;
-      let payload;
-      try {
-        ({ payload } = await verify(token));
-      } catch (err) {
-        const why = err instanceof joseErrors.JWTExpired ? 'token expired' : `invalid token (${(err as Error).message})`;
-        throw new UnauthenticatedError(why);
-      }
-      if (payload.typ !== 'access' || typeof payload.sub !== 'string') throw new UnauthenticatedError('not an access token');
-      const roles = Array.isArray(payload.authorities) ? payload.authorities.map(String) : [];
-      // Shared by every request that presents this token: nobody may change it.
-      const identity: Identity = Object.freeze({ subject: payload.sub, roles: Object.freeze(roles), claims: Object.freeze(payload) as Record<string, unknown> });
-      // jose refuses a token once the clock reaches its exp (in seconds); remembered until then.
-      if (typeof payload.exp === 'number') verified.set(token, identity, payload.exp * 1000);
+      const identity = verified.get(token) ?? (await verifyFully(token));
+      if (isActive && !(await isActive(identity.claims!))) throw new UnauthenticatedError('token revoked');
       return identity;
     },
   };
+
+  async function verifyFully(token: string): Promise<Identity> {
+    let payload;
+    try {
+      ({ payload } = await verify(token));
+    } catch (err) {
+      const why = err instanceof joseErrors.JWTExpired ? 'token expired' : `invalid token (${(err as Error).message})`;
+      throw new UnauthenticatedError(why);
+    }
+    if (payload.typ !== 'access' || typeof payload.sub !== 'string') throw new UnauthenticatedError('not an access token');
+    const roles = Array.isArray(payload.authorities) ? payload.authorities.map(String) : [];
+    // Shared by every request that presents this token: nobody may change it.
+    const identity: Identity = Object.freeze({ subject: payload.sub, roles: Object.freeze(roles), claims: Object.freeze(payload) as Record<string, unknown> });
+    // jose refuses a token once the clock reaches its exp (in seconds); remembered until then.
+    verified.set(token, identity, payload.exp! * 1000);
+    return identity;
+  }
 }

@@ -69,12 +69,10 @@ describe('createTokenService', () => {
     const second = createTokenService({ store, issuer: ISSUER });
     expect(await second.jwks()).toEqual(await first.jwks());
     expect(store.saves).toBe(1);
-    await expect(second.verifyRefresh(pair.refresh_token)).resolves.toEqual({
-      subject: 'alice',
-      roles: alice.roles,
-      clientId: 'bookstore_frontend',
-      scope: ['BROWSER'],
-    });
+    const holder = await second.verifyRefresh(pair.refresh_token);
+    expect(holder).toMatchObject({ subject: 'alice', roles: alice.roles, clientId: 'bookstore_frontend', scope: ['BROWSER'] });
+    expect(holder.id).toBe(holder.payload.jti);
+    expect(typeof holder.id).toBe('string');
     await jwtVerify(pair.access_token, createLocalJWKSet(await second.jwks()), { issuer: ISSUER });
   });
 
@@ -121,6 +119,20 @@ describe('createTokenService', () => {
       // The same token, still valid, passes: it is the expiry that is refused.
       const fresh = await signWithStoreKey(store, { typ: 'refresh', authorities: [] }, Math.floor(Date.now() / 1000) + 60);
       await expect(tokens.verifyRefresh(fresh)).resolves.toMatchObject({ subject: 'alice' });
+    });
+
+    test('a validly signed one without exp (it would never expire)', async () => {
+      await tokens.jwks();
+      const key = await importJWK(store.jwk!, 'RS256');
+      const forever = await new SignJWT({ typ: 'refresh', authorities: [] })
+        .setProtectedHeader({ alg: 'RS256', kid: store.jwk!.kid })
+        .setSubject('alice')
+        .setIssuer(ISSUER)
+        .setIssuedAt()
+        .sign(key);
+      const err = await failure(tokens.verifyRefresh(forever));
+      expect(err).toBeInstanceOf(UnauthenticatedError);
+      expect(err.message).toMatch(/exp/);
     });
 
     test('one issued with a negative lifetime', async () => {
@@ -171,5 +183,20 @@ describe('createTokenService', () => {
     const [pub] = (await tokens.jwks()).keys;
     const key = (await importJWK(pub!, 'RS256')) as CryptoKey;
     expect(key.type).toBe('public');
+  });
+
+  test('common claims travel in both tokens; the refresh id is the one asked for', async () => {
+    const store = new MemoryKeyStore(TEST_KEY_A);
+    const tokens = createTokenService({ store, issuer: ISSUER });
+    const pair = await tokens.issue({ ...alice, common: { ver: 3, fam: 'family-1' }, refreshId: 'refresh-1' });
+    const key = createLocalJWKSet(await tokens.jwks());
+    const { payload: access } = await jwtVerify(pair.access_token, key, { issuer: ISSUER });
+    expect(access).toMatchObject({ ver: 3, fam: 'family-1', typ: 'access' });
+    const holder = await tokens.verifyRefresh(pair.refresh_token);
+    expect(holder.id).toBe('refresh-1');
+    expect(holder.payload).toMatchObject({ ver: 3, fam: 'family-1', typ: 'refresh', jti: 'refresh-1' });
+    // The token's own claims win over common ones of the same name.
+    const odd = await tokens.issue({ ...alice, common: { typ: 'access', sub: 'mallory' } });
+    expect((await tokens.verifyRefresh(odd.refresh_token)).subject).toBe('alice');
   });
 });

@@ -17,6 +17,20 @@ export interface TokenSubject {
   scope: readonly string[];
   /** Extra claims copied into the access token. */
   claims?: Record<string, unknown>;
+  /**
+   * Claims carried by both tokens (e.g. a credentials version or a token family, by which the
+   * issuer can revoke them before they expire); `verifyRefresh` returns them in `payload`.
+   */
+  common?: Record<string, unknown>;
+  /** The refresh token's id (its `jti`); a random UUID when not given. */
+  refreshId?: string;
+}
+
+/** A refresh token that passed every check: whom it was issued to, its id and all its claims. */
+export interface VerifiedRefresh extends TokenSubject {
+  /** The refresh token's `jti` (every token this service issues has one). */
+  id: string | undefined;
+  payload: Readonly<Record<string, unknown>>;
 }
 
 /** The OAuth2 token response (RFC 6749 §5.1) plus the fields the bookstore's clients read. */
@@ -34,7 +48,7 @@ export interface TokenPair {
 export interface TokenService {
   issue(subject: TokenSubject): Promise<TokenPair>;
   /** Checks a refresh token and returns whom it was issued to. */
-  verifyRefresh(token: string): Promise<TokenSubject>;
+  verifyRefresh(token: string): Promise<VerifiedRefresh>;
   jwks(): Promise<{ keys: JWK[] }>;
 }
 
@@ -75,7 +89,7 @@ export function createTokenService(options: TokenServiceOptions): TokenService {
       const { privateKey, kid } = await loadKeys();
       const jti = randomUUID();
       const now = Math.floor(Date.now() / 1000);
-      const base = { authorities: [...s.roles], scope: [...s.scope], client_id: s.clientId, user_name: s.subject };
+      const base = { ...s.common, authorities: [...s.roles], scope: [...s.scope], client_id: s.clientId, user_name: s.subject };
       const access = await new SignJWT({ ...s.claims, ...base, typ: 'access' })
         .setProtectedHeader({ alg: ALG, kid })
         .setSubject(s.subject)
@@ -90,7 +104,7 @@ export function createTokenService(options: TokenServiceOptions): TokenService {
         .setIssuer(options.issuer)
         .setIssuedAt(now)
         .setExpirationTime(now + refreshTtl)
-        .setJti(randomUUID())
+        .setJti(s.refreshId ?? randomUUID())
         .sign(privateKey);
       return {
         access_token: access,
@@ -108,9 +122,12 @@ export function createTokenService(options: TokenServiceOptions): TokenService {
       const { publicJwk } = await loadKeys();
       const key = await importJWK(publicJwk, ALG);
       try {
-        const { payload } = await jwtVerify(token, key, { algorithms: [ALG], issuer: options.issuer });
+        // A token without exp would never expire: refused whoever signed it.
+        const { payload } = await jwtVerify(token, key, { algorithms: [ALG], issuer: options.issuer, requiredClaims: ['exp'] });
         if (payload.typ !== 'refresh' || typeof payload.sub !== 'string') throw new Error('not a refresh token');
         return {
+          id: payload.jti,
+          payload,
           subject: payload.sub,
           roles: Array.isArray(payload.authorities) ? payload.authorities.map(String) : [],
           clientId: String(payload.client_id ?? ''),

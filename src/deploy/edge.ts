@@ -2,6 +2,7 @@ import type { AddressInfo } from 'node:net';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import type { AppDefinition } from '../app/define.js';
+import type { MethodDef } from '../contract/define.js';
 import { createJwtAuthenticator } from '../auth/jwt-authenticator.js';
 import { openApiDocument } from '../edge/openapi.js';
 import { createGateway, type HealthReport } from '../edge/gateway.js';
@@ -40,6 +41,7 @@ export async function startEdge(
           fetchJwks: async () => (await runtime.invoke(edgeAuth.jwks, {}, undefined, undefined, undefined, 'edge')) as never,
           issuer: edgeAuth.issuer,
           audience: edgeAuth.audience,
+          isActive: edgeAuth.active ? activeCheck(runtime, edgeAuth.active) : undefined,
         }), assertIdentity)
       : undefined,
     log,
@@ -88,5 +90,15 @@ function outsideIdentities(
       const user: Identity = { subject: identity.subject, roles, ...(identity.claims ? { claims: identity.claims } : {}) };
       return assertIdentity ? assertIdentity(user) : user;
     },
+  };
+}
+
+/** The app's `auth.active` method as the authenticator asks it: claims it cannot parse are not active. */
+function activeCheck(runtime: Runtime, method: MethodDef): (claims: Readonly<Record<string, unknown>>) => Promise<boolean> {
+  return async (claims) => {
+    const input = method.input.safeParse(claims);
+    if (!input.success) return false;
+    const answer = (await runtime.invoke(method, input.data, undefined, undefined, undefined, 'edge')) as { active?: unknown } | null;
+    return answer?.active === true;
   };
 }

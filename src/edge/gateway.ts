@@ -231,6 +231,7 @@ async function handle(r: RouteSpec, req: FastifyRequest, reply: FastifyReply, op
     query: (req.query ?? {}) as Record<string, string | string[] | undefined>,
     body: req.body,
     headers: req.headers,
+    remoteAddress: req.socket.remoteAddress,
   };
   let out: EdgeReply;
   try {

@@ -30,6 +30,7 @@ import { eventually, sleep } from '../support/eventually.js';
 import { eventsApplied } from '../support/events.js';
 import { CLIENT, Http, login, type Reply, type TokenPair } from '../support/http.js';
 import { stockHoldTests } from './stock-holds.js';
+import { accountSecurityTests } from './account-security.js';
 
 /** What a suite may ask of a target when starting it. */
 export type StartOverrides = Pick<BookstoreOptions, 'set' | 'env'>;
@@ -142,6 +143,7 @@ function processTests(title: string, body: () => void): void {
 export function bookstoreSuite(target: BookstoreTarget): void {
   describe(`bookstore acceptance [${target.name}]`, () => {
     contractTests(target);
+    accountSecurityTests(target);
     processTests('durable payment timeout', () => durableTimeoutTests(target));
     processTests('crash (SIGKILL) during load', () => crashTests(target));
     processTests('graceful shutdown', () => shutdownTests(target));

@@ -1,10 +1,10 @@
 import { defineContract, z } from 'evolith';
 import { CodedMessage } from './coded-message.js';
-import { optionalText as optional, requiredText as required } from './fields.js';
+import { optionalText as optional, requiredText as required, username } from './fields.js';
 
 /** The fields a client may write. Uniqueness of username, telephone and email is checked by the service. */
 const AccountFields = z.object({
-  username: required('username', 50),
+  username: username(50),
   name: required('name', 50),
   avatar: optional('avatar', 500),
   telephone: z.string({ error: 'telephone must be text' }).regex(/^1\d{10}$/, 'telephone must be 11 digits starting with 1').nullish(),
@@ -12,9 +12,16 @@ const AccountFields = z.object({
   location: optional('location', 200),
 });
 
-export const NewAccount = AccountFields.extend({ password: required('password', 200) });
+/**
+ * As in Fenix, the password may be left out: the account is created with an empty one, which
+ * no sign-in ever matches.
+ */
+export const NewAccount = AccountFields.extend({ password: optional('password', 200) });
 
-/** A PUT carries the whole account; fields left out keep their value, a password changes the credentials. */
+/**
+ * A PUT carries the whole account; fields left out keep their value. A password in it is
+ * ignored, as in Fenix (the column is not updatable): PUT /restful/accounts/password changes it.
+ */
 export const AccountChange = AccountFields.extend({ password: optional('password', 200) });
 
 /** What anyone may read about an account; the password is write-only. */

@@ -1,5 +1,6 @@
 import { defineContract, z } from 'evolith';
 import { CodedMessage } from './coded-message.js';
+import { requiredText, username } from './fields.js';
 
 /** The `iss` of every token the auth service signs; the edge accepts no other. */
 export const tokenIssuer = 'evolith-bookstore';
@@ -13,11 +14,16 @@ export const Role = z.enum(['ROLE_USER', 'ROLE_ADMIN']);
  */
 export const TokenRequest = z.object({
   grant_type: z.string().optional(),
-  username: z.string().optional(),
+  username: z.string().max(200, 'username must be at most 200 characters').optional(),
   password: z.string().optional(),
   refresh_token: z.string().optional(),
   client_id: z.string().optional(),
   client_secret: z.string().optional(),
+  /**
+   * The client's address, for throttling sign-ins. Set by the edge from the TCP connection
+   * (edge-input.ts); a value a client sends under this name is never copied into the request.
+   */
+  client_address: z.string().max(100).optional(),
 });
 
 export const TokenPair = z.object({
@@ -51,17 +57,35 @@ export const authContract = defineContract({
       idempotent: true,
       description: 'The public signing keys, for whoever verifies access tokens (the edge).',
     },
+    checkToken: {
+      input: z.object({ sub: z.string(), ver: z.number().int().optional(), fam: z.string().optional() }),
+      output: z.object({ active: z.boolean() }),
+      idempotent: true,
+      internal: true,
+      description:
+        'Whether an access token (its claims) is still honoured: false once a password change (or a reused refresh token) revoked it. The edge asks on every authenticated request.',
+    },
+    changePassword: {
+      input: z.object({
+        currentPassword: z.string({ error: (i) => (i.input === undefined || i.input === null ? 'currentPassword is required' : 'currentPassword must be text') }),
+        newPassword: requiredText('newPassword', 200),
+      }),
+      output: CodedMessage,
+      roles: ['ROLE_USER'],
+      description: 'Changes the signed-in account\'s password, given the current one; every token issued before is revoked.',
+    },
     setCredentials: {
       input: z.object({
-        username: z.string().trim().min(1, 'username is required'),
-        password: z.string().min(1, 'password is required').max(200, 'password must be at most 200 characters'),
+        username: username(50),
+        // Empty: the account has no password, and nobody can sign in to it with one.
+        password: z.string().max(200, 'password must be at most 200 characters'),
         roles: z.array(Role).min(1, 'roles must not be empty').optional(),
       }),
       output: CodedMessage,
       // Internal: only the account service calls it, also for anonymous registrations, so the
       // handler decides who may overwrite existing credentials (their owner, an admin or a service).
       internal: true,
-      description: 'Creates credentials (default role ROLE_USER) or changes a password.',
+      description: 'Creates credentials (default role ROLE_USER); an administrator or a service may also reset existing ones.',
     },
   },
 });

@@ -1,4 +1,5 @@
 import { z } from 'evolith';
+import { normaliseUsername, usernameProblems } from '../shared/username.js';
 
 /**
  * Field schemas whose messages name the field and say what is wrong with it, because the
@@ -30,4 +31,19 @@ export function wholeNumber(field: string) {
 
 export function positiveId(field: string) {
   return wholeNumber(field).positive(`${field} must be positive`);
+}
+
+/**
+ * A username as people will read it: stored in NFKC form, at most `max` characters, without
+ * control or invisible characters and without path characters. Every problem is listed.
+ */
+export function username(max = 50) {
+  return z
+    .string({ error: missingOr('username', 'text') })
+    .overwrite(normaliseUsername)
+    .min(1, 'username is required')
+    .max(max, `username must be at most ${max} characters`)
+    .superRefine((name, ctx) => {
+      for (const message of usernameProblems(name)) ctx.addIssue({ code: 'custom', message });
+    });
 }

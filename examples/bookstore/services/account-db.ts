@@ -1,9 +1,12 @@
 import { database, type Kysely } from 'evolith';
 import { createIdCounterTable, type IdCounterTable } from '../shared/id-counter.js';
+import { keyExistingUsernames } from '../shared/username-migration.js';
 
 export interface AccountTable {
   id: number;
   username: string;
+  /** usernameKey(username): unique, so no two accounts have names people would take for one. */
+  username_key: string | null;
   name: string;
   avatar: string | null;
   telephone: string | null;
@@ -35,6 +38,9 @@ export const accountDatabase = database<AccountDB>({
         .addUniqueConstraint('account_email_unique', ['email'])
         .execute();
     },
+    '002_username_key': async (db: Kysely<any>) => {
+      await keyExistingUsernames(db, 'account', 'id');
+    },
   },
 });
 
@@ -42,6 +48,7 @@ export const accountDatabase = database<AccountDB>({
 export const demoAccount: AccountTable = {
   id: 1,
   username: 'icyfenix',
+  username_key: 'icyfenix',
   name: '周志明',
   avatar: '/images/avatar.svg',
   telephone: '18888888888',

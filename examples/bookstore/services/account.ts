@@ -4,23 +4,28 @@ import { authContract } from '../contracts/auth.js';
 import { success } from '../contracts/coded-message.js';
 import { claimFirstIds, nextId } from '../shared/id-counter.js';
 import { isUniqueViolation } from '../shared/unique-violation.js';
+import { usernameKey } from '../shared/username.js';
 import { accountDatabase, demoAccount, type AccountDB, type AccountTable } from './account-db.js';
 
 type Unique = Pick<AccountTable, 'username'> & Partial<Pick<AccountTable, 'telephone' | 'email'>>;
 
 /** Lists every unique field another account already uses (all of them, not just the first). */
 async function conflicts(db: Kysely<AccountDB>, wanted: Unique, self?: number): Promise<ValidationIssue[]> {
+  // Usernames are compared by key: 'ICYFENIX' or a look-alike of icyfenix is icyfenix.
   const checks = [
-    { field: 'username', value: wanted.username },
-    { field: 'telephone', value: wanted.telephone },
-    { field: 'email', value: wanted.email },
+    { field: 'username', column: 'username_key', value: usernameKey(wanted.username) },
+    { field: 'telephone', column: 'telephone', value: wanted.telephone },
+    { field: 'email', column: 'email', value: wanted.email },
   ] as const;
   const issues: ValidationIssue[] = [];
-  for (const { field, value } of checks) {
+  for (const { field, column, value } of checks) {
     if (value === undefined || value === null) continue;
-    let q = db.selectFrom('account').select('id').where(field, '=', value);
+    let q = db.selectFrom('account').select('id').where(column, '=', value);
     if (self !== undefined) q = q.where('id', '<>', self);
-    if (await q.executeTakeFirst()) issues.push({ path: field, message: `${field} ${value} is already used by another account` });
+    if (await q.executeTakeFirst()) {
+      const shown = field === 'username' ? wanted.username : value;
+      issues.push({ path: field, message: `${field} ${shown} is already used by another account${field === 'username' ? ' (or one that reads the same)' : ''}` });
+    }
   }
   return issues;
 }
@@ -35,7 +40,7 @@ function raceLost(err: unknown): never {
   throw err;
 }
 
-function toAccount(row: AccountTable): Account {
+function toAccount({ username_key: _key, ...row }: AccountTable): Account {
   return { ...row, id: Number(row.id) };
 }
 
@@ -52,13 +57,13 @@ export const accountService = implement(accountContract, {
           const { password: _secret, ...profile } = input;
           await tx.db
             .insertInto('account')
-            .values({ ...profile, id, avatar: profile.avatar ?? null, telephone: profile.telephone ?? null, email: profile.email ?? null, location: profile.location ?? null })
+            .values({ ...profile, id, username_key: usernameKey(profile.username), avatar: profile.avatar ?? null, telephone: profile.telephone ?? null, email: profile.email ?? null, location: profile.location ?? null })
             .execute();
           return id;
         })
         .catch(raceLost);
       try {
-        await ctx.client(authContract).setCredentials({ username: input.username, password: input.password });
+        await ctx.client(authContract).setCredentials({ username: input.username, password: input.password ?? '' });
       } catch (err) {
         // An account nobody can sign in to is useless; undo it so the username stays free.
         await ctx.db.deleteFrom('account').where('id', '=', id).execute();
@@ -81,7 +86,6 @@ export const accountService = implement(accountContract, {
       const issues = await conflicts(ctx.db, { username: current.username, telephone: next.telephone, email: next.email }, current.id);
       if (issues.length) refuse(issues);
       await ctx.db.updateTable('account').set(next).where('id', '=', current.id).execute().catch(raceLost);
-      if (input.password) await ctx.client(authContract).setCredentials({ username: input.username, password: input.password });
       return success(`account ${input.username} updated`);
     },
 
