@@ -1,6 +1,9 @@
 import { defineConfig } from 'vitest/config';
 
 export default defineConfig({
+  // `evolith` resolves to the TypeScript sources here, as in tsconfig.json (see package.json's exports).
+  resolve: { conditions: ['evolith-source'] },
+  ssr: { resolve: { conditions: ['evolith-source'], externalConditions: ['evolith-source'] } },
   test: {
     include: ['src/**/*.test.ts', 'test/**/*.test.ts', 'examples/**/*.test.ts'],
     typecheck: { enabled: true, include: ['src/**/*.test-d.ts', 'test/**/*.test-d.ts'] },
