@@ -96,6 +96,16 @@ program
     await (await commands()).contracts(dir, o.openapi ? 'openapi' : o.json ? 'json' : 'summary');
   });
 
+program
+  .command('init')
+  .description('create a new app with one service, its HTTP route, evolith.yaml and a test')
+  .argument('<dir>', 'a new or empty directory')
+  .option('--name <name>', "the app's name (default: the directory's)")
+  .option('--evolith-version <spec>', `how the app's package.json names evolith (default: ^${pkg.version})`)
+  .action(async (dir, o) => {
+    await (await commands()).init(dir, { name: o.name, evolithVersion: o.evolithVersion });
+  });
+
 try {
   await program.parseAsync(process.argv);
 } catch (err) {

@@ -20,8 +20,12 @@ export const commandsModule = new URL(fromSource ? '../src/cli/commands.ts' : '.
 const LOADER = Symbol.for('evolith.typescript-loader');
 
 // Adds the "evolith-source" condition to every resolution: `evolith` then means src/index.ts.
+// `evolith` and `evolith/...` resolve from this checkout's root, so an example with a package.json
+// of its own (examples/hello) runs this checkout too, installed or not.
+const root = new URL('../package.json', import.meta.url).href;
 const sourceCondition = `export async function resolve(specifier, context, next) {
-  return next(specifier, { ...context, conditions: [...context.conditions, 'evolith-source'] });
+  const own = specifier === 'evolith' || specifier.startsWith('evolith/');
+  return next(specifier, { ...context, ...(own ? { parentURL: ${JSON.stringify(root)} } : {}), conditions: [...context.conditions, 'evolith-source'] });
 }`;
 
 /** Registers tsx (once per process); in the repository, also the condition that selects the sources. */

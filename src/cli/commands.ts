@@ -7,9 +7,9 @@ import { resolve } from 'node:path';
 import type { RunningDeployment } from '../deploy/deployer.js';
 import type { TopologyOverrides } from '../deploy/topology.js';
 import { EvolithError } from '../kernel/errors.js';
+import { CliError } from './cli-error.js';
 
-/** A mistake of the person running the command: printed as one line, exit code 2. */
-export class CliError extends Error {}
+export { CliError };
 
 /** The one-line message for a failure the user can fix, or undefined for a bug (which keeps its stack). */
 export function userFailure(err: unknown): string | undefined {
@@ -84,4 +84,25 @@ export async function contracts(appDirArg: string, format: 'summary' | 'json' | 
   const { contractsSummary } = await import('./contracts-summary.js');
   const descriptions = Object.fromEntries(app.services.map((s) => [s.contract.name, s.contract.description]));
   process.stdout.write(contractsSummary(app.name, docs, descriptions));
+}
+
+/** `evolith init`: a new one-service app in `dir`, and what to do next. */
+export async function init(dirArg: string, options: { name?: string; evolithVersion?: string }): Promise<void> {
+  const [{ init: write }, { readFileSync }, { relative }] = await Promise.all([import('./init.js'), import('node:fs'), import('node:path')]);
+  const evolith = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string; devDependencies?: Record<string, string> };
+  const files = write(dirArg, evolith, options);
+  const dir = relative(process.cwd(), resolve(dirArg)) || '.';
+  process.stdout.write(
+    [
+      `evolith: created ${files.length} files in ${dir}:`,
+      ...files.map((f) => `  ${f}`),
+      '',
+      'next:',
+      ...(dir === '.' ? [] : [`  cd ${dir}`]),
+      '  npm install',
+      '  npm start     # serves on http://127.0.0.1:8080 (evolith.yaml)',
+      '  npm test      # runs the app in every architecture',
+      '',
+    ].join('\n'),
+  );
 }

@@ -4,12 +4,14 @@
  * declarations), from plain JavaScript under plain Node (no TypeScript loader), and through the
  * installed `evolith` command.
  *
+ * Then `evolith init` from the installed command, and the new app's own test and `npm start`.
+ *
  * Dependencies come from the npm cache (--prefer-offline). Install scripts are skipped: the one
  * that matters, better-sqlite3's native addon, is the one this repository already built for this
  * Node (compiling SQLite again would test better-sqlite3's install, not Evolith's package).
  */
-import { execFile } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { execFile, spawn } from 'node:child_process';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
@@ -74,7 +76,7 @@ beforeAll(async () => {
   project = join(dir, 'project');
   mkdirSync(project);
   writeFileSync(join(project, 'package.json'), JSON.stringify({ name: 'adopter', private: true, type: 'module' }, null, 2));
-  await sh(npm, ['install', '--prefer-offline', '--no-audit', '--no-fund', '--ignore-scripts', tarball, `@types/node@${pkg.devDependencies['@types/node']}`], project);
+  await sh(npm, ['install', '--prefer-offline', '--no-audit', '--no-fund', '--ignore-scripts', tarball, `@types/node@${pkg.devDependencies['@types/node']}`, `vitest@${pkg.devDependencies.vitest}`], project);
   await provideSqliteAddon();
 }, 600_000);
 
@@ -161,4 +163,43 @@ console.log(JSON.stringify({ first, second, invalid: invalid instanceof Validati
     const contracts = await sh(npm, ['exec', '--', 'evolith', 'contracts', 'shelf'], project);
     expect(contracts.stdout).toContain('books.find(id: number) → { id: number, title: string }');
   });
+
+  test('evolith init writes an app whose test passes in every architecture and that npm start serves', async () => {
+    const created = await sh(npm, ['exec', '--', 'evolith', 'init', 'hello'], project);
+    expect(created.stdout).toContain('evolith: created 8 files in hello:');
+    const again = await sh(npm, ['exec', '--', 'evolith', 'init', 'hello'], project).catch((err: Error) => err);
+    expect(again).toBeInstanceOf(Error);
+    expect((again as Error).message).toMatch(/evolith: \S+hello is not empty \(/);
+    const app = join(project, 'hello');
+    expect(JSON.parse(readFileSync(join(app, 'package.json'), 'utf8')).dependencies).toEqual({ evolith: `^${pkg.version}` });
+
+    // Its dependencies are the project's (installed above): the installed evolith from the tarball, and vitest.
+    const tested = await sh(npm, ['test'], app, 300_000);
+    expect(tested.stdout).toMatch(/Tests\s+5 passed/);
+    expect(tested.stdout).toContain('app.test.ts');
+
+    const data = join(dir, 'hello-data');
+    const child = spawn(npm, ['start', '--', '--port', '0', '--data', data], { cwd: app, env: { ...env, EVOLITH_LOG_LEVEL: 'warn' }, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+    let output = '';
+    child.stdout!.on('data', (b: Buffer) => (output += b.toString()));
+    child.stderr!.on('data', (b: Buffer) => (output += b.toString()));
+    const exited = new Promise((done) => child.once('exit', done));
+    try {
+      const end = Date.now() + 60_000;
+      let url: string | undefined;
+      while (!url && Date.now() < end && child.exitCode === null) {
+        url = /evolith: listening on (http:\/\/\S+)/.exec(output)?.[1];
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      expect(url, output).toBeDefined();
+      const reply = await fetch(`${url}/greetings`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"name":"Lin"}' });
+      expect(reply.status).toBe(200);
+      expect(await reply.json()).toEqual({ message: 'Hello, Lin!', count: 1 });
+      expect(readdirSync(data)).toContain('greeter.sqlite');
+    } finally {
+      // npm start's process group: npm, evolith and anything it started.
+      process.kill(-child.pid!, 'SIGTERM');
+      await exited;
+    }
+  }, 420_000);
 });
