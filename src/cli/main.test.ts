@@ -134,6 +134,27 @@ describe.concurrent('evolith CLI', () => {
     }
   });
 
+  test('an unsupported platform or Node gets one line naming what is supported, and exit code 1', async () => {
+    const pretend = (code: string) => ['--import', `data:text/javascript,${encodeURIComponent(code)}`];
+    const windows = await cli(['--version'], { nodeArgs: pretend("Object.defineProperty(process, 'platform', { value: 'win32' });") });
+    expect(windows.code).toBe(1);
+    expect(windows.stderr).toBe(
+      'evolith: Windows is not supported: Evolith runs on Linux and macOS (on Windows, use WSL 2). Set EVOLITH_UNSUPPORTED_PLATFORM=1 to try anyway.\n',
+    );
+    expect(windows.stdout).toBe('');
+    const oldNode = await cli(['--version'], { nodeArgs: pretend("Object.defineProperty(process.versions, 'node', { value: '20.9.0' });") });
+    expect(oldNode.code).toBe(1);
+    expect(oldNode.stderr).toBe('evolith: Node.js 20.9.0 is too old: Evolith needs Node.js 20.11 or newer.\n');
+    const newer = await cli(['--version'], { nodeArgs: pretend("Object.defineProperty(process.versions, 'node', { value: '21.0.0' });") });
+    expect(newer.code, newer.stderr).toBe(0);
+    const anyway = await cli(['--version'], { nodeArgs: pretend("Object.defineProperty(process, 'platform', { value: 'win32' });"), env: { EVOLITH_UNSUPPORTED_PLATFORM: '1' } });
+    expect(anyway.code, anyway.stderr).toBe(0);
+    expect(anyway.stdout.trim()).toMatch(/^\d+\.\d+\.\d+/);
+    const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { os: string[]; engines: { node: string } };
+    expect(pkg.os).toEqual(['linux', 'darwin']);
+    expect(pkg.engines.node).toBe('>=20.11');
+  });
+
   test('contracts prints a readable line per method and event', async () => {
     const r = await cli(['contracts', greeter]);
     expect(r.code, r.stderr).toBe(0);

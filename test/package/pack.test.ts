@@ -86,7 +86,7 @@ afterAll(() => {
 
 describe('the npm package', () => {
   test('the tarball holds the built code, its declarations, the command and the licence, and no tests, benches or sources', () => {
-    expect(files).toEqual(expect.arrayContaining(['package.json', 'LICENSE', 'bin/evolith.mjs', 'dist/index.js', 'dist/index.d.ts', 'dist/testing/index.js', 'dist/testing/index.d.ts']));
+    expect(files).toEqual(expect.arrayContaining(['package.json', 'LICENSE', 'bin/evolith.mjs', 'bin/cli.mjs', 'bin/loader.mjs', 'dist/index.js', 'dist/index.d.ts', 'dist/testing/index.js', 'dist/testing/index.d.ts']));
     expect(files.filter((f) => /\.test(-d)?\.|test-helpers|(^|\/)(bench|test|src|examples)\//.test(f))).toEqual([]);
     expect(files.filter((f) => f.endsWith('.ts') && !f.endsWith('.d.ts'))).toEqual([]);
     expect(readFileSync(join(project, 'node_modules/evolith/LICENSE'), 'utf8')).toContain('Apache License\n                           Version 2.0, January 2004');
