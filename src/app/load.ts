@@ -21,9 +21,26 @@ export function asApp(mod: { default?: unknown }, entry: string): AppDefinition 
   return app;
 }
 
+/** Set once a TypeScript loader is registered in this process (bin/loader.mjs sets it too). */
+const LOADER = Symbol.for('evolith.typescript-loader');
+
+/**
+ * Makes `import()` of a TypeScript file work: registers tsx once per process. The repository's
+ * own command has done so before anything loads; an installed package runs plain JavaScript
+ * and registers it here, only when an app written in TypeScript is loaded.
+ */
+async function useTypeScript(): Promise<void> {
+  const global = globalThis as { [LOADER]?: boolean };
+  if (global[LOADER]) return;
+  const { register } = await import('tsx/esm/api');
+  register();
+  global[LOADER] = true;
+}
+
 /** Loads the app an app directory exports by default. */
 export async function loadApp(appDir: string): Promise<AppDefinition> {
   const entry = appEntry(appDir);
+  if (/\.[cm]?tsx?$/.test(entry)) await useTypeScript();
   let mod: { default?: unknown };
   try {
     mod = (await import(pathToFileURL(entry).href)) as { default?: unknown };

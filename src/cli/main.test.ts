@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -29,10 +29,13 @@ interface Result {
   stderr: string;
 }
 
-function start(args: string[]): { child: ChildProcess; result: Promise<Result>; output: () => { stdout: string; stderr: string } } {
-  const child = spawn(process.execPath, [bin, ...args], {
+function start(
+  args: string[],
+  options: { nodeArgs?: string[]; env?: Record<string, string> } = {},
+): { child: ChildProcess; result: Promise<Result>; output: () => { stdout: string; stderr: string } } {
+  const child = spawn(process.execPath, [...(options.nodeArgs ?? []), bin, ...args], {
     cwd: root,
-    env: { ...process.env, EVOLITH_LOG_LEVEL: 'warn', NO_COLOR: '1' },
+    env: { ...process.env, EVOLITH_LOG_LEVEL: 'warn', NO_COLOR: '1', ...options.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   children.push(child);
@@ -44,7 +47,27 @@ function start(args: string[]): { child: ChildProcess; result: Promise<Result>; 
   return { child, result, output: () => ({ stdout, stderr }) };
 }
 
-const cli = (args: string[]) => start(args).result;
+const cli = (args: string[], options?: Parameters<typeof start>[1]) => start(args, options).result;
+
+// Records every module the CLI process resolves (the hooks run on their own thread and append
+// to the file named by EVOLITH_TRACE_MODULES): proves what an argument error does not load.
+const traceHook = `import { appendFileSync } from 'node:fs';
+export async function resolve(specifier, context, next) {
+  const r = await next(specifier, context);
+  appendFileSync(process.env.EVOLITH_TRACE_MODULES, r.url + '\\n');
+  return r;
+}`;
+const traceModules = `data:text/javascript,${encodeURIComponent(`import { register } from 'node:module'; register(${JSON.stringify(`data:text/javascript,${encodeURIComponent(traceHook)}`)});`)}`;
+
+async function loadedModules(args: string[]): Promise<{ result: Result; modules: string[] }> {
+  const file = join(tmp(), 'modules.txt');
+  writeFileSync(file, '');
+  const result = await cli(args, { nodeArgs: ['--import', traceModules], env: { EVOLITH_TRACE_MODULES: file } });
+  return { result, modules: readFileSync(file, 'utf8').split('\n').filter(Boolean) };
+}
+
+/** Modules a wrong argument must never wait for: the TypeScript loader, esbuild, Evolith's runtime. */
+const HEAVY = /\/node_modules\/(tsx|esbuild|fastify|kysely|pino|better-sqlite3|zod)\/|\/src\//;
 
 async function waitFor(pattern: RegExp, output: () => { stdout: string }, result: Promise<Result>, timeoutMs = 50_000): Promise<RegExpExecArray> {
   const end = Date.now() + timeoutMs;
@@ -82,8 +105,83 @@ describe.concurrent('evolith CLI', () => {
     }
   });
 
-  test('contracts prints the JSON Schema of every method and event', async () => {
+  test('--version prints the version of the package', async () => {
+    const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { version: string };
+    for (const flag of ['--version', '-v']) {
+      const r = await cli([flag]);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout.trim()).toBe(pkg.version);
+    }
+  });
+
+  test('argument errors exit with 2 and a message, before the TypeScript loader or the runtime is loaded', async () => {
+    const cases: [string[], RegExp][] = [
+      [['--bogus'], /error: unknown option '--bogus'/],
+      [['frobnicate'], /error: unknown command 'frobnicate'/],
+      [['run'], /error: missing required argument 'appDir'/],
+      [['run', greeter, '--port', 'eighty'], /option '-p, --port <n>' argument 'eighty' is invalid\. must be a port number/],
+      [['run', 'no/such/app'], /evolith: app directory \S*no\/such\/app does not exist/],
+      [['contracts', greeter, '--json', '--openapi'], /option '--json' cannot be used with option '--openapi'/],
+    ];
+    for (const [args, message] of cases) {
+      const { result, modules } = await loadedModules(args);
+      expect(result.code, `${args.join(' ')}: ${result.stderr}`).toBe(2);
+      expect(result.stderr).toMatch(message);
+      expect(result.stderr).not.toMatch(/\n\s+at /);
+      // What is loaded, not how long it took, is what a test can check on a busy machine: the time is bench/cli.ts's.
+      expect(modules.length, `${args.join(' ')} resolved nothing?`).toBeGreaterThan(0);
+      expect(modules.filter((m) => HEAVY.test(m)), args.join(' ')).toEqual([]);
+    }
+  });
+
+  test('an unsupported platform or Node gets one line naming what is supported, and exit code 1', async () => {
+    const pretend = (code: string) => ['--import', `data:text/javascript,${encodeURIComponent(code)}`];
+    const windows = await cli(['--version'], { nodeArgs: pretend("Object.defineProperty(process, 'platform', { value: 'win32' });") });
+    expect(windows.code).toBe(1);
+    expect(windows.stderr).toBe(
+      'evolith: Windows is not supported: Evolith runs on Linux and macOS (on Windows, use WSL 2). Set EVOLITH_UNSUPPORTED_PLATFORM=1 to try anyway.\n',
+    );
+    expect(windows.stdout).toBe('');
+    const oldNode = await cli(['--version'], { nodeArgs: pretend("Object.defineProperty(process.versions, 'node', { value: '20.9.0' });") });
+    expect(oldNode.code).toBe(1);
+    expect(oldNode.stderr).toBe('evolith: Node.js 20.9.0 is too old: Evolith needs Node.js 20.11 or newer.\n');
+    const newer = await cli(['--version'], { nodeArgs: pretend("Object.defineProperty(process.versions, 'node', { value: '21.0.0' });") });
+    expect(newer.code, newer.stderr).toBe(0);
+    const anyway = await cli(['--version'], { nodeArgs: pretend("Object.defineProperty(process, 'platform', { value: 'win32' });"), env: { EVOLITH_UNSUPPORTED_PLATFORM: '1' } });
+    expect(anyway.code, anyway.stderr).toBe(0);
+    expect(anyway.stdout.trim()).toMatch(/^\d+\.\d+\.\d+/);
+    const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { os: string[]; engines: { node: string } };
+    expect(pkg.os).toEqual(['linux', 'darwin']);
+    expect(pkg.engines.node).toBe('>=20.11');
+  });
+
+  test('contracts prints a readable line per method and event', async () => {
     const r = await cli(['contracts', greeter]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout.split('\n')).toEqual([
+      'app mini: 1 service',
+      '',
+      'greeter 1.0.0',
+      '  greeter.hello(name: string) → { text: string, n: number }  [idempotent]',
+      '  greeter.slow(ms: number) → null  [timeout 200 ms]',
+      '  greeter.boom() → null',
+      '  event greeter.greeted(name: string)',
+      '',
+    ]);
+  });
+
+  test('contracts --openapi prints the edge as OpenAPI 3.1', async () => {
+    const r = await cli(['contracts', greeter, '--openapi']);
+    expect(r.code, r.stderr).toBe(0);
+    const doc = JSON.parse(r.stdout);
+    expect(doc.openapi).toBe('3.1.0');
+    expect(doc.info.title).toBe('mini');
+    expect(Object.keys(doc.paths).sort()).toEqual(['/boom', '/hello/{name}', '/slow']);
+    expect(doc.paths['/hello/{name}'].get.operationId).toBe('greeter.hello');
+  });
+
+  test('contracts --json prints the JSON Schema of every method and event', async () => {
+    const r = await cli(['contracts', greeter, '--json']);
     expect(r.code, r.stderr).toBe(0);
     const doc = JSON.parse(r.stdout);
     expect(doc.app).toBe('mini');

@@ -2,8 +2,9 @@
  * Prebuilt JavaScript for the processes a deployment starts. A worker runs one bundle — the
  * app, Evolith and a small entry, compiled by esbuild — instead of compiling TypeScript in every
  * process at start: it starts sooner and holds no compiler in memory. Packages stay external
- * (Node loads them from node_modules as usual); only Evolith is bundled, since its package
- * points at TypeScript sources.
+ * (Node loads them from node_modules as usual); only Evolith is bundled, so that the app's
+ * `evolith` and the worker's entry are one copy (from the sources in the repository, from
+ * dist/ in an installed package).
  *
  * Bundles are written under `<appDir>/.evolith/build/`, named by a hash of their content, so
  * deployments of the same code share one, and a restarted worker finds the bundle it was
@@ -12,18 +13,19 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
-import { dirname, join, relative, resolve } from 'node:path';
+import { dirname, extname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build, stop as stopEsbuild, type Plugin } from 'esbuild';
 import { appEntry } from '../app/load.js';
 import { ConfigError } from '../kernel/errors.js';
 
-const evolithRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const evolithEntry = join(evolithRoot, 'src', 'index.ts');
+const here = fileURLToPath(import.meta.url);
+// src/index.ts beside these sources in the repository; dist/index.js in an installed package.
+const evolithEntry = resolve(dirname(here), '..', `index${extname(here)}`);
 /** Bundles nobody has used for this long are removed when a new one is written. */
 const STALE_MS = 7 * 24 * 60 * 60 * 1000;
 
-/** Bundles `evolith` itself (whose package points at sources); every other package stays external. */
+/** Bundles `evolith` itself (this copy of it); every other package stays external. */
 const bundleEvolith: Plugin = {
   name: 'evolith',
   setup(b) {

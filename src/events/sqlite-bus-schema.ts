@@ -134,10 +134,32 @@ WHERE u.grp = @grp AND u.topic = @topic AND u.lease_until <= @now AND u.availabl
 ORDER BY u.seq
 LIMIT @limit`;
 
-export type Statements = ReturnType<typeof prepareStatements>;
+// Named here because type declarations (dist/*.d.ts) cannot name better-sqlite3's own statement type.
+type StatementName =
+  | 'insertEvent'
+  | 'known'
+  | 'hasGroups'
+  | 'registerGroup'
+  | 'cursor'
+  | 'setCursor'
+  | 'after'
+  | 'keyBusy'
+  | 'take'
+  | 'wait'
+  | 'free'
+  | 'expiredLeases'
+  | 'lease'
+  | 'envelope'
+  | 'ack'
+  | 'release'
+  | 'unclaim'
+  | 'renew'
+  | 'oldest'
+  | 'deleteEvent';
+export type Statements = Record<StatementName, Database.Statement<unknown[], unknown>>;
 
 /** Every statement the bus runs, prepared once per connection. */
-export function prepareStatements(db: Database.Database) {
+export function prepareStatements(db: Database.Database): Statements {
   return {
     insertEvent: db.prepare('INSERT INTO evolith_bus_events (id, id_hash, topic, key, envelope, stored_at) VALUES (?, ?, ?, ?, ?, ?)'),
     // Equal hashes of different ids are possible: the id itself decides.

@@ -1,0 +1,108 @@
+/**
+ * What the `evolith` commands do. bin/evolith.mjs parses the arguments (in plain JavaScript, so a
+ * wrong argument is answered before any of this loads) and then calls these. Each command
+ * imports the parts of Evolith it needs when it runs: `contracts` never loads a deployer.
+ */
+import { resolve } from 'node:path';
+import type { RunningDeployment } from '../deploy/deployer.js';
+import type { TopologyOverrides } from '../deploy/topology.js';
+import { EvolithError } from '../kernel/errors.js';
+import { CliError } from './cli-error.js';
+
+export { CliError };
+
+/** The one-line message for a failure the user can fix, or undefined for a bug (which keeps its stack). */
+export function userFailure(err: unknown): string | undefined {
+  return err instanceof CliError || err instanceof EvolithError ? err.message : undefined;
+}
+
+export interface RunOptions extends TopologyOverrides {
+  storage?: string;
+}
+
+/** `evolith run`: starts the app in the architecture its topology (or --arch) names, until a signal stops it. */
+export async function run(appDirArg: string, opts: RunOptions): Promise<void> {
+  const appDir = resolve(appDirArg);
+  const [{ ARCHITECTURES, loadTopology }, { loadApp }, { createLogger }, { stopOnSignals }] = await Promise.all([
+    import('../deploy/topology.js'),
+    import('../app/load.js'),
+    import('../observe/logger.js'),
+    import('../deploy/process-signals.js'),
+  ]);
+  const topology = loadTopology(appDir, opts);
+  const deployers: Record<string, () => Promise<import('../deploy/deployer.js').Deployer>> = {
+    monolith: async () => (await import('../deploy/monolith.js')).runMonolith,
+    microservices: async () => (await import('../deploy/microservices/control-plane.js')).runMicroservices,
+  };
+  const available = Object.keys(deployers);
+  const load = deployers[topology.architecture];
+  if (!load) {
+    const known = (ARCHITECTURES as readonly string[]).includes(topology.architecture);
+    throw new CliError(
+      known
+        ? `architecture "${topology.architecture}" is not available in this version; available: ${available.join(', ')}`
+        : `unknown architecture "${topology.architecture}"; choose one of: ${available.join(', ')}`,
+    );
+  }
+  const [app, deploy] = await Promise.all([loadApp(appDir), load()]);
+  const log = createLogger({ app: app.name });
+  const running = await deploy(app, appDir, topology, opts, log);
+  process.stdout.write(banner(running));
+  stopOnSignals(running, log);
+}
+
+function banner(running: RunningDeployment): string {
+  const lines = [
+    `evolith: ${running.services.length} ${running.architecture === 'monolith' ? 'services' : 'service groups'} running as ${running.architecture}`,
+    ...running.services.map((s) => `  ${s.name.padEnd(12)} ${s.location}`),
+    `evolith: listening on ${running.url}`,
+  ];
+  return lines.join('\n') + '\n';
+}
+
+/** `evolith status`: what a running deployment of the app has where. */
+export async function status(appDirArg: string, opts: { data?: string }): Promise<void> {
+  const { deploymentStatus } = await import('../deploy/status.js');
+  process.stdout.write(await deploymentStatus(resolve(appDirArg), opts.data === undefined ? undefined : resolve(opts.data)));
+}
+
+/** `evolith contracts`: a readable summary (default), the JSON Schema of everything (`json`), or the edge as OpenAPI. */
+export async function contracts(appDirArg: string, format: 'summary' | 'json' | 'openapi'): Promise<void> {
+  const { loadApp } = await import('../app/load.js');
+  const app = await loadApp(resolve(appDirArg));
+  if (format === 'openapi') {
+    const { openApiDocument } = await import('../edge/openapi.js');
+    process.stdout.write(JSON.stringify(openApiDocument(app), null, 2) + '\n');
+    return;
+  }
+  const { contractDocument } = await import('../contract/schema.js');
+  const docs = app.services.map((s) => contractDocument(s.contract));
+  if (format === 'json') {
+    process.stdout.write(JSON.stringify({ app: app.name, contracts: docs }, null, 2) + '\n');
+    return;
+  }
+  const { contractsSummary } = await import('./contracts-summary.js');
+  const descriptions = Object.fromEntries(app.services.map((s) => [s.contract.name, s.contract.description]));
+  process.stdout.write(contractsSummary(app.name, docs, descriptions));
+}
+
+/** `evolith init`: a new one-service app in `dir`, and what to do next. */
+export async function init(dirArg: string, options: { name?: string; evolithVersion?: string }): Promise<void> {
+  const [{ init: write }, { readFileSync }, { relative }] = await Promise.all([import('./init.js'), import('node:fs'), import('node:path')]);
+  const evolith = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string; devDependencies?: Record<string, string> };
+  const files = write(dirArg, evolith, options);
+  const dir = relative(process.cwd(), resolve(dirArg)) || '.';
+  process.stdout.write(
+    [
+      `evolith: created ${files.length} files in ${dir}:`,
+      ...files.map((f) => `  ${f}`),
+      '',
+      'next:',
+      ...(dir === '.' ? [] : [`  cd ${dir}`]),
+      '  npm install',
+      '  npm start     # serves on http://127.0.0.1:8080 (evolith.yaml)',
+      '  npm test      # runs the app in every architecture',
+      '',
+    ].join('\n'),
+  );
+}
