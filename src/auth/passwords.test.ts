@@ -66,7 +66,7 @@ describe('PasswordWorkers (the thread pool behind them)', () => {
     }
   });
 
-  test('a full queue refuses at once with a typed 503 error; accepted jobs still finish', async () => {
+  test('a full queue refuses a password check at once with a typed 503 error; accepted jobs still finish', async () => {
     const pool = new PasswordWorkers({ threads: 1, maxQueued: 2 });
     try {
       const hash = bcrypt.hashSync('pw', 4);
@@ -75,7 +75,12 @@ describe('PasswordWorkers (the thread pool behind them)', () => {
       const refused = pool.verify('pw', hash);
       await expect(refused).rejects.toBeInstanceOf(PasswordChecksBusyError);
       await expect(refused).rejects.toMatchObject({ code: 'PASSWORD_CHECKS_BUSY', httpStatus: 503 });
+      // Hashing a password is never refused (a refused login decoy would stay broken): it waits its turn.
+      const stillHashed = pool.hash('new password', 4);
+      expect(pool.queued).toBe(3);
+      await expect(pool.verify('pw', hash)).rejects.toBeInstanceOf(PasswordChecksBusyError);
       await expect(Promise.all(accepted)).resolves.toEqual([true, false, true]);
+      expect(bcrypt.compareSync('new password', await stillHashed)).toBe(true);
       // Room again once the queue has drained.
       await expect(pool.verify('pw', hash)).resolves.toBe(true);
     } finally {
