@@ -3,6 +3,8 @@ import { dirname, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import bcrypt from 'bcryptjs';
 import { afterAll, describe, expect, test } from 'vitest';
+import { deserializeError, serializeError } from '../kernel/errors.js';
+import { isEndpointFailure } from '../resilience/failures.js';
 import { closePasswordWorkers, hashPassword, PasswordChecksBusyError, PasswordWorkers, verifyPassword } from './passwords.js';
 
 const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
@@ -96,6 +98,15 @@ describe('PasswordWorkers (the thread pool behind them)', () => {
     await expect(Promise.all(pending)).resolves.toEqual([true, true, false]);
     await expect(pool.verify('pw', hash)).resolves.toBe(true);
     await pool.close();
+  });
+
+  test('the busy error keeps its code and 503 across a process boundary, and is no fault of the endpoint (no circuit opens)', () => {
+    const err = new PasswordChecksBusyError('too many password checks are waiting');
+    err.origin = 'auth.token';
+    const remote = deserializeError(serializeError(err));
+    expect(remote).toMatchObject({ code: 'PASSWORD_CHECKS_BUSY', httpStatus: 503, origin: 'auth.token' });
+    expect(isEndpointFailure(err, 'auth')).toBe(false);
+    expect(isEndpointFailure(remote, 'auth')).toBe(false);
   });
 
   test('rejects a pool without threads', () => {
