@@ -3,6 +3,8 @@ import { dirname, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import bcrypt from 'bcryptjs';
 import { afterAll, describe, expect, test } from 'vitest';
+import { deserializeError, serializeError } from '../kernel/errors.js';
+import { isEndpointFailure } from '../resilience/failures.js';
 import { closePasswordWorkers, hashPassword, PasswordChecksBusyError, PasswordWorkers, verifyPassword } from './passwords.js';
 
 const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
@@ -66,7 +68,7 @@ describe('PasswordWorkers (the thread pool behind them)', () => {
     }
   });
 
-  test('a full queue refuses at once with a typed 503 error; accepted jobs still finish', async () => {
+  test('a full queue refuses a password check at once with a typed 503 error; accepted jobs still finish', async () => {
     const pool = new PasswordWorkers({ threads: 1, maxQueued: 2 });
     try {
       const hash = bcrypt.hashSync('pw', 4);
@@ -75,7 +77,12 @@ describe('PasswordWorkers (the thread pool behind them)', () => {
       const refused = pool.verify('pw', hash);
       await expect(refused).rejects.toBeInstanceOf(PasswordChecksBusyError);
       await expect(refused).rejects.toMatchObject({ code: 'PASSWORD_CHECKS_BUSY', httpStatus: 503 });
+      // Hashing a password is never refused (a refused login decoy would stay broken): it waits its turn.
+      const stillHashed = pool.hash('new password', 4);
+      expect(pool.queued).toBe(3);
+      await expect(pool.verify('pw', hash)).rejects.toBeInstanceOf(PasswordChecksBusyError);
       await expect(Promise.all(accepted)).resolves.toEqual([true, false, true]);
+      expect(bcrypt.compareSync('new password', await stillHashed)).toBe(true);
       // Room again once the queue has drained.
       await expect(pool.verify('pw', hash)).resolves.toBe(true);
     } finally {
@@ -91,6 +98,15 @@ describe('PasswordWorkers (the thread pool behind them)', () => {
     await expect(Promise.all(pending)).resolves.toEqual([true, true, false]);
     await expect(pool.verify('pw', hash)).resolves.toBe(true);
     await pool.close();
+  });
+
+  test('the busy error keeps its code and 503 across a process boundary, and is no fault of the endpoint (no circuit opens)', () => {
+    const err = new PasswordChecksBusyError('too many password checks are waiting');
+    err.origin = 'auth.token';
+    const remote = deserializeError(serializeError(err));
+    expect(remote).toMatchObject({ code: 'PASSWORD_CHECKS_BUSY', httpStatus: 503, origin: 'auth.token' });
+    expect(isEndpointFailure(err, 'auth')).toBe(false);
+    expect(isEndpointFailure(remote, 'auth')).toBe(false);
   });
 
   test('rejects a pool without threads', () => {

@@ -5,9 +5,10 @@
  * loop, every check holds up every other request of the process for that long, so a handful of
  * clients guessing passwords would stall the whole server. Hashes and checks therefore run on a
  * small pool of worker threads, one fewer than the machine's cores (at least one), so a core is
- * left for serving requests. Jobs wait in a bounded queue; when it is full a new job is refused
- * at once with PasswordChecksBusyError (HTTP 503, and the edge adds Retry-After) instead of the
- * queue, and everyone's wait, growing without bound.
+ * left for serving requests. Jobs wait in a bounded queue; when it is full a new password check
+ * is refused at once with PasswordChecksBusyError (HTTP 503, and the edge adds Retry-After)
+ * instead of the queue, and everyone's wait, growing without bound. Hashing a new password is
+ * never refused (see submit).
  *
  * Idle workers do not keep the process alive, and `closePasswordWorkers()` stops them once the
  * jobs already accepted are done; a later job starts the pool again.
@@ -38,7 +39,7 @@ export class PasswordChecksBusyError extends EvolithError {
 export interface PasswordWorkersOptions {
   /** Worker threads; default one fewer than the machine's cores, at least 1. */
   threads?: number;
-  /** Jobs that may wait for a free thread; beyond it jobs are refused. Default 32 per thread. */
+  /** Jobs that may wait for a free thread; beyond it password checks are refused (hashes still wait). Default 32 per thread. */
   maxQueued?: number;
 }
 
@@ -108,7 +109,10 @@ export class PasswordWorkers {
   private submit(job: Job): void {
     const slot = this.idle.pop() ?? (this.slots.size < this.threads ? this.spawn() : undefined);
     if (slot) return this.start(slot, job);
-    if (this.queue.length >= this.maxQueued) {
+    // Only checks are refused: a hash is made for a new or changed password (one request each,
+    // which the edge's own limits bound) and once for the login decoy of unknown users, which a
+    // refusal must never leave broken. Hashes still count towards the queue that checks see.
+    if (job.op === 'verify' && this.queue.length >= this.maxQueued) {
       job.reject(
         new PasswordChecksBusyError(`too many password checks are waiting (${this.queue.length} queued, ${this.threads} running); retry shortly`, {
           queued: this.queue.length,
