@@ -1,3 +1,4 @@
+// @ts-check
 /**
  * Where Evolith's own code comes from, and the loader for TypeScript.
  *
@@ -30,10 +31,11 @@ const sourceCondition = `export async function resolve(specifier, context, next)
 
 /** Registers tsx (once per process); in the repository, also the condition that selects the sources. */
 export async function useTypeScript() {
-  if (globalThis[LOADER]) return;
+  const global = /** @type {{ [LOADER]?: boolean }} */ (globalThis);
+  if (global[LOADER]) return;
   const { register } = await import('tsx/esm/api');
   register();
   // Registered after tsx, so it runs first and tsx sees the extra condition.
   if (fromSource) registerHooks(`data:text/javascript,${encodeURIComponent(sourceCondition)}`);
-  globalThis[LOADER] = true;
+  global[LOADER] = true;
 }
