@@ -231,7 +231,9 @@ export class OutboxDispatcher implements OutboxDispatch {
       // Written order, not due order: a batch that holds a row of a key also holds every
       // earlier due row of that key (a retried row is due later than rows written after it).
       .orderBy('created_at')
-      .limit(BATCH)
+      // While the bus is down, one event at a time finds out when it is back (its publish waits
+      // for the bus); the rest stay here, to leave together, every key at once, when it is.
+      .limit(this.busDown ? 1 : BATCH)
       .execute()) as OutboxRow[];
     if (rows.length === 0) return 0;
     // Events sharing a key go out in order; different keys go out concurrently.
