@@ -62,3 +62,30 @@ test('an event written after an earlier one of its key failed is not delivered b
     await store.close();
   }
 });
+
+test('once an event gets through after the bus was down, the events that failed meanwhile go at once, not after their backoff', async () => {
+  const store = await new SqliteStorage(kit.tmp('outbox')).open('orders');
+  try {
+    await createEventTables(store.db);
+    const bus = new FlakyBus();
+    const dispatcher = new OutboxDispatcher(store.db, 'orders', bus, silentLog);
+    dispatcher.start();
+    try {
+      bus.down = true;
+      await writeOutbox(store.db, [{ event: placed, payload: { n: 'k-1' }, key: 'k' }]);
+      dispatcher.notify(Date.now());
+      // Four failures: its next try is 0.5-1 s away.
+      await eventually(() => expect(bus.refused).toBeGreaterThanOrEqual(4), 5_000);
+      bus.down = false;
+      const t0 = performance.now();
+      await writeOutbox(store.db, [{ event: placed, payload: { n: 'free' } }]);
+      dispatcher.notify(Date.now());
+      await eventually(() => expect(bus.accepted).toEqual(['free', 'k-1']), 2_000, 5);
+      expect(performance.now() - t0).toBeLessThan(300);
+    } finally {
+      await dispatcher.stop();
+    }
+  } finally {
+    await store.close();
+  }
+});

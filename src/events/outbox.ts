@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import type { Kysely } from 'kysely';
+import { sql, type Kysely } from 'kysely';
 import type { Logger } from 'pino';
 import { UnavailableError, ValidationError } from '../kernel/errors.js';
 import { zodIssues } from '../kernel/validate.js';
@@ -29,6 +29,16 @@ export async function createEventTables(db: Kysely<any>): Promise<void> {
     .ifNotExists()
     .on('evolith_outbox')
     .columns(['delivered_at', 'deliver_at'])
+    .execute();
+  // Failed rows still waiting for their retry, by key (only those: it stays empty while the bus
+  // takes every event), so a row can cheaply check that no earlier event of its key is waiting.
+  await db.schema
+    .createIndex('evolith_outbox_failed')
+    .ifNotExists()
+    .on('evolith_outbox')
+    .columns(['key', 'created_at'])
+    .where(sql.ref('delivered_at'), 'is', null)
+    .where(sql.ref('attempts'), '>', sql.lit(0))
     .execute();
   await db.schema
     .createTable('evolith_inbox')
@@ -90,6 +100,8 @@ interface OutboxRow {
 }
 
 const BATCH = 200;
+/** How last_error starts for a delivery that failed because the bus was down (not refused). */
+const UNAVAILABLE_MARK = 'bus unavailable: ';
 const MAX_IDLE_MS = 5_000;
 const RETENTION_MS = 60 * 60 * 1000;
 
@@ -106,6 +118,8 @@ export class OutboxDispatcher implements OutboxDispatch {
   private again = false;
   private stopped = true;
   private lastPurge = 0;
+  /** A delivery failed because the bus was down, and none has got through since. */
+  private busDown = false;
 
   constructor(
     private readonly db: Kysely<any>,
@@ -205,8 +219,9 @@ export class OutboxDispatcher implements OutboxDispatch {
                 .selectFrom('evolith_outbox as earlier')
                 .select('earlier.id')
                 .whereRef('earlier.key', '=', 'evolith_outbox.key')
+                // As the partial index evolith_outbox_failed says it, so that it is used.
                 .where('earlier.delivered_at', 'is', null)
-                .where('earlier.attempts', '>', 0)
+                .where('earlier.attempts', '>', sql.lit(0))
                 .where('earlier.deliver_at', '>', now)
                 .whereRef('earlier.created_at', '<', 'evolith_outbox.created_at'),
             ),
@@ -216,7 +231,9 @@ export class OutboxDispatcher implements OutboxDispatch {
       // Written order, not due order: a batch that holds a row of a key also holds every
       // earlier due row of that key (a retried row is due later than rows written after it).
       .orderBy('created_at')
-      .limit(BATCH)
+      // While the bus is down, one event at a time finds out when it is back (its publish waits
+      // for the bus); the rest stay here, to leave together, every key at once, when it is.
+      .limit(this.busDown ? 1 : BATCH)
       .execute()) as OutboxRow[];
     if (rows.length === 0) return 0;
     // Events sharing a key go out in order; different keys go out concurrently.
@@ -251,33 +268,44 @@ export class OutboxDispatcher implements OutboxDispatch {
     try {
       await this.bus.publish(envelope);
       await this.db.updateTable('evolith_outbox').set({ delivered_at: Date.now() }).where('id', '=', row.id).execute();
+      if (this.busDown) await this.busBack();
       return true;
     } catch (err) {
       const attempts = row.attempts + 1;
-      // A bus that is down for now (UnavailableError: its publish already waited for it up to
-      // its own timeout) is tried again within a second, so the backlog leaves as soon as it is
-      // back; a bus that refuses the event backs off up to a minute.
-      const cap = err instanceof UnavailableError ? 1_000 : 60_000;
-      const backoff = Math.min(cap, 100 * 2 ** Math.min(attempts, 10)) * (0.5 + Math.random() / 2);
-      this.log.warn({ err, event: row.topic, id: row.id, attempts }, 'event delivery failed; will retry');
-      const retryAt = Date.now() + Math.round(backoff);
+      const unavailable = err instanceof UnavailableError;
+      // A bus that is down for now (its publish already waited for it up to its own timeout) is
+      // tried again within a second, and at once when another event gets through (busBack); a
+      // bus that refuses the event backs off up to a minute.
+      if (unavailable) this.busDown = true;
+      const backoff = Math.min(unavailable ? 1_000 : 60_000, 100 * 2 ** Math.min(attempts, 10)) * (0.5 + Math.random() / 2);
+      this.log.warn({ err: unavailable ? err.message : err, event: row.topic, id: row.id, attempts }, 'event delivery failed; will retry');
+      const message = String((err as Error)?.message ?? err);
+      // Events behind this one on its key wait for it (see dispatchDue): none overtakes it.
       await this.db
         .updateTable('evolith_outbox')
-        .set({ attempts, deliver_at: retryAt, last_error: String((err as Error)?.message ?? err).slice(0, 1000) })
+        .set({ attempts, deliver_at: Date.now() + Math.round(backoff), last_error: (unavailable ? `${UNAVAILABLE_MARK}${message}` : message).slice(0, 1000) })
         .where('id', '=', row.id)
         .execute();
-      if (row.key !== null) {
-        // Events behind this one on the same key wait for it, or they would overtake it.
-        await this.db
-          .updateTable('evolith_outbox')
-          .set({ deliver_at: retryAt })
-          .where('key', '=', row.key)
-          .where('delivered_at', 'is', null)
-          .where('deliver_at', '<', retryAt)
-          .execute();
-      }
       return false;
     }
+  }
+
+  /**
+   * An event got through after the bus was down: the events that failed meanwhile are due now,
+   * not at their backoff, so the backlog leaves as soon as the bus is back.
+   */
+  private async busBack(): Promise<void> {
+    this.busDown = false;
+    const now = Date.now();
+    const r = await this.db
+      .updateTable('evolith_outbox')
+      .set({ deliver_at: now })
+      .where('delivered_at', 'is', null)
+      .where('attempts', '>', sql.lit(0))
+      .where('deliver_at', '>', now)
+      .where('last_error', 'like', `${UNAVAILABLE_MARK}%`)
+      .executeTakeFirst();
+    if (Number(r.numUpdatedRows ?? 0n) > 0) this.again = true;
   }
 
   private async purge(): Promise<void> {
