@@ -5,6 +5,7 @@ import {
   ForbiddenError,
   hashPassword,
   implement,
+  sql,
   verifyPassword,
   type Kysely,
   type Selectable,
@@ -175,11 +176,13 @@ export const authService = implement(authContract, {
     },
 
     async checkToken({ sub, ver, fam }, ctx) {
-      const cred = await ctx.db.selectFrom('credential').select('token_version').where('username', '=', sub).executeTakeFirst();
-      if (!cred || (ver ?? 0) !== Number(cred.token_version)) return { active: false };
-      if (fam === undefined) return { active: true };
-      const family = await ctx.db.selectFrom('token_family').select('revoked').where('id', '=', fam).executeTakeFirst();
-      return { active: !!family && Number(family.revoked) === 0 };
+      // Asked on every authenticated request: one statement, a template rather than the builder.
+      const { rows } = await sql<{ token_version: number | string; revoked: number | string | null }>`
+        SELECT c.token_version, f.revoked FROM credential c LEFT JOIN token_family f ON f.id = ${fam ?? null}
+        WHERE c.username = ${sub}`.execute(ctx.db);
+      const row = rows[0];
+      if (!row || (ver ?? 0) !== Number(row.token_version)) return { active: false };
+      return { active: fam === undefined || (row.revoked !== null && Number(row.revoked) === 0) };
     },
 
     async changePassword({ currentPassword, newPassword }, ctx) {
