@@ -16,7 +16,7 @@ import { authContract, tokenIssuer } from '../contracts/auth.js';
 import { success } from '../contracts/coded-message.js';
 import { authDatabase, demoCredential, NO_PASSWORD, parseRoles, type AuthDB, type CredentialTable } from './auth-db.js';
 import { authenticateClient, type OAuthClient } from './oauth-clients.js';
-import { normaliseUsername, usernameKey } from '../shared/username.js';
+import { normaliseUsername, usernameKey, usernameProblems } from '../shared/username.js';
 import { recordFailure, recordSuccess, refuseIfLocked, throttleSettings } from './login-throttle.js';
 
 const KEY_ID = 'current';
@@ -140,10 +140,13 @@ export const authService = implement(authContract, {
       }
       if (input.grant_type === 'password') {
         if (!input.username) throw new BusinessError('invalid_request', 'username is required for grant_type=password', { httpStatus: 400 });
+        // A name no account can have (control characters, say, which PostgreSQL cannot even
+        // compare) is looked up nowhere: it fails as an unknown user does, counted per address.
+        const possible = usernameProblems(normaliseUsername(input.username)).length === 0;
         // Locked usernames and addresses are refused before any password is looked at.
-        const throttle = { user: usernameKey(input.username), address: input.client_address };
+        const throttle = { user: possible ? usernameKey(input.username) : undefined, address: input.client_address };
         await refuseIfLocked(ctx.db, throttle);
-        const cred = await findCredential(ctx.db, input.username);
+        const cred = possible ? await findCredential(ctx.db, input.username) : undefined;
         // An account registered without a password has none (NO_PASSWORD), and an empty password
         // matches nothing: both cost a bcrypt check and answer exactly as a wrong password does.
         const usable = cred && cred.password_hash !== NO_PASSWORD ? cred.password_hash : undefined;
