@@ -231,6 +231,36 @@ for (const backend of backends) {
       expect(await failure(auth.token({ grant_type: 'password', username: 'reader', password: 'secret-1', ...client }))).toMatchObject({ code: 'invalid_grant' });
     });
 
+    it('checkToken honours a token until its password changes or its sign-in is revoked', async () => {
+      const { auth } = as();
+      const edge = as(undefined, 'edge').auth;
+      const claims = (jwt: string) => JSON.parse(Buffer.from(jwt.split('.')[1]!, 'base64url').toString()) as { sub: string; ver?: number; fam?: string };
+      // Credentials only (no account row: a later test counts the accounts).
+      await as(undefined, 'account').auth.setCredentials({ username: 'checked', password: 'pw-1' });
+      const a = await auth.token({ grant_type: 'password', username: 'checked', password: 'pw-1', ...client });
+      const { sub, ver, fam } = claims(a.access_token);
+      expect(await edge.checkToken({ sub, ver, fam })).toEqual({ active: true });
+      expect(await edge.checkToken({ sub, ver })).toEqual({ active: true });
+      expect(await edge.checkToken({ sub, ver, fam: 'no-such-family' })).toEqual({ active: false });
+      expect(await edge.checkToken({ sub: 'nobody', ver, fam })).toEqual({ active: false });
+      expect(await failure(as().auth.checkToken({ sub, ver, fam }))).toMatchObject({ code: 'EVOLITH_FORBIDDEN' });
+
+      // Reusing a spent refresh token revokes the family.
+      const b = await auth.token({ grant_type: 'refresh_token', refresh_token: a.refresh_token, ...client });
+      expect(claims(b.access_token).fam).toBe(fam);
+      expect(await failure(auth.token({ grant_type: 'refresh_token', refresh_token: a.refresh_token, ...client }))).toMatchObject({ code: 'invalid_grant' });
+      expect(await edge.checkToken(claims(b.access_token))).toEqual({ active: false });
+
+      // A password change raises the version: every earlier token is revoked.
+      const c = await auth.token({ grant_type: 'password', username: 'checked', password: 'pw-1', ...client });
+      expect(await edge.checkToken(claims(c.access_token))).toEqual({ active: true });
+      await as({ subject: 'checked', roles: ['ROLE_USER'] }).auth.changePassword({ currentPassword: 'pw-1', newPassword: 'pw-2' });
+      expect(await edge.checkToken(claims(c.access_token))).toEqual({ active: false });
+      const d = await auth.token({ grant_type: 'password', username: 'checked', password: 'pw-2', ...client });
+      expect(claims(d.access_token).ver).toBe((claims(c.access_token).ver ?? 0) + 1);
+      expect(await edge.checkToken(claims(d.access_token))).toEqual({ active: true });
+    });
+
     it('settles with warehouse prices, pays from the wallet and consumes the frozen stock', async () => {
       const { payment, warehouse } = as(admin);
       const [p1, p2] = (await warehouse.listProducts({ ids: [1, 2] }))!;

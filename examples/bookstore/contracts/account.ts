@@ -53,7 +53,15 @@ export const accountContract = defineContract({
       description: 'Changes the signed-in account; nobody else may change it.',
     },
     getByUsername: {
-      input: z.object({ username: z.string().min(1, 'username is required') }),
+      // Any name an account may have, those registered before today's rules included; no
+      // control characters, which no account has (and PostgreSQL cannot even compare).
+      input: z.object({
+        username: z
+          .string()
+          .min(1, 'username is required')
+          .max(200, 'username must be at most 200 characters')
+          .refine((name) => !/[\p{Cc}\p{Cs}]/u.test(name), 'username must not contain control characters'),
+      }),
       output: Account.nullable(),
       idempotent: true,
     },

@@ -5,6 +5,7 @@ import {
   ForbiddenError,
   hashPassword,
   implement,
+  sql,
   verifyPassword,
   type Kysely,
   type Selectable,
@@ -15,7 +16,7 @@ import { authContract, tokenIssuer } from '../contracts/auth.js';
 import { success } from '../contracts/coded-message.js';
 import { authDatabase, demoCredential, NO_PASSWORD, parseRoles, type AuthDB, type CredentialTable } from './auth-db.js';
 import { authenticateClient, type OAuthClient } from './oauth-clients.js';
-import { normaliseUsername, usernameKey } from '../shared/username.js';
+import { normaliseUsername, usernameKey, usernameProblems } from '../shared/username.js';
 import { recordFailure, recordSuccess, refuseIfLocked, throttleSettings } from './login-throttle.js';
 
 const KEY_ID = 'current';
@@ -139,10 +140,13 @@ export const authService = implement(authContract, {
       }
       if (input.grant_type === 'password') {
         if (!input.username) throw new BusinessError('invalid_request', 'username is required for grant_type=password', { httpStatus: 400 });
+        // A name no account can have (control characters, say, which PostgreSQL cannot even
+        // compare) is looked up nowhere: it fails as an unknown user does, counted per address.
+        const possible = usernameProblems(normaliseUsername(input.username)).length === 0;
         // Locked usernames and addresses are refused before any password is looked at.
-        const throttle = { user: usernameKey(input.username), address: input.client_address };
+        const throttle = { user: possible ? usernameKey(input.username) : undefined, address: input.client_address };
         await refuseIfLocked(ctx.db, throttle);
-        const cred = await findCredential(ctx.db, input.username);
+        const cred = possible ? await findCredential(ctx.db, input.username) : undefined;
         // An account registered without a password has none (NO_PASSWORD), and an empty password
         // matches nothing: both cost a bcrypt check and answer exactly as a wrong password does.
         const usable = cred && cred.password_hash !== NO_PASSWORD ? cred.password_hash : undefined;
@@ -175,11 +179,13 @@ export const authService = implement(authContract, {
     },
 
     async checkToken({ sub, ver, fam }, ctx) {
-      const cred = await ctx.db.selectFrom('credential').select('token_version').where('username', '=', sub).executeTakeFirst();
-      if (!cred || (ver ?? 0) !== Number(cred.token_version)) return { active: false };
-      if (fam === undefined) return { active: true };
-      const family = await ctx.db.selectFrom('token_family').select('revoked').where('id', '=', fam).executeTakeFirst();
-      return { active: !!family && Number(family.revoked) === 0 };
+      // Asked on every authenticated request: one statement, a template rather than the builder.
+      const { rows } = await sql<{ token_version: number | string; revoked: number | string | null }>`
+        SELECT c.token_version, f.revoked FROM credential c LEFT JOIN token_family f ON f.id = ${fam ?? null}
+        WHERE c.username = ${sub}`.execute(ctx.db);
+      const row = rows[0];
+      if (!row || (ver ?? 0) !== Number(row.token_version)) return { active: false };
+      return { active: fam === undefined || (row.revoked !== null && Number(row.revoked) === 0) };
     },
 
     async changePassword({ currentPassword, newPassword }, ctx) {

@@ -56,12 +56,14 @@ export class TooManyAttempts extends BusinessError {
 
 /** The counters a sign-in touches: its username's key and, when known, its client's address. */
 export interface ThrottleKeys {
-  readonly user: string;
+  /** The username's key; none for a name no account can have. */
+  readonly user?: string;
   readonly address?: string;
 }
 
 function rows(keys: ThrottleKeys): { key: string; limit: (s: ThrottleSettings) => number }[] {
-  const out = [{ key: `user:${keys.user}`, limit: (s: ThrottleSettings) => s.loginFailuresPerUser }];
+  const out: { key: string; limit: (s: ThrottleSettings) => number }[] = [];
+  if (keys.user !== undefined) out.push({ key: `user:${keys.user}`, limit: (s: ThrottleSettings) => s.loginFailuresPerUser });
   if (keys.address) out.push({ key: `addr:${keys.address}`, limit: (s: ThrottleSettings) => s.loginFailuresPerAddress });
   return out;
 }
@@ -71,6 +73,7 @@ function rows(keys: ThrottleKeys): { key: string; limit: (s: ThrottleSettings) =
  * service's database, so every replica of the service sees the same ones.
  */
 export async function refuseIfLocked(db: Kysely<AuthDB>, keys: ThrottleKeys, now = Date.now()): Promise<void> {
+  if (rows(keys).length === 0) return;
   const locked = await db
     .selectFrom('login_throttle')
     .select('blocked_until')
@@ -110,5 +113,6 @@ export async function recordFailure(db: Kysely<AuthDB>, keys: ThrottleKeys, sett
 
 /** A successful sign-in: the username starts afresh (the address does not: it may be an attacker's). */
 export async function recordSuccess(db: Kysely<AuthDB>, keys: ThrottleKeys): Promise<void> {
+  if (keys.user === undefined) return;
   await db.deleteFrom('login_throttle').where('key', '=', `user:${keys.user}`).execute();
 }
