@@ -107,7 +107,7 @@ describe('migrate', () => {
     expect(tables.rows.map((r) => r.name)).toEqual(['t_001_users', 't_002_items', 't_003_orders']);
   });
 
-  test('a failing migration is a ConfigError naming it and the service; earlier ones stay applied', async () => {
+  test('a failing migration is a ConfigError naming it and the service; the run is undone whole, as on PostgreSQL', async () => {
     const s = await open(new SqliteStorage(kit.tmp('migrate')), 'billing');
     const migrations = {
       '001_ok': table('ok'),
@@ -126,7 +126,10 @@ describe('migrate', () => {
     expect((err as Error).message).toContain('migration 002_bad of service billing failed');
     expect((err as Error).message).toContain('syntax error');
     const tables = await sql<{ name: string }>`select name from sqlite_master where type = 'table' and name in ('ok', 'never')`.execute(s.db);
-    expect(tables.rows.map((r) => r.name)).toEqual(['ok']);
+    // One transaction per run: nothing of it stays, so the next start applies it all again.
+    expect(tables.rows.map((r) => r.name)).toEqual([]);
+    const applied = await sql<{ name: string }>`select name from evolith_migration`.execute(s.db);
+    expect(applied.rows).toEqual([]);
   });
 
   test('through the Runtime: migrations run once on start and again only for new ones', async () => {
@@ -207,4 +210,37 @@ describe('SQLite shared by several processes', () => {
     // Every increment of every process survived: no lost update, no SQLITE_BUSY.
     expect(Number(row.v)).toBe(75);
   });
+
+  test('replicas starting together on a new file apply each migration once; none fails on tables another just made', async () => {
+    const dir = kit.tmp('sqlite-migrate-race');
+    const children = Array.from({ length: 4 }, () => {
+      const child = spawn(process.execPath, ['bin/run-ts.mjs', 'test/fixtures/sqlite-migrate-race.ts', dir]);
+      let out = '';
+      let err = '';
+      child.stderr.on('data', (d) => (err += d));
+      const ready = new Promise<void>((resolve) =>
+        child.stdout.on('data', (d) => {
+          out += d;
+          if (out.includes('ready\n')) resolve();
+        }),
+      );
+      const exited = new Promise<{ code: number | null; out: string; err: string }>((resolve) =>
+        child.on('exit', (code) => resolve({ code, out: out.replace('ready\n', ''), err })),
+      );
+      return { child, ready, exited };
+    });
+    await Promise.all(children.map((c) => c.ready));
+    for (const c of children) c.child.stdin.write('go\n');
+    const results = await Promise.all(children.map((c) => c.exited));
+    for (const r of results) expect(r.code, r.err).toBe(0);
+    // Every migration ran in exactly one process.
+    const applied = results.flatMap((r) => JSON.parse(r.out) as string[]).sort();
+    expect(applied).toEqual(['001_init', '002_more']);
+    const again = await new SqliteStorage(dir).open('raced');
+    const rows = await sql<{ name: string }>`select name from evolith_migration order by name`.execute(again.db);
+    const counters = await sql<{ n: number }>`select count(*) as n from id_counter`.execute(again.db);
+    await again.close();
+    expect(rows.rows.map((r) => r.name)).toEqual(['001_init', '002_more']);
+    expect(Number(counters.rows[0]!.n)).toBe(1);
+  }, 60_000);
 });
