@@ -22,10 +22,10 @@
  * ignored (a long password stored before pre-hashing must be set again).
  */
 import { createHmac } from 'node:crypto';
-import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { EvolithError } from '../kernel/errors.js';
+import { packageRequire } from '../kernel/package-require.js';
 
 const ROUNDS = 10;
 
@@ -66,7 +66,7 @@ parentPort.on('message', (job) => {
   }
 });
 `;
-const bcryptPath = createRequire(import.meta.url).resolve('bcryptjs');
+const bcryptPath = packageRequire().resolve('bcryptjs');
 
 /** A pool of worker threads that hash and check passwords with bcrypt. */
 export class PasswordWorkers {

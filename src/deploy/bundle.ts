@@ -13,7 +13,8 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
-import { dirname, extname, join, relative, resolve } from 'node:path';
+import { dirname, extname, join, relative, resolve, sep } from 'node:path';
+import { isBuiltin } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import { build, stop as stopEsbuild, type Plugin } from 'esbuild';
 import { appEntry } from '../app/load.js';
@@ -25,11 +26,39 @@ const evolithEntry = resolve(dirname(here), '..', `index${extname(here)}`);
 /** Bundles nobody has used for this long are removed when a new one is written. */
 const STALE_MS = 7 * 24 * 60 * 60 * 1000;
 
-/** Bundles `evolith` itself (this copy of it); every other package stays external. */
+/** The code of this copy of Evolith: src/ in the repository, dist/ in an installed package. */
+const evolithCode = resolve(dirname(here), '..');
+
+/**
+ * Where a package that Evolith's own code imports lives, found from Evolith's directory as Node
+ * would find it for Evolith unbundled; undefined when it cannot be told here.
+ */
+function evolithDependency(specifier: string): string | undefined {
+  const resolveHere = (import.meta as { resolve?: (specifier: string) => string }).resolve;
+  if (!resolveHere) return undefined;
+  try {
+    const url = resolveHere(specifier);
+    return url.startsWith('file:') ? fileURLToPath(url) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Bundles `evolith` itself (this copy of it); every other package stays external. The packages
+ * Evolith's own code imports are loaded from where Evolith finds them, not from the app's
+ * directory: with a linked Evolith (a file: dependency, npm link) they are beside it, not in
+ * the app's node_modules.
+ */
 const bundleEvolith: Plugin = {
   name: 'evolith',
   setup(b) {
     b.onResolve({ filter: /^evolith$/ }, () => ({ path: evolithEntry }));
+    b.onResolve({ filter: /^[^./]/ }, (args) => {
+      if (isBuiltin(args.path) || !args.importer.startsWith(evolithCode + sep)) return undefined;
+      const path = evolithDependency(args.path);
+      return path ? { path, external: true } : undefined;
+    });
   },
 };
 
@@ -38,7 +67,7 @@ const bundleEvolith: Plugin = {
  * returns the path of its entry file. Code that is imported dynamically (the edge, drivers a
  * topology may not use) goes to chunks of its own, loaded only when a process needs it.
  */
-export async function buildBundle(appDir: string, entryModule: string, name: string): Promise<string> {
+export async function buildBundle(appDir: string, entryModule: string, name: string, options: { loadFailureExit?: number } = {}): Promise<string> {
   const entry = appEntry(appDir);
   const dir = join(appDir, '.evolith', 'build');
   mkdirSync(dir, { recursive: true });
@@ -46,7 +75,27 @@ export async function buildBundle(appDir: string, entryModule: string, name: str
   mkdirSync(work);
   try {
     const entryFile = join(work, `${name}.ts`);
-    writeFileSync(entryFile, [`import app from ${JSON.stringify(entry)};`, `import { main } from ${JSON.stringify(entryModule)};`, 'await main(app);', ''].join('\n'));
+    // The app and the packages it needs load when the process starts; one that cannot (a
+    // package missing where the process looks, a module that throws) says why in one line and
+    // exits with the code that tells its supervisor not to try again.
+    const loadFailureExit = options.loadFailureExit ?? 1;
+    writeFileSync(
+      entryFile,
+      [
+        `(globalThis as any)[Symbol.for('evolith.codeDir')] = ${JSON.stringify(evolithCode)};`,
+        'let app: any;',
+        'let main: (app: any) => Promise<void>;',
+        'try {',
+        `  app = (await import(${JSON.stringify(entry)})).default;`,
+        `  ({ main } = await import(${JSON.stringify(entryModule)}));`,
+        '} catch (err) {',
+        "  process.stderr.write(`evolith: the app could not be loaded: ${err instanceof Error ? err.message : String(err)}\\n`);",
+        `  process.exit(${loadFailureExit});`,
+        '}',
+        'await main(app);',
+        '',
+      ].join('\n'),
+    );
     let files: { path: string; contents: Uint8Array }[];
     try {
       const out = await build({

@@ -4,7 +4,9 @@
  * fast, once, with their cause.
  */
 import { spawn } from 'node:child_process';
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { makeDataDir, repoRoot, startBookstore } from '../support/bookstore-process.js';
@@ -37,6 +39,18 @@ function cli(args: string[], timeoutMs = 60_000): Promise<{ code: number | null;
       resolve({ code, out, ms: Date.now() - started });
     });
   });
+}
+
+/** A copy of examples/hello outside the repository whose `evolith` is a link to this checkout. */
+function linkedHello(): string {
+  const dir = join(mkdtempSync(join(tmpdir(), 'evolith-linked-')), 'hello');
+  cpSync(join(repoRoot, 'examples', 'hello'), dir, {
+    recursive: true,
+    filter: (src) => !/[/\\](node_modules|data|\.evolith)$/.test(src),
+  });
+  mkdirSync(join(dir, 'node_modules'));
+  symlinkSync(repoRoot, join(dir, 'node_modules', 'evolith'), 'dir');
+  return dir;
 }
 
 function occupiedPort(): Promise<number> {
@@ -94,4 +108,37 @@ describe('operations', () => {
     expect(r.out).not.toMatch(/restarting in/);
     expect(r.out).not.toMatch(/ReferenceError|TypeError/);
   });
+
+  it('microservices runs an app whose evolith is a link: evolith\'s own packages are found beside it, not in the app', async () => {
+    // As with a file: dependency or npm link: the app's node_modules holds only the link.
+    const app = await startBookstore({ app: linkedHello(), arch: 'microservices', readyTimeoutMs: 60_000 });
+    try {
+      const r = await fetch(`${app.baseUrl}/greetings`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ name: 'linked' }),
+      });
+      expect(r.status).toBe(200);
+      expect(await r.json()).toMatchObject({ message: expect.stringContaining('linked'), count: 1 });
+      expect(app.output()).not.toMatch(/restarting in/);
+    } finally {
+      await app.stop();
+    }
+  }, 90_000);
+
+  it('a worker that cannot load the app exits at once with why; the start fails without a restart loop', async () => {
+    const dir = linkedHello();
+    // Loads in the control plane, throws in every worker (they are started with --group or --edge).
+    writeFileSync(
+      join(dir, 'contracts', 'broken-in-workers.ts'),
+      "if (process.argv.includes('--app-dir')) throw new Error('this module refuses to load in a worker');\nexport {};\n",
+    );
+    const appFile = join(dir, 'app.ts');
+    writeFileSync(appFile, `import './contracts/broken-in-workers.js';\n${readFileSync(appFile, 'utf8')}`);
+    const r = await cli(['run', dir, '--arch', 'microservices', '--port', '0', '--data', makeDataDir()], 60_000);
+    expect(r.code, r.out).toBe(2);
+    expect(r.out).toMatch(/could not be loaded: .*this module refuses to load in a worker/);
+    expect(r.out).not.toMatch(/restarting in/);
+    expect(r.ms).toBeLessThan(30_000);
+  }, 90_000);
 });

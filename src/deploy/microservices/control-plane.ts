@@ -61,7 +61,7 @@ async function start(
   claim: ClaimedDataDir,
 ): Promise<RunningDeployment & { readonly registryUrl: string }> {
   let groups = initialGroups;
-  const bundle = await buildBundle(appDir, workerEntry, 'worker');
+  const bundle = await buildBundle(appDir, workerEntry, 'worker', { loadFailureExit: FATAL_EXIT });
   // The deployment's authority: every process gets a credential signed by it, and nothing on
   // the internal plane (registry, RPC, interop) answers a caller without one.
   const authority = new DeploymentAuthority();
