@@ -124,6 +124,7 @@ const desk = defineContract({
   version: '1',
   methods: {
     crash: { input: z.object({}), output: z.null() },
+    down: { input: z.object({}), output: z.null() },
     whoami: { input: z.object({}), output: z.object({ subject: z.string() }), roles: ['ROLE_USER'] },
     echo: { input: z.object({ id: z.string(), name: z.string(), qty: z.coerce.number() }), output: z.object({ id: z.string(), name: z.string(), qty: z.number(), traceId: z.string() }) },
     create: { input: z.object({ title: z.string() }), output: z.object({ id: z.number() }) },
@@ -135,6 +136,9 @@ const deskService = implement(desk, {
   handlers: {
     async crash() {
       throw new Error('connection string postgres://admin:hunter2@db');
+    },
+    async down() {
+      throw new UnavailableError('desk: the database is down');
     },
     async whoami(_i, ctx) {
       return { subject: ctx.caller!.subject };
@@ -159,6 +163,7 @@ const deskApp = defineApp({
   edge: {
     routes: [
       route('POST /crash', desk.methods.crash),
+      route('POST /down', desk.methods.down),
       route('GET /me', desk.methods.whoami),
       route('PUT /echo/:id', desk.methods.echo),
       route('POST /sweep', desk.methods.sweep),
@@ -283,6 +288,15 @@ describe('gateway logging', () => {
       const failed = lines.filter((l) => l.msg === 'call failed');
       expect(failed).toHaveLength(1);
       expect(failed[0]).toMatchObject({ component: 'edge', reqId: 'req-crash-1', level: 50 });
+      expect((failed[0]!.err as { stack?: string }).stack).toEqual(expect.any(String));
+      // Unavailable: one warning line with the reason, no stack.
+      lines.length = 0;
+      const down = await server.inject({ method: 'POST', url: '/down', payload: {}, headers: { 'x-request-id': 'req-down-1' } });
+      expect(down.statusCode).toBe(503);
+      const warned = lines.filter((l) => l.msg === 'call failed');
+      expect(warned).toHaveLength(1);
+      expect(warned[0]).toMatchObject({ component: 'edge', reqId: 'req-down-1', level: 40, code: 'EVOLITH_UNAVAILABLE', reason: expect.stringContaining('database is down') });
+      expect(warned[0]!.err).toBeUndefined();
     } finally {
       await server.close();
       await kit.cleanup();

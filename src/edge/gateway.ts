@@ -257,9 +257,13 @@ async function handle(r: RouteSpec, req: FastifyRequest, reply: FastifyReply, op
   } catch (thrown) {
     const err = toEvolithError(thrown);
     const failed = err.httpStatus >= 500;
-    if (failed) req.log.error({ err: thrown, code: err.code, origin: err.origin }, 'call failed');
     // Unavailable and timed-out callees may well answer a retry.
-    if (err.httpStatus === 503 || err.httpStatus === 504) reply.header('retry-after', '1');
+    const retryable = err.httpStatus === 503 || err.httpStatus === 504;
+    // A callee or database that is down is an expected trouble: one line saying why, without a
+    // stack (during an outage every request fails alike). Anything else is a fault, with its stack.
+    if (failed && retryable) req.log.warn({ code: err.code, origin: err.origin, reason: err.message }, 'call failed');
+    else if (failed) req.log.error({ err: thrown, code: err.code, origin: err.origin }, 'call failed');
+    if (retryable) reply.header('retry-after', '1');
     const shown = failed ? publicFailure(err, req.id) : err;
     out = r.error?.(shown, edgeReq) ?? codedError(shown);
   }
