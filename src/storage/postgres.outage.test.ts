@@ -60,4 +60,27 @@ describe.skipIf(unavailable !== undefined)('PostgresStorage outages', () => {
       await proxy.close();
     }
   }, 30_000);
+
+  test('every connection busy past the connect timeout is a 503 of its own, not an outage: the next calls still wait for a connection', async () => {
+    const store = await new PostgresStorage({ connectionString: postgresUrl(), schemaPrefix: prefix, poolSize: 1, connectTimeoutMs: 300 }).open('busy');
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    try {
+      // A transaction keeps the only connection.
+      const tx = store.db.transaction().execute(async (t) => {
+        await sql`select 1`.execute(t);
+        await held;
+      });
+      await new Promise((r) => setTimeout(r, 50));
+      await expect(sql`select 1`.execute(store.db)).rejects.toMatchObject({ code: 'EVOLITH_UNAVAILABLE', message: expect.stringMatching(/no database connection came free/) });
+      // Not taken for an outage: calls made now (none of them failed at once) wait for the connection and get it.
+      const waiting = [1, 2].map(() => sql<{ one: number }>`select 1 as one`.execute(store.db));
+      setTimeout(release, 100);
+      for (const w of waiting) await expect(w).resolves.toMatchObject({ rows: [{ one: 1 }] });
+      await tx;
+    } finally {
+      release();
+      await store.close();
+    }
+  }, 30_000);
 });

@@ -39,6 +39,8 @@ function withDefaultUser(connectionString: string): string {
   return url.toString();
 }
 
+/** What pg's pool says when no connection came free within connectionTimeoutMillis. */
+const POOL_EXHAUSTED = 'timeout exceeded when trying to connect';
 const NETWORK_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ECONNABORTED', 'ETIMEDOUT', 'EHOSTUNREACH', 'EHOSTDOWN', 'ENETUNREACH', 'ENETDOWN', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN']);
 const LOST_CONNECTION = /Connection terminated|timeout exceeded when trying to connect|encountered a connection error and is not queryable/;
 
@@ -114,6 +116,8 @@ class GuardedPool implements PostgresPool {
         try {
           client = await this.pool.connect();
         } catch (err) {
+          // Every connection busy for the whole connect timeout: the database is up, but full.
+          if ((err as Error)?.message === POOL_EXHAUSTED) throw new UnavailableError('no database connection came free in time; retry shortly');
           if (!isConnectionFailure(err)) throw err;
           if (!this.down) this.log?.warn({ schema: this.schema, err: describe(err) }, 'PostgreSQL unreachable; calls fail with 503 until it is back');
           this.down = true;
