@@ -11,25 +11,13 @@ import { jetstreamManager } from '@nats-io/jetstream';
 import { afterEach, describe, expect, test } from 'vitest';
 import { envelope, eventually, sleep, type ChildConfig } from './bus-contract.test-helpers.js';
 import { NatsEventBus, type NatsEventBusOptions } from './nats-bus.js';
+import { SHARED_NATS, sharedNatsUnreachable } from '../../test/support/nats-server.js';
 
-const SERVERS = process.env.NATS_URL ?? '127.0.0.1:4222';
+const SERVERS = SHARED_NATS;
 const repoRoot = fileURLToPath(new URL('../..', import.meta.url));
 const childScript = fileURLToPath(new URL('./bus-contract.child.ts', import.meta.url));
 
-async function unreachable(): Promise<string | undefined> {
-  let nc: NatsConnection | undefined;
-  try {
-    nc = await connect({ servers: SERVERS, timeout: 2_000, maxReconnectAttempts: 0 });
-    await (await jetstreamManager(nc)).getAccountInfo();
-    return undefined;
-  } catch (err) {
-    return `no JetStream server at ${SERVERS} (${(err as Error).message}); start one with \`nats-server -js\` or set NATS_URL`;
-  } finally {
-    await nc?.close().catch(() => undefined);
-  }
-}
-
-const skip = await unreachable();
+const skip = await sharedNatsUnreachable();
 if (skip) console.warn(`skipping NATS fault tests: ${skip}`);
 
 describe.skipIf(skip !== undefined)('NatsEventBus faults (default ack wait)', () => {

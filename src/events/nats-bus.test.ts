@@ -4,24 +4,12 @@ import { jetstreamManager } from '@nats-io/jetstream';
 import { afterEach, describe, expect, test } from 'vitest';
 import { describeBusContract, envelope, eventually, type BusFixture } from './bus-contract.test-helpers.js';
 import { NatsEventBus, type NatsEventBusOptions } from './nats-bus.js';
+import { SHARED_NATS, sharedNatsUnreachable } from '../../test/support/nats-server.js';
 
-const SERVERS = process.env.NATS_URL ?? '127.0.0.1:4222';
+const SERVERS = SHARED_NATS;
 
 /** Why the NATS tests cannot run here, or undefined when a JetStream server answers. */
-async function unreachable(): Promise<string | undefined> {
-  let nc: NatsConnection | undefined;
-  try {
-    nc = await connect({ servers: SERVERS, timeout: 2_000, maxReconnectAttempts: 0 });
-    await (await jetstreamManager(nc)).getAccountInfo();
-    return undefined;
-  } catch (err) {
-    return `no JetStream server at ${SERVERS} (${(err as Error).message}); start one with \`nats-server -js\` or set NATS_URL`;
-  } finally {
-    await nc?.close().catch(() => undefined);
-  }
-}
-
-const skip = await unreachable();
+const skip = await sharedNatsUnreachable();
 
 function fixture(extra: Partial<NatsEventBusOptions> = {}): BusFixture & { options: NatsEventBusOptions } {
   const tag = randomUUID().replace(/-/g, '').slice(0, 12);

@@ -8,6 +8,25 @@ import { createServer, connect as tcpConnect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
+/** The shared JetStream server the NATS tests use (NATS_URL to choose another). */
+export const SHARED_NATS = process.env.NATS_URL ?? '127.0.0.1:4222';
+
+/** Why the shared JetStream server cannot be used here, or undefined when it can. */
+export async function sharedNatsUnreachable(): Promise<string | undefined> {
+  const { connect } = await import('@nats-io/transport-node');
+  const { jetstreamManager } = await import('@nats-io/jetstream');
+  let nc: Awaited<ReturnType<typeof connect>> | undefined;
+  try {
+    nc = await connect({ servers: SHARED_NATS, timeout: 2_000, maxReconnectAttempts: 0 });
+    await (await jetstreamManager(nc)).getAccountInfo();
+    return undefined;
+  } catch (err) {
+    return `no JetStream server at ${SHARED_NATS} (${(err as Error).message}); start one with \`nats-server -js\` or set NATS_URL`;
+  } finally {
+    await nc?.close().catch(() => undefined);
+  }
+}
+
 export const NATS_SERVER_BIN = process.env.EVOLITH_TEST_NATS_SERVER ?? '/usr/sbin/nats-server';
 
 export function natsServerMissing(): string | undefined {
