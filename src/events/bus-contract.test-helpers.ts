@@ -50,6 +50,31 @@ export async function eventually<T>(check: () => T | Promise<T>, timeoutMs = 5_0
 }
 
 let counter = 0;
+/** A subscriber in a process of its own (bus-contract.child.ts), reporting each line it prints. */
+export interface BusChild {
+  readonly process: ChildProcess;
+  /** What it wrote to stderr so far. */
+  stderr(): string;
+}
+
+/** Starts a child subscriber; `onLine(what, id)` gets each `ready`, `got <id>` or `done <id>` line. */
+export function spawnBusChild(config: ChildConfig, onLine: (what: string, id: string | undefined) => void): BusChild {
+  const child = spawn(process.execPath, ['bin/run-ts.mjs', childScript, JSON.stringify(config)], { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  let buffer = '';
+  child.stderr!.on('data', (d) => (stderr += String(d)));
+  child.stdout!.on('data', (d) => {
+    buffer += String(d);
+    const lines = buffer.split('\n');
+    buffer = lines.pop()!;
+    for (const line of lines) {
+      const [what, id] = line.split(' ');
+      onLine(what!, id);
+    }
+  });
+  return { process: child, stderr: () => stderr };
+}
+
 export function envelope(topic: string, payload: unknown, key?: string): EventEnvelope {
   return {
     id: randomUUID(),
@@ -285,31 +310,22 @@ export function describeBusContract(name: string, makeFixture: () => Promise<Bus
       const ids = events.map((e) => e.id);
 
       const config: ChildConfig = { bus: f.child(), topic: 'orders.placed', group: 'billing', delayMs: 100, hangAfter: 10 };
-      const child = spawn(process.execPath, ['bin/run-ts.mjs', childScript, JSON.stringify(config)], { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] });
-      children.push(child);
       const started = new Set<string>();
       const finished = new Set<string>();
       let hungStarts = 0;
-      let stderr = '';
-      let buffer = '';
-      child.stderr!.on('data', (d) => (stderr += String(d)));
-      child.stdout!.on('data', (d) => {
-        buffer += String(d);
-        const lines = buffer.split('\n');
-        buffer = lines.pop()!;
-        for (const line of lines) {
-          const [what, id] = line.split(' ');
-          if (what === 'got') {
-            started.add(id!);
-            // Output of one process arrives in order: a handler that started after its tenth
-            // `done` is past the child's hang point and is surely still in flight at the kill.
-            if (finished.size >= config.hangAfter) hungStarts++;
-          }
-          if (what === 'done') finished.add(id!);
+      const consumer = spawnBusChild(config, (what, id) => {
+        if (what === 'got') {
+          started.add(id!);
+          // Output of one process arrives in order: a handler that started after its tenth
+          // `done` is past the child's hang point and is surely still in flight at the kill.
+          if (finished.size >= config.hangAfter) hungStarts++;
         }
+        if (what === 'done') finished.add(id!);
       });
+      const child = consumer.process;
+      children.push(child);
       await eventually(() => {
-        if (child.exitCode !== null) throw new Error(`consumer exited early (${child.exitCode}): ${stderr}`);
+        if (child.exitCode !== null) throw new Error(`consumer exited early (${child.exitCode}): ${consumer.stderr()}`);
         expect(finished.size).toBeGreaterThanOrEqual(10);
         // Kill it while it holds events it has not finished (its handlers now hang).
         expect(hungStarts).toBeGreaterThan(0);

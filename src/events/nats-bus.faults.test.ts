@@ -3,19 +3,16 @@
  * outlives the ack wait, and (with a private nats-server that the test stops and starts) the
  * broker going away while the outbox keeps publishing.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { fileURLToPath } from 'node:url';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { connect } from '@nats-io/transport-node';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { afterEach, describe, expect, test } from 'vitest';
-import { envelope, eventually, sleep, type ChildConfig } from './bus-contract.test-helpers.js';
+import { envelope, eventually, sleep, spawnBusChild, type ChildConfig } from './bus-contract.test-helpers.js';
 import { NatsEventBus, type NatsEventBusOptions } from './nats-bus.js';
 import { SHARED_NATS, sharedNatsUnreachable } from '../../test/support/nats-server.js';
 
 const SERVERS = SHARED_NATS;
-const repoRoot = fileURLToPath(new URL('../..', import.meta.url));
-const childScript = fileURLToPath(new URL('./bus-contract.child.ts', import.meta.url));
 
 const skip = await sharedNatsUnreachable();
 if (skip) console.warn(`skipping NATS fault tests: ${skip}`);
@@ -57,24 +54,15 @@ describe.skipIf(skip !== undefined)('NatsEventBus faults (default ack wait)', ()
 
     // Its handlers never return: whatever it takes, it holds until it dies.
     const config: ChildConfig = { bus: { kind: 'nats', options: o }, topic: 'orders.placed', group: 'billing', delayMs: 0, hangAfter: 0 };
-    const child = spawn(process.execPath, ['bin/run-ts.mjs', childScript, JSON.stringify(config)], { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] });
-    children.push(child);
     const held = new Set<string>();
-    let stderr = '';
-    let buffer = '';
-    child.stderr!.on('data', (d) => (stderr += String(d)));
-    child.stdout!.on('data', (d) => {
-      buffer += String(d);
-      const lines = buffer.split('\n');
-      buffer = lines.pop()!;
-      for (const line of lines) {
-        const [what, id] = line.split(' ');
-        if (what === 'got') held.add(id!);
-      }
+    const consumer = spawnBusChild(config, (what, id) => {
+      if (what === 'got') held.add(id!);
     });
+    const child = consumer.process;
+    children.push(child);
     // One event per partition: each partition lets one event at a time be unacknowledged.
     await eventually(() => {
-      if (child.exitCode !== null) throw new Error(`consumer exited early (${child.exitCode}): ${stderr}`);
+      if (child.exitCode !== null) throw new Error(`consumer exited early (${child.exitCode}): ${consumer.stderr()}`);
       expect(held.size).toBe(o.partitions);
     }, 30_000);
 

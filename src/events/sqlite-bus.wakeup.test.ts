@@ -3,19 +3,15 @@
  * processes at once, the poll still finds everything when the doorbell cannot ring, and a
  * writer in another process never stalls this one's event loop.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import { afterEach, describe, expect, test } from 'vitest';
 import type { EventEnvelope } from '../kernel/plugins.js';
-import { envelope, eventually, sleep, type ChildConfig } from './bus-contract.test-helpers.js';
+import { envelope, eventually, sleep, spawnBusChild, type ChildConfig } from './bus-contract.test-helpers.js';
 import { SqliteEventBus, type SqliteEventBusOptions } from './sqlite-bus.js';
 
-const repoRoot = fileURLToPath(new URL('../..', import.meta.url));
-const childScript = fileURLToPath(new URL('./bus-contract.child.ts', import.meta.url));
 const BASE: SqliteEventBusOptions = { leaseMs: 1_000, retry: { initialMs: 30, maxMs: 300 }, closeTimeoutMs: 2_000, synchronous: 'normal' };
 /** Far longer than any latency asserted here: whatever arrives sooner was not found by polling. */
 const SLOW_POLL_MS = 5_000;
@@ -41,25 +37,16 @@ describe('SqliteEventBus wake-ups', () => {
   test('an event published in another process is handled within milliseconds, not at the next poll', async () => {
     const f = file();
     const config: ChildConfig = { bus: { kind: 'sqlite', file: f, options: { ...BASE, pollIntervalMs: SLOW_POLL_MS } }, topic: 'orders.placed', group: 'billing', delayMs: 0, hangAfter: 1e9 };
-    const child: ChildProcess = spawn(process.execPath, ['bin/run-ts.mjs', childScript, JSON.stringify(config)], { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] });
-    cleanups.push(() => child.kill('SIGKILL'));
     const seen = new Map<string, number>();
     let ready = false;
-    let stderr = '';
-    let buffer = '';
-    child.stderr!.on('data', (d) => (stderr += String(d)));
-    child.stdout!.on('data', (d) => {
-      buffer += String(d);
-      const lines = buffer.split('\n');
-      buffer = lines.pop()!;
-      for (const line of lines) {
-        const [what, id] = line.split(' ');
-        if (what === 'ready') ready = true;
-        if (what === 'got') seen.set(id!, performance.now());
-      }
+    const subscriber = spawnBusChild(config, (what, id) => {
+      if (what === 'ready') ready = true;
+      if (what === 'got') seen.set(id!, performance.now());
     });
+    const child = subscriber.process;
+    cleanups.push(() => child.kill('SIGKILL'));
     await eventually(() => {
-      if (child.exitCode !== null) throw new Error(`subscriber exited (${child.exitCode}): ${stderr}`);
+      if (child.exitCode !== null) throw new Error(`subscriber exited (${child.exitCode}): ${subscriber.stderr()}`);
       expect(ready).toBe(true);
     }, 30_000);
 
