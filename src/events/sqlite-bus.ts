@@ -18,8 +18,11 @@ export interface SqliteEventBusOptions {
    */
   pollIntervalMs?: number;
   /**
-   * How long a claim lasts. A running handler renews it; a consumer that dies stops renewing,
-   * and its events go to another member of the group once the lease runs out (default 30 s).
+   * How long a claim lasts. A running handler renews it (every third of it); a consumer that
+   * dies stops renewing, and its events go to another member of the group once the lease runs
+   * out (default 1.5 s, as the NATS bus's ack wait: a crash holds events up for seconds, not
+   * half a minute; a process whose event loop stalls longer than that may see its events handled
+   * twice, which handlers already allow for).
    */
   leaseMs?: number;
   /** Handlers one subscription runs at once (default 16). */
@@ -143,7 +146,7 @@ export class SqliteEventBus implements EventBus {
     this.log = options.log;
     this.opts = {
       pollIntervalMs: options.pollIntervalMs ?? 100,
-      leaseMs: options.leaseMs ?? 30_000,
+      leaseMs: options.leaseMs ?? 1_500,
       maxInFlight: options.maxInFlight ?? 16,
       prefetch: Math.max(options.prefetch ?? 256, options.maxInFlight ?? 16),
       retry: options.retry ?? {},

@@ -1,7 +1,9 @@
 /**
  * How subscribers of the SQLite bus learn of new events: the doorbell wakes them across
  * processes at once, the poll still finds everything when the doorbell cannot ring, and a
- * writer in another process never stalls this one's event loop.
+ * writer in another process never stalls this one's event loop; and events a consumer held
+ * when its process died go to another member of its group within seconds, not at the end of a
+ * long lease.
  */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -123,4 +125,41 @@ describe('SqliteEventBus wake-ups', () => {
     await published;
     await eventually(() => expect(got).toEqual([e.id]));
   });
+
+  test('with the default lease, events held by a consumer process that is killed reach another within 2.5 s, and not while it lives', async () => {
+    const f = file();
+    // Defaults, but for what the test needs to finish quickly once the events come back.
+    const defaults: SqliteEventBusOptions = { synchronous: 'normal', closeTimeoutMs: 500 };
+    const publisher = open(f, defaults);
+    const events = Array.from({ length: 8 }, (_, i) => envelope('orders.placed', { i }, `k${i}`));
+    for (const e of events) await publisher.publish(e);
+    // Its handlers never return: whatever it takes, it holds until it dies.
+    const config: ChildConfig = { bus: { kind: 'sqlite', file: f, options: defaults }, topic: 'orders.placed', group: 'billing', delayMs: 0, hangAfter: 0 };
+    const held = new Set<string>();
+    const consumer = spawnBusChild(config, (what, id) => {
+      if (what === 'got') held.add(id!);
+    });
+    const child = consumer.process;
+    cleanups.push(() => child.kill('SIGKILL'));
+    await eventually(() => {
+      if (child.exitCode !== null) throw new Error(`consumer exited early (${child.exitCode}): ${consumer.stderr()}`);
+      expect(held.size).toBe(events.length);
+    }, 30_000);
+
+    const survivor = open(f, defaults);
+    const seen = new Map<string, number>();
+    survivor.subscribe('orders.placed', 'billing', async (e) => {
+      if (!seen.has(e.id)) seen.set(e.id, performance.now());
+    });
+    // Alive (renewing its leases) past a lease: its events stay with it.
+    await sleep(3_000);
+    expect([...held].filter((id) => seen.has(id))).toEqual([]);
+
+    child.kill('SIGKILL');
+    const killedAt = performance.now();
+    await eventually(() => expect([...held].filter((id) => !seen.has(id))).toEqual([]), 40_000, 20);
+    const took = Math.max(...[...held].map((id) => seen.get(id)! - killedAt));
+    console.info(`[sqlite bus] ${held.size} events held by the killed consumer handled by another ${took.toFixed(0)} ms after the kill`);
+    expect(took).toBeLessThan(2_500);
+  }, 90_000);
 });
