@@ -65,13 +65,18 @@ describe.skipIf(unavailable !== undefined)('PostgresStorage outages', () => {
     const store = await new PostgresStorage({ connectionString: postgresUrl(), schemaPrefix: prefix, poolSize: 1, connectTimeoutMs: 300 }).open('busy');
     let release!: () => void;
     const held = new Promise<void>((r) => (release = r));
+    let taken!: () => void;
+    const holding = new Promise<void>((r) => (taken = r));
     try {
-      // A transaction keeps the only connection.
+      // The only connection is made first (on a busy machine making one can outlast the 300 ms);
+      // then a transaction keeps it.
+      await sql`select 1`.execute(store.db);
       const tx = store.db.transaction().execute(async (t) => {
         await sql`select 1`.execute(t);
+        taken();
         await held;
       });
-      await new Promise((r) => setTimeout(r, 50));
+      await holding;
       await expect(sql`select 1`.execute(store.db)).rejects.toMatchObject({ code: 'EVOLITH_UNAVAILABLE', message: expect.stringMatching(/no database connection came free/) });
       // Not taken for an outage: calls made now (none of them failed at once) wait for the connection and get it.
       const waiting = [1, 2].map(() => sql<{ one: number }>`select 1 as one`.execute(store.db));
