@@ -2,7 +2,7 @@
  * The outbox keeps a key's events in order when the bus fails for a while: an event written
  * after an earlier one of its key failed waits for that one, even though it is due first.
  */
-import { afterEach, expect, test } from 'vitest';
+import { afterEach, expect, test, vi } from 'vitest';
 import { eventually, Kit, silentLog } from '../../test/fixtures/unit-kit.js';
 import { UnavailableError } from '../kernel/errors.js';
 import type { EventBus, EventEnvelope } from '../kernel/plugins.js';
@@ -82,6 +82,46 @@ test('once an event gets through after the bus was down, the events that failed 
       dispatcher.notify(Date.now());
       await eventually(() => expect(bus.accepted).toEqual(['free', 'k-1']), 2_000, 5);
       expect(performance.now() - t0).toBeLessThan(300);
+    } finally {
+      await dispatcher.stop();
+    }
+  } finally {
+    await store.close();
+  }
+});
+
+test('while a key waits behind a failed event, the dispatcher sleeps until that event is due instead of spinning', async () => {
+  const store = await new SqliteStorage(kit.tmp('outbox')).open('orders');
+  try {
+    await createEventTables(store.db);
+    // Refuses k-1 (a plain error: backed off for seconds), takes everything else.
+    const bus = new FlakyBus();
+    const refuseFirst: EventBus = {
+      name: 'refuses k-1',
+      subscribe: () => () => undefined,
+      publish: async (e) => {
+        if ((e.payload as { n: string }).n === 'k-1') {
+          bus.refused++;
+          throw new Error('refused');
+        }
+        return bus.publish(e);
+      },
+      close: async () => undefined,
+    };
+    const dispatcher = new OutboxDispatcher(store.db, 'orders', refuseFirst, silentLog);
+    const passes = vi.spyOn(dispatcher as unknown as { dispatchDue: () => Promise<number> }, 'dispatchDue');
+    dispatcher.start();
+    try {
+      await writeOutbox(store.db, [{ event: placed, payload: { n: 'k-1' }, key: 'k' }]);
+      dispatcher.notify(Date.now());
+      await eventually(() => expect(bus.refused).toBe(1));
+      await writeOutbox(store.db, [{ event: placed, payload: { n: 'k-2' }, key: 'k' }]);
+      dispatcher.notify(Date.now());
+      const before = passes.mock.calls.length;
+      await new Promise((r) => setTimeout(r, 300));
+      // k-2 is due but blocked: a pass or two, not one per millisecond.
+      expect(passes.mock.calls.length - before).toBeLessThan(10);
+      expect(bus.accepted).toEqual([]);
     } finally {
       await dispatcher.stop();
     }

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { sql, type Kysely } from 'kysely';
+import { sql, type Expression, type ExpressionBuilder, type Kysely, type SqlBool } from 'kysely';
 import type { Logger } from 'pino';
 import { UnavailableError, ValidationError } from '../kernel/errors.js';
 import { zodIssues } from '../kernel/validate.js';
@@ -110,6 +110,30 @@ const RETENTION_MS = 60 * 60 * 1000;
  * timers when their time comes (also after a restart), failed deliveries again with backoff.
  * A row is marked delivered only after the bus accepted it, so delivery is at least once.
  */
+/**
+ * A row that does not wait behind its key: it has no key, or no earlier row of its key failed
+ * and waits for its retry. Such a wait keeps a key's events in order even when a later row is
+ * due first.
+ */
+function notBlocked(eb: ExpressionBuilder<any, 'evolith_outbox'>, now: number): Expression<SqlBool> {
+  return eb.or([
+    eb('key', 'is', null),
+    eb.not(
+      eb.exists(
+        eb
+          .selectFrom('evolith_outbox as earlier')
+          .select('earlier.id')
+          .whereRef('earlier.key', '=', 'evolith_outbox.key')
+          // As the partial index evolith_outbox_failed says it, so that it is used.
+          .where('earlier.delivered_at', 'is', null)
+          .where('earlier.attempts', '>', sql.lit(0))
+          .where('earlier.deliver_at', '>', now)
+          .whereRef('earlier.created_at', '<', 'evolith_outbox.created_at'),
+      ),
+    ),
+  ]);
+}
+
 export class OutboxDispatcher implements OutboxDispatch {
   private timer: NodeJS.Timeout | undefined;
   /** When the armed timer fires; Infinity while none is armed (a pass is running or pending). */
@@ -185,10 +209,14 @@ export class OutboxDispatcher implements OutboxDispatch {
   private async armTimer(): Promise<void> {
     let wait = MAX_IDLE_MS;
     try {
+      const now = Date.now();
+      // Rows due now but waiting behind a failed row of their key do not count (that row, due
+      // later, does): waking for them would find nothing to send, again and again.
       const next = await this.db
         .selectFrom('evolith_outbox')
         .select((eb) => eb.fn.min('deliver_at').as('next'))
         .where('delivered_at', 'is', null)
+        .where((eb) => eb.or([eb('deliver_at', '>', now), notBlocked(eb, now)]))
         .executeTakeFirst();
       if (next?.next != null) wait = Math.min(wait, Math.max(0, Number(next.next) - Date.now()));
     } catch (err) {
@@ -210,24 +238,7 @@ export class OutboxDispatcher implements OutboxDispatch {
       .where('deliver_at', '<=', now)
       // A row of a key whose earlier event failed and waits for its retry waits too, even if
       // it was written after that failure (and so is due first): a key's events stay in order.
-      .where((eb) =>
-        eb.or([
-          eb('key', 'is', null),
-          eb.not(
-            eb.exists(
-              eb
-                .selectFrom('evolith_outbox as earlier')
-                .select('earlier.id')
-                .whereRef('earlier.key', '=', 'evolith_outbox.key')
-                // As the partial index evolith_outbox_failed says it, so that it is used.
-                .where('earlier.delivered_at', 'is', null)
-                .where('earlier.attempts', '>', sql.lit(0))
-                .where('earlier.deliver_at', '>', now)
-                .whereRef('earlier.created_at', '<', 'evolith_outbox.created_at'),
-            ),
-          ),
-        ]),
-      )
+      .where((eb) => notBlocked(eb, now))
       // Written order, not due order: a batch that holds a row of a key also holds every
       // earlier due row of that key (a retried row is due later than rows written after it).
       .orderBy('created_at')
