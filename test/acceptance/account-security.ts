@@ -342,6 +342,20 @@ export function accountSecurityTests(target: BookstoreTarget): void {
         expect((await login(throttled.http, mine.username, mine.password)).username).toBe(mine.username);
       });
 
+      it('guesses sent all at once get no more password checks than the limit: the rest are refused 429', async () => {
+        const mine = await createAccount(throttled.http);
+        const replies = await Promise.all(Array.from({ length: 12 }, (_, i) => passwordGrant(throttled.http, mine.username, `burst-${i}`)));
+        const checked = replies.filter((r) => r.status === 400);
+        const refused = replies.filter((r) => r.status === 429);
+        expect(checked.length + refused.length, replies.map((r) => `${r.status} ${r.text}`).join('\n')).toBe(12);
+        // One auth process: exactly the three the limit allows were checked.
+        expect(checked.length).toBe(3);
+        for (const r of checked) expect(r.body).toMatchObject({ error: 'invalid_grant' });
+        const wait = Math.max(...refused.map(expectLocked));
+        await sleep(wait * 1000 + 100);
+        expect((await login(throttled.http, mine.username, mine.password)).username).toBe(mine.username);
+      });
+
       it('guessing the current password on PUT /restful/accounts/password is throttled the same way', async () => {
         const mine = await createAccount(throttled.http);
         const { access_token: token } = await login(throttled.http, mine.username, mine.password);

@@ -17,7 +17,7 @@ import { success } from '../contracts/coded-message.js';
 import { authDatabase, demoCredential, NO_PASSWORD, parseRoles, type AuthDB, type CredentialTable } from './auth-db.js';
 import { authenticateClient, type OAuthClient } from './oauth-clients.js';
 import { normaliseUsername, usernameKey, usernameProblems } from '../shared/username.js';
-import { recordFailure, recordSuccess, refuseIfLocked, throttleSettings } from './login-throttle.js';
+import { oneAtATime, recordFailure, recordSuccess, refuseIfLocked, throttleSettings } from './login-throttle.js';
 
 const KEY_ID = 'current';
 /** How long a refresh token (and so a sign-in's family) lasts. */
@@ -145,17 +145,20 @@ export const authService = implement(authContract, {
         const possible = usernameProblems(normaliseUsername(input.username)).length === 0;
         // Locked usernames and addresses are refused before any password is looked at.
         const throttle = { user: possible ? usernameKey(input.username) : undefined, address: input.client_address };
-        await refuseIfLocked(ctx.db, throttle);
-        const cred = possible ? await findCredential(ctx.db, input.username) : undefined;
-        // An account registered without a password has none (NO_PASSWORD), and an empty password
-        // matches nothing: both cost a bcrypt check and answer exactly as a wrong password does.
-        const usable = cred && cred.password_hash !== NO_PASSWORD ? cred.password_hash : undefined;
-        const matches = await verifyPassword(input.password ?? '', usable ?? (await (decoyHash ??= hashPassword(randomUUID()))));
-        if (!cred || !usable || !input.password || !matches) {
-          await recordFailure(ctx.db, throttle, throttleSettings(ctx.config));
-          throw invalidGrant('Bad credentials');
-        }
-        await recordSuccess(ctx.db, throttle);
+        const cred = await oneAtATime(throttle.user, async () => {
+          await refuseIfLocked(ctx.db, throttle);
+          const found = possible ? await findCredential(ctx.db, input.username!) : undefined;
+          // An account registered without a password has none (NO_PASSWORD), and an empty password
+          // matches nothing: both cost a bcrypt check and answer exactly as a wrong password does.
+          const usable = found && found.password_hash !== NO_PASSWORD ? found.password_hash : undefined;
+          const matches = await verifyPassword(input.password ?? '', usable ?? (await (decoyHash ??= hashPassword(randomUUID()))));
+          if (!found || !usable || !input.password || !matches) {
+            await recordFailure(ctx.db, throttle, throttleSettings(ctx.config));
+            throw invalidGrant('Bad credentials');
+          }
+          await recordSuccess(ctx.db, throttle);
+          return found;
+        });
         const { family, refreshId } = await newFamily(ctx.db, cred.username);
         return issueFor(ctx, client, cred, family, refreshId);
       }
@@ -192,15 +195,17 @@ export const authService = implement(authContract, {
       const username = ctx.caller!.subject;
       // Guessing the current password with a stolen token is throttled like signing in.
       const throttle = { user: usernameKey(username) };
-      await refuseIfLocked(ctx.db, throttle);
-      const cred = await ctx.db.selectFrom('credential').selectAll().where('username', '=', username).executeTakeFirst();
-      const usable = cred && cred.password_hash !== NO_PASSWORD ? cred.password_hash : undefined;
-      const matches = await verifyPassword(currentPassword, usable ?? (await (decoyHash ??= hashPassword(randomUUID()))));
-      if (!cred || !usable || !matches) {
-        await recordFailure(ctx.db, throttle, throttleSettings(ctx.config));
-        throw new BusinessError('WRONG_PASSWORD', 'currentPassword is not the password of this account; nothing was changed', { httpStatus: 400 });
-      }
-      await recordSuccess(ctx.db, throttle);
+      await oneAtATime(throttle.user, async () => {
+        await refuseIfLocked(ctx.db, throttle);
+        const cred = await ctx.db.selectFrom('credential').selectAll().where('username', '=', username).executeTakeFirst();
+        const usable = cred && cred.password_hash !== NO_PASSWORD ? cred.password_hash : undefined;
+        const matches = await verifyPassword(currentPassword, usable ?? (await (decoyHash ??= hashPassword(randomUUID()))));
+        if (!cred || !usable || !matches) {
+          await recordFailure(ctx.db, throttle, throttleSettings(ctx.config));
+          throw new BusinessError('WRONG_PASSWORD', 'currentPassword is not the password of this account; nothing was changed', { httpStatus: 400 });
+        }
+        await recordSuccess(ctx.db, throttle);
+      });
       const hash = await hashPassword(newPassword);
       // Raising the version revokes every access and refresh token issued before: whoever holds
       // one (a thief, say) has to sign in again, with the new password.

@@ -116,3 +116,27 @@ export async function recordSuccess(db: Kysely<AuthDB>, keys: ThrottleKeys): Pro
   if (keys.user === undefined) return;
   await db.deleteFrom('login_throttle').where('key', '=', `user:${keys.user}`).execute();
 }
+
+const turns = new Map<string, Promise<unknown>>();
+
+/**
+ * Runs a sign-in's check-verify-record after every earlier one for the same username in this
+ * process has finished. Without it, guesses sent all at once would each pass the lock check
+ * before any of their failures was counted, and get a password check each instead of the
+ * handful the limit allows. (Replicas each let one through at a time.)
+ */
+export async function oneAtATime<T>(user: string | undefined, work: () => Promise<T>): Promise<T> {
+  if (user === undefined) return work();
+  const before = turns.get(user) ?? Promise.resolve();
+  const run = before.then(
+    () => work(),
+    () => work(),
+  );
+  const settled = run.catch(() => undefined);
+  turns.set(user, settled);
+  try {
+    return await run;
+  } finally {
+    if (turns.get(user) === settled) turns.delete(user);
+  }
+}
