@@ -181,7 +181,12 @@ export function prepareStatements(db: Database.Database): Statements {
        RETURNING attempts`,
     ).pluck(),
     envelope: db.prepare('SELECT envelope FROM evolith_bus_events WHERE seq = ?').pluck(),
-    ack: db.prepare('DELETE FROM evolith_bus_unacked WHERE grp = ? AND topic = ? AND seq = ?'),
+    // Fenced like release: a consumer whose lease ran out and was taken over does not free the
+    // event (and so its key's next one) while the consumer that took it over still runs it.
+    ack: db.prepare(
+      `DELETE FROM evolith_bus_unacked
+       WHERE grp = @grp AND topic = @topic AND seq = @seq AND claimed_by = @consumer AND attempts = @attempt`,
+    ),
     // Fenced by (claimed_by, attempts): a consumer whose lease was taken over must not undo the new claim.
     release: db.prepare(
       `UPDATE evolith_bus_unacked SET claimed_by = NULL, lease_until = NULL, available_at = @availableAt, last_error = @error

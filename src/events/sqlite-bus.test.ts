@@ -116,6 +116,42 @@ describe('SqliteEventBus', () => {
     expect(calls).toEqual([e.id]);
   });
 
+  test('a consumer whose lease was taken over does not free its key by acknowledging late: the next event of the key waits for the new holder', async () => {
+    const f = setup();
+    // Renewals far apart: the test takes the lease away itself.
+    const options = { ...TUNING, leaseMs: 30_000 };
+    const [a, b] = [open(f, options), open(f, options)];
+    const e1 = envelope('orders.placed', { n: 1 }, 'k');
+    const e2 = envelope('orders.placed', { n: 2 }, 'k');
+    await a.publish(e1);
+    await a.publish(e2);
+    const started: string[] = [];
+    let releaseA!: () => void;
+    const gateA = new Promise<void>((r) => (releaseA = r));
+    let releaseB!: () => void;
+    const gateB = new Promise<void>((r) => (releaseB = r));
+    a.subscribe('orders.placed', 'billing', async (e) => {
+      started.push(`a:${(e.payload as { n: number }).n}`);
+      if (e.id === e1.id) await gateA;
+    });
+    await eventually(() => expect(started).toEqual(['a:1']));
+    // A's lease runs out (as when its process stalls); B takes e1 over.
+    const db = new Database(f.file);
+    db.prepare('UPDATE evolith_bus_unacked SET lease_until = 0 WHERE claimed_by IS NOT NULL').run();
+    db.close();
+    b.subscribe('orders.placed', 'billing', async (e) => {
+      started.push(`b:${(e.payload as { n: number }).n}`);
+      if (e.id === e1.id) await gateB;
+    });
+    await eventually(() => expect(started).toEqual(['a:1', 'b:1']));
+    // A finishes late and acknowledges: e1 still runs at B, so e2 must wait.
+    releaseA();
+    await sleep(400);
+    expect(started).toEqual(['a:1', 'b:1']);
+    releaseB();
+    await eventually(() => expect(started.slice(2)).toEqual([expect.stringMatching(/^[ab]:2$/)]));
+  });
+
   test('a re-published id is stored once also when both copies are in the same transaction', async () => {
     const f = setup();
     const bus = open(f);

@@ -322,7 +322,7 @@ export class SqliteEventBus implements EventBus {
     if (acks.length === 0 && (!ahead || (ahead.rows.length === 0 && !this.reclaimable(sub, expired)))) return [];
     return this.db
       .transaction(() => {
-        for (const a of acks) this.sql.ack.run(group, topic, a.seq);
+        for (const a of acks) this.sql.ack.run({ grp: group, topic, seq: a.seq, consumer: sub.consumer, attempt: a.attempt });
         if (limit <= 0) return [];
         const now = Date.now();
         const leaseUntil = now + sub.leaseMs;
@@ -421,7 +421,7 @@ export class SqliteEventBus implements EventBus {
     try {
       this.blocking(() =>
         this.db.transaction(() => {
-          for (const a of acks) this.sql.ack.run(sub.group, sub.topic, a.seq);
+          for (const a of acks) this.sql.ack.run({ grp: sub.group, topic: sub.topic, seq: a.seq, consumer: sub.consumer, attempt: a.attempt });
         })(),
       );
       return true;
@@ -471,10 +471,11 @@ export class SqliteEventBus implements EventBus {
   /** Extends the leases of events this subscription holds. */
   renew(sub: SqliteSubscription, claims: Iterable<Claim>): void {
     if (!this.db.open) return;
-    const leaseUntil = Date.now() + sub.leaseMs;
     try {
       this.blocking(() =>
         this.db.transaction(() => {
+          // From when the write lock was had, not from before waiting for it.
+          const leaseUntil = Date.now() + sub.leaseMs;
           for (const c of claims) {
             const r = this.sql.renew.run({ seq: c.seq, grp: sub.group, topic: sub.topic, consumer: sub.consumer, attempt: c.attempt, leaseUntil });
             if (r.changes === 0) this.log?.warn({ id: c.envelope?.id, seq: c.seq, topic: sub.topic }, 'lost the lease on a running event; another consumer may handle it too');
