@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import pg from 'pg';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { EvolithError, Identity, ValidationError } from 'evolith';
+import { hashPassword, type EvolithError, type Identity, type ValidationError } from 'evolith';
 import type { StorageProvider } from '../../src/kernel/plugins.js';
 import { Runtime } from '../../src/kernel/runtime.js';
 import { inProcessPlugins } from '../../src/worker/backends.js';
@@ -182,6 +182,27 @@ for (const backend of backends) {
         httpStatus: 401,
       });
       expect(await failure(auth.token({ grant_type: 'client_credentials', ...client }))).toMatchObject({ code: 'unsupported_grant_type', httpStatus: 400 });
+    });
+
+    it('signs in an account registered before the username rules, by its exact name, and throttles it', async () => {
+      const { auth } = as();
+      // A name the rules now refuse ('/'), stored as an earlier version stored it.
+      await rt
+        .host('auth')
+        .db.insertInto('credential')
+        .values({ username: 'old/timer', username_key: null, password_hash: await hashPassword('legacy-pw'), roles: 'ROLE_USER' })
+        .execute();
+      expect(await auth.token({ grant_type: 'password', username: 'old/timer', password: 'legacy-pw', ...client })).toMatchObject({ username: 'old/timer' });
+      for (let i = 0; i < 5; i++) {
+        expect(await failure(auth.token({ grant_type: 'password', username: 'old/timer', password: `wrong-${i}`, ...client }))).toMatchObject({ code: 'invalid_grant' });
+      }
+      // Five failures (the default limit) lock the name, the right password included.
+      expect(await failure(auth.token({ grant_type: 'password', username: 'old/timer', password: 'legacy-pw', ...client }))).toMatchObject({
+        code: 'too_many_attempts',
+        httpStatus: 429,
+      });
+      // A name no account can hold (a NUL byte) is looked up nowhere, and fails like an unknown one.
+      expect(await failure(auth.token({ grant_type: 'password', username: 'old\u0000timer', password: 'legacy-pw', ...client }))).toMatchObject({ code: 'invalid_grant' });
     });
 
     it('registers accounts, listing every violation', async () => {

@@ -140,14 +140,21 @@ export const authService = implement(authContract, {
       }
       if (input.grant_type === 'password') {
         if (!input.username) throw new BusinessError('invalid_request', 'username is required for grant_type=password', { httpStatus: 400 });
-        // A name no account can have (control characters, say, which PostgreSQL cannot even
-        // compare) is looked up nowhere: it fails as an unknown user does, counted per address.
         const possible = usernameProblems(normaliseUsername(input.username)).length === 0;
+        // A name today's rules refuse may still be held by an account registered before them:
+        // it is found by its exact name and throttled by it. A name with control characters
+        // (which PostgreSQL cannot even compare) is looked up nowhere: it fails as an unknown
+        // user does, counted per address.
+        const legacy = !possible && !/[\p{Cc}\p{Cs}]/u.test(input.username);
         // Locked usernames and addresses are refused before any password is looked at.
-        const throttle = { user: possible ? usernameKey(input.username) : undefined, address: input.client_address };
+        const throttle = { user: possible ? usernameKey(input.username) : legacy ? `exact:${input.username}` : undefined, address: input.client_address };
         const cred = await oneAtATime(throttle.user, async () => {
           await refuseIfLocked(ctx.db, throttle);
-          const found = possible ? await findCredential(ctx.db, input.username!) : undefined;
+          const found = possible
+            ? await findCredential(ctx.db, input.username!)
+            : legacy
+              ? await ctx.db.selectFrom('credential').selectAll().where('username', '=', input.username!).executeTakeFirst()
+              : undefined;
           // An account registered without a password has none (NO_PASSWORD), and an empty password
           // matches nothing: both cost a bcrypt check and answer exactly as a wrong password does.
           const usable = found && found.password_hash !== NO_PASSWORD ? found.password_hash : undefined;
