@@ -35,6 +35,12 @@ export interface CredentialClaims {
   readonly edge?: boolean;
   /** An operator (the CLI): reads status, calls public methods, never as a service. */
   readonly op?: boolean;
+  /**
+   * A mesh proxy: the process slots (`warehouse#0`) whose calls it carries. Their apps take
+   * calls from it alone, and it may relay any calling service, having checked each against the
+   * caller's certificate.
+   */
+  readonly px?: readonly string[];
   /** The holder's own public key (raw Ed25519, base64url), for proofs of possession. */
   readonly key: string;
   /** Issued at and expiry, epoch ms. */
@@ -99,7 +105,7 @@ export class DeploymentAuthority {
   }
 
   /** A new credential and key pair for one process. */
-  issue(holder: { sub: string; svc?: readonly string[]; ins?: readonly string[]; edge?: boolean; op?: boolean }, ttlMs = 24 * 60 * 60 * 1000): CredentialBundle {
+  issue(holder: { sub: string; svc?: readonly string[]; ins?: readonly string[]; edge?: boolean; op?: boolean; px?: readonly string[] }, ttlMs = 24 * 60 * 60 * 1000): CredentialBundle {
     const pair = generateKeyPairSync('ed25519');
     const raw = pair.publicKey.export({ format: 'jwk' }).x!;
     const now = Date.now();
@@ -111,6 +117,7 @@ export class DeploymentAuthority {
       ins: holder.ins ?? [],
       ...(holder.edge ? { edge: true } : {}),
       ...(holder.op ? { op: true } : {}),
+      ...(holder.px ? { px: holder.px } : {}),
       key: raw,
       iat: now,
       exp: now + ttlMs,

@@ -50,6 +50,8 @@ export interface SupervisorOptions {
   stopTimeoutMs?: number;
   /** Called whenever a process changes state (for status lines and registries). */
   onChange?: (status: ProcessStatus) => void;
+  /** A message a process sent over its IPC channel (acknowledgements, reports). */
+  onMessage?: (name: string, replica: number, message: unknown) => void;
 }
 
 class Managed {
@@ -162,6 +164,7 @@ export class Supervisor {
     });
     m.child = child;
     m.startedAt = Date.now();
+    if (this.options.onMessage) child.on('message', (message) => this.options.onMessage!(spec.name, spec.replica, message));
     const prefix = `[${m.label}] `;
     for (const stream of [child.stdout!, child.stderr!]) {
       createInterface({ input: stream, crlfDelay: Infinity }).on('line', (line) => {

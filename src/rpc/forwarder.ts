@@ -4,14 +4,22 @@ import { forwardFrame, swapId, type AnswerHeader, type FrameLimits, type FrameSi
 import { RpcListener, type InboundConnection, type ListenerOptions, type ListenerStats } from './listener.js';
 import { Exchange, Upstreams, type UpstreamOptions } from './upstream.js';
 
-/** Picks the upstream "host:port" for a request from its header; undefined when none can take it. */
-export type ForwardRoute = (header: RequestHeader) => string | undefined;
+/**
+ * Picks the upstream "host:port" for a request from its header (and the connection it came on:
+ * its proven peer); undefined when none can take it. A thrown EvolithError is the answer.
+ */
+export type ForwardRoute = (header: RequestHeader, from: InboundConnection) => string | undefined;
+
+/** How a forwarded call ended: answered (ok or error) upstream, or refused here with a code. */
+export type ForwardOutcome = 'ok' | 'error' | string;
 
 export interface ForwarderOptions extends ListenerOptions {
   route: ForwardRoute;
   log: Logger;
   /** The connections to upstream servers (pool size, timeouts, limits). */
   upstream?: UpstreamOptions;
+  /** Told of every call once answered (telemetry): its header, its peer, the outcome and when it arrived (performance.now()). */
+  observe?: (header: RequestHeader, from: InboundConnection, outcome: ForwardOutcome, startedAt: number) => void;
 }
 
 export interface ForwarderStats extends ListenerStats {
@@ -41,10 +49,12 @@ export class Forwarder extends RpcListener {
   private readonly route: ForwardRoute;
   private readonly upstreams: Upstreams;
   private readonly forwardCounters = { forwarded: 0, unavailable: 0, timedOut: 0 };
+  /** @internal */ readonly observe: ForwarderOptions['observe'];
 
   constructor(options: ForwarderOptions) {
     super(options, 'rpc-forwarder');
     this.route = options.route;
+    this.observe = options.observe;
     this.upstreams = new Upstreams(options.upstream ?? {}, this.log);
   }
 
@@ -64,35 +74,36 @@ export class Forwarder extends RpcListener {
   protected onRequest(conn: InboundConnection, header: RequestHeader, frame: Buffer, payloadStart: number): void {
     let address: string | undefined;
     try {
-      address = this.route(header);
+      address = this.route(header, conn);
     } catch (err) {
-      return this.refuse(conn, header.id, toEvolithError(err));
+      return this.refuse(conn, header, toEvolithError(err));
     }
-    if (address === undefined) return this.refuse(conn, header.id, new UnavailableError(`no route for ${label(header)}`, { maybeExecuted: false }));
-    if (this.upstreams.isClosed) return this.refuse(conn, header.id, new UnavailableError(`the forwarder is closing; ${label(header)} was not sent`, { maybeExecuted: false }));
+    if (address === undefined) return this.refuse(conn, header, new UnavailableError(`no route for ${label(header)}`, { maybeExecuted: false }));
+    if (this.upstreams.isClosed) return this.refuse(conn, header, new UnavailableError(`the forwarder is closing; ${label(header)} was not sent`, { maybeExecuted: false }));
     const upstream = this.upstreams.acquire(address);
-    if (upstream instanceof ConfigError) return this.refuse(conn, header.id, new ConfigError(`route for ${label(header)}: ${upstream.message}`));
+    if (upstream instanceof ConfigError) return this.refuse(conn, header, new ConfigError(`route for ${label(header)}: ${upstream.message}`));
     if (upstream.queuedBytes > this.upstreams.maxQueuedBytes) {
       return this.refuse(
         conn,
-        header.id,
+        header,
         new UnavailableError(`${address} is not reading its requests (${upstream.queuedBytes} bytes waiting); ${label(header)} was not sent`, { address, maybeExecuted: false }),
       );
     }
     const id = upstream.nextId();
     if (!relay(upstream, upstream.limits, frame, id, header, payloadStart)) {
-      return this.refuse(conn, header.id, new NotSerializableError(`${label(header)} cannot be forwarded: its frame is larger than ${address} accepts`));
+      return this.refuse(conn, header, new NotSerializableError(`${label(header)} cannot be forwarded: its frame is larger than ${address} accepts`));
     }
     this.forwardCounters.forwarded++;
     conn.begin();
-    upstream.start(new ForwardedCall(this, conn, header), id);
+    upstream.start(new ForwardedCall(this, conn, header, this.observe ? performance.now() : 0), id);
   }
 
   /** @internal Answers a call here instead of upstream. */
-  refuse(conn: InboundConnection, id: number, err: EvolithError): void {
+  refuse(conn: InboundConnection, header: RequestHeader, err: EvolithError, startedAt?: number): void {
     if (err instanceof TimeoutError) this.forwardCounters.timedOut++;
     else if (err instanceof UnavailableError) this.forwardCounters.unavailable++;
-    conn.fail(id, err);
+    conn.fail(header.id, err);
+    this.observe?.(header, conn, err.code, startedAt ?? performance.now());
   }
 }
 
@@ -123,6 +134,7 @@ class ForwardedCall extends Exchange {
     private readonly forwarder: Forwarder,
     private readonly downstream: InboundConnection,
     private readonly request: RequestHeader,
+    private readonly startedAt: number,
   ) {
     super();
     this.deadline = request.deadline;
@@ -138,11 +150,12 @@ class ForwardedCall extends Exchange {
       downstream.fail(this.request.id, new NotSerializableError(`the answer of ${this.label} is larger than a frame to this caller may be`));
     }
     downstream.end();
+    this.forwarder.observe?.(this.request, downstream, header.kind, this.startedAt);
     return undefined;
   }
 
   fail(err: UnavailableError): void {
-    this.forwarder.refuse(this.downstream, this.request.id, err);
+    this.forwarder.refuse(this.downstream, this.request, err, this.startedAt);
     this.downstream.end();
   }
 
@@ -150,8 +163,9 @@ class ForwardedCall extends Exchange {
     this.conn?.forget(this.id);
     this.forwarder.refuse(
       this.downstream,
-      this.request.id,
+      this.request,
       new TimeoutError(`${this.label} at ${this.conn?.address} did not answer before its deadline`, { deadline: new Date(this.deadline).toISOString() }),
+      this.startedAt,
     );
     this.downstream.end();
   }

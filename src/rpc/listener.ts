@@ -1,4 +1,6 @@
+import { chmodSync, rmSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
+import { createServer as createTlsServer, type SecureContextOptions, type TLSSocket, type TlsOptions } from 'node:tls';
 import type { Logger } from 'pino';
 import type { CredentialClaims } from '../auth/credentials.js';
 import type { InternalPlane } from '../auth/internal-plane.js';
@@ -30,6 +32,24 @@ export interface ListenerOptions {
    * anonymous calls only.
    */
   plane?: InternalPlane;
+  /**
+   * Listen on this Unix domain socket instead of TCP (`host` and `port` are then ignored). The
+   * socket file is made readable and writable by its owner only; put it in a directory only
+   * its owner can enter, too.
+   */
+  path?: string;
+  /**
+   * After a peer proved its credential, whether it may use this listener: a reason refuses the
+   * connection (an app behind a mesh proxy takes calls from its own proxy alone).
+   */
+  admit?: (peer: CredentialClaims) => string | undefined;
+  /**
+   * Accept TLS only, with these options (a mesh sidecar's mutual TLS: its certificate, the
+   * authority it trusts, `requestCert` and `rejectUnauthorized`). A connection whose handshake
+   * fails (plaintext, a certificate from another authority, none) is counted as refused and
+   * logged. `setSecureContext` rotates the certificate for new connections.
+   */
+  tls?: TlsOptions;
 }
 
 export interface ListenerStats {
@@ -66,6 +86,7 @@ export abstract class RpcListener {
   private readonly drainMs: number;
   private readonly counters: Record<Counter, number> = { accepted: 0, requests: 0, overloaded: 0, protocolErrors: 0, pauses: 0, refused: 0 };
   readonly plane: InternalPlane | undefined;
+  /** @internal */ readonly admit: ((peer: CredentialClaims) => string | undefined) | undefined;
   private bound: string | undefined;
 
   constructor(
@@ -78,7 +99,18 @@ export abstract class RpcListener {
     this.highWaterMark = options.highWaterMark ?? 1024 * 1024;
     this.drainMs = options.drainMs ?? 10_000;
     this.plane = options.plane;
-    this.server = createServer({ noDelay: true, keepAlive: true, keepAliveInitialDelay: 30_000 }, (socket) => this.accept(socket));
+    this.admit = options.admit;
+    const socketOptions = { noDelay: true, keepAlive: true, keepAliveInitialDelay: 30_000 };
+    if (options.tls) {
+      const server = createTlsServer({ ...socketOptions, ...options.tls }, (socket) => this.accept(socket));
+      server.on('tlsClientError', (err, socket) => {
+        this.counters.refused++;
+        this.log.warn({ remote: `${socket.remoteAddress}:${socket.remotePort}`, reason: err.message }, 'rpc connection refused: no valid mutual TLS');
+      });
+      this.server = server;
+    } else {
+      this.server = createServer(socketOptions, (socket) => this.accept(socket));
+    }
     this.server.on('error', (err) => this.log.error({ err }, 'rpc listener failed'));
   }
 
@@ -88,20 +120,33 @@ export abstract class RpcListener {
    */
   protected abstract onRequest(conn: InboundConnection, header: RequestHeader, frame: Buffer, payloadStart: number): void;
 
-  /** Starts listening; resolves with the bound "host:port". */
+  /** Starts listening; resolves with the bound "host:port" (or "unix:<path>"). */
   listen(): Promise<string> {
     const host = this.options.host ?? '127.0.0.1';
+    const path = this.options.path;
+    // A socket file left by a process that died would refuse the bind.
+    if (path !== undefined) rmSync(path, { force: true });
     return new Promise((resolve, reject) => {
       const onError = (err: Error) => reject(err);
       this.server.once('error', onError);
-      this.server.listen(this.options.port ?? 0, host, () => {
+      const bound = () => {
         this.server.off('error', onError);
         const a = this.server.address();
-        this.bound = a && typeof a === 'object' ? (a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`) : String(a);
+        if (path !== undefined) chmodSync(path, 0o600);
+        this.bound =
+          path !== undefined ? `unix:${path}` : a && typeof a === 'object' ? (a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`) : String(a);
         this.log.info({ address: this.bound }, 'rpc listening');
         resolve(this.bound);
-      });
+      };
+      if (path !== undefined) this.server.listen(path, bound);
+      else this.server.listen(this.options.port ?? 0, host, bound);
     });
+  }
+
+  /** A TLS listener's new certificate (rotation): new connections get it; open ones keep theirs. */
+  setSecureContext(options: SecureContextOptions): void {
+    if (!this.options.tls) throw new Error('this RPC listener does not use TLS');
+    (this.server as ReturnType<typeof createTlsServer>).setSecureContext(options);
   }
 
   /** The bound "host:port" (after `listen()`). */
@@ -246,6 +291,11 @@ export class InboundConnection implements FrameSink {
     return this.closed;
   }
 
+  /** A TLS connection's socket (the peer's certificate), for listeners that use TLS. */
+  get tlsSocket(): TLSSocket | undefined {
+    return 'encrypted' in this.socket ? (this.socket as TLSSocket) : undefined;
+  }
+
   /** The process on the other end, as its credential proved it (undefined off the internal plane). */
   get peer(): CredentialClaims | undefined {
     return this.handshake?.peer;
@@ -365,13 +415,20 @@ export class InboundConnection implements FrameSink {
     try {
       const answer = this.handshake.step(header);
       if (answer) this.send(answer);
-      if (this.handshake.peer) this.socket.setTimeout(0);
+      const peer = this.handshake.peer;
+      if (peer) {
+        const refused = this.listener.admit?.(peer);
+        if (refused !== undefined) return this.refuse(`${peer.sub}: ${refused}`);
+        this.socket.setTimeout(0);
+      }
     } catch (err) {
       this.refuse((err as Error).message);
     }
   }
 
   private onFrame(header: FrameHeader, frame: Buffer, payloadStart: number): void {
+    // A refused or closed connection runs nothing more, whatever is still in its buffer.
+    if (this.closed) return;
     if (header.kind === 'hello' || header.kind === 'welcome' || header.kind === 'proof') return this.onHandshake(header);
     if (this.handshake && !this.handshake.peer) {
       // A caller that did not prove itself learns why, in the answer to its call, before the hang-up.

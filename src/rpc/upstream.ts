@@ -1,4 +1,5 @@
 import { connect, type Socket } from 'node:net';
+import type { TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import type { CredentialClaims } from '../auth/credentials.js';
 import type { InternalPlane } from '../auth/internal-plane.js';
@@ -32,6 +33,31 @@ export interface UpstreamOptions {
    * with the handshake (see handshake.ts) and sends no call before the server proved itself.
    */
   plane?: InternalPlane;
+  /**
+   * Opens the socket to an address (default: plain TCP, or a Unix domain socket for
+   * `unix:<path>`). A connector that returns a TLS socket makes every connection wait for its
+   * TLS handshake (the mesh's mutual TLS): a call is counted as sent only once it completed.
+   */
+  connect?: (target: UpstreamTarget) => Socket | TLSSocket;
+}
+
+/** Where a connection goes: a TCP host and port, or a Unix domain socket. */
+export type UpstreamTarget = { readonly address: string; readonly host: string; readonly port: number; readonly path?: undefined } | { readonly address: string; readonly path: string };
+
+/** Plain TCP, or a Unix domain socket. */
+export function connectPlain(target: UpstreamTarget): Socket {
+  if (target.path !== undefined) return connect({ path: target.path });
+  return connect({ host: target.host, port: target.port, noDelay: true, keepAlive: true, keepAliveInitialDelay: 30_000 });
+}
+
+/** "host:port", "[::1]:port" or "unix:<absolute path>"; undefined when it is none of them. */
+export function parseTarget(address: string): UpstreamTarget | undefined {
+  if (address.startsWith('unix:')) {
+    const path = address.slice(5);
+    return path.startsWith('/') ? { address, path } : undefined;
+  }
+  const parsed = parseAddress(address);
+  return parsed && { address, ...parsed };
 }
 
 /**
@@ -78,10 +104,12 @@ export class Upstreams {
   private readonly spilloverAt: number;
   private readonly closeDrainMs: number;
   readonly plane: InternalPlane | undefined;
+  /** @internal */ readonly connect: (target: UpstreamTarget) => Socket | TLSSocket;
 
   constructor(options: UpstreamOptions, log: Logger) {
     this.log = log;
     this.plane = options.plane;
+    this.connect = options.connect ?? connectPlain;
     this.limits = frameLimits(options.maxFrameBytes, options.maxHeaderBytes);
     this.connectTimeoutMs = options.connectTimeoutMs ?? 3_000;
     this.maxQueuedBytes = options.maxQueuedBytes ?? 8 * 1024 * 1024;
@@ -95,15 +123,15 @@ export class Upstreams {
   }
 
   /**
-   * The least busy connection to `address` ("host:port"), opening one when there is none or
-   * all are busy. A ConfigError when the address is not host:port.
+   * The least busy connection to `address` ("host:port" or "unix:<path>"), opening one when
+   * there is none or all are busy. A ConfigError when the address is neither.
    */
   acquire(address: string): UpstreamConnection | ConfigError {
     let pool = this.pools.get(address);
     if (!pool) {
-      const parsed = parseAddress(address);
-      if (!parsed) return new ConfigError(`"${address}" is not a host:port address`);
-      this.pools.set(address, (pool = new AddressPool(this, address, parsed.host, parsed.port, this.maxConnections, this.spilloverAt)));
+      const target = parseTarget(address);
+      if (!target) return new ConfigError(`"${address}" is not a host:port address`);
+      this.pools.set(address, (pool = new AddressPool(this, target, this.maxConnections, this.spilloverAt)));
     }
     return pool.acquire();
   }
@@ -136,14 +164,16 @@ export class Upstreams {
 class AddressPool {
   private readonly connections: UpstreamConnection[] = [];
 
+  readonly address: string;
+
   constructor(
     private readonly upstreams: Upstreams,
-    readonly address: string,
-    private readonly host: string,
-    private readonly port: number,
+    private readonly target: UpstreamTarget,
     private readonly max: number,
     private readonly spilloverAt: number,
-  ) {}
+  ) {
+    this.address = target.address;
+  }
 
   get size(): number {
     return this.connections.length;
@@ -154,7 +184,7 @@ class AddressPool {
     let best: UpstreamConnection | undefined;
     for (let i = 0; i < list.length; i++) if (!best || list[i]!.load < best.load) best = list[i];
     if (best && (best.load < this.spilloverAt || list.length >= this.max)) return best;
-    const conn = new UpstreamConnection(this.upstreams, this, this.host, this.port);
+    const conn = new UpstreamConnection(this.upstreams, this, this.target);
     list.push(conn);
     return conn;
   }
@@ -195,8 +225,7 @@ export class UpstreamConnection implements FrameSink {
   constructor(
     private readonly upstreams: Upstreams,
     private readonly pool: AddressPool,
-    host: string,
-    port: number,
+    target: UpstreamTarget,
   ) {
     this.address = pool.address;
     this.decoder = new FrameDecoder(
@@ -204,7 +233,7 @@ export class UpstreamConnection implements FrameSink {
       (reason) => this.protocolError(reason),
       upstreams.limits,
     );
-    const socket = connect({ host, port, noDelay: true, keepAlive: true, keepAliveInitialDelay: 30_000 });
+    const socket = upstreams.connect(target);
     this.socket = socket;
     this.writer = new BatchedWriter(socket);
     this.handshake = upstreams.plane ? new ClientHandshake(upstreams.plane) : undefined;
@@ -215,7 +244,9 @@ export class UpstreamConnection implements FrameSink {
       else if (!this.ready) socket.destroy(new Error(`no handshake within ${upstreams.connectTimeoutMs} ms`));
     }, upstreams.connectTimeoutMs);
     connectTimer.unref();
-    socket.once('connect', () => {
+    // Over TLS the connection is up once its handshake completed: until then nothing of a
+    // call has reached the server, and a refusal means it may be sent elsewhere.
+    socket.once('encrypted' in socket ? 'secureConnect' : 'connect', () => {
       this.connected = true;
       clearTimeout(connectTimer);
     });
