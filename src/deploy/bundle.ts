@@ -67,8 +67,10 @@ const bundleEvolith: Plugin = {
  * returns the path of its entry file. Code that is imported dynamically (the edge, drivers a
  * topology may not use) goes to chunks of its own, loaded only when a process needs it.
  */
-export async function buildBundle(appDir: string, entryModule: string, name: string, options: { loadFailureExit?: number } = {}): Promise<string> {
-  const entry = appEntry(appDir);
+export async function buildBundle(appDir: string, entryModule: string, name: string, options: { loadFailureExit?: number; withApp?: boolean } = {}): Promise<string> {
+  // A process of Evolith's own (a mesh proxy) runs `main()` without the app.
+  const withApp = options.withApp ?? true;
+  const entry = withApp ? appEntry(appDir) : undefined;
   const dir = join(appDir, '.evolith', 'build');
   mkdirSync(dir, { recursive: true });
   const work = join(dir, `.${name}-${process.pid}-${randomBytes(4).toString('hex')}`);
@@ -86,7 +88,7 @@ export async function buildBundle(appDir: string, entryModule: string, name: str
         'let app: any;',
         'let main: (app: any) => Promise<void>;',
         'try {',
-        `  app = (await import(${JSON.stringify(entry)})).default;`,
+        ...(entry ? [`  app = (await import(${JSON.stringify(entry)})).default;`] : []),
         `  ({ main } = await import(${JSON.stringify(entryModule)}));`,
         '} catch (err) {',
         "  process.stderr.write(`evolith: the app could not be loaded: ${err instanceof Error ? err.message : String(err)}\\n`);",

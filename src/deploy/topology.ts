@@ -52,6 +52,37 @@ const storage = z.union([
     .strict(),
 ]);
 
+const versionLabel = z.string().regex(/^[a-z0-9][a-z0-9.-]*$/, 'a version label (e.g. v2)');
+
+const mesh = z
+  .object({
+    /** `sidecar`: one proxy beside each app instance; `node`: one proxy for every instance on this machine. */
+    mode: z.enum(['sidecar', 'node']).default('sidecar'),
+    /** The traffic policy file (see docs/mesh-policy.md), relative to the app directory. */
+    policy: z.string().min(1).default('mesh.yaml'),
+    /** How long a proxy's certificate is valid; it is renewed when two thirds of that have passed. */
+    certificateTtlMs: z.number().int().min(3_000).default(3_600_000),
+    /**
+     * Versions of a service group running side by side (a canary): per group, per version label,
+     * the replicas with that label and the config that differs from the group's.
+     */
+    versions: z
+      .record(
+        z.string().regex(/^[a-z][a-z0-9-]*$/, 'a group name'),
+        z.record(
+          versionLabel,
+          z
+            .object({
+              replicas: z.number().int().min(0).max(64).default(1),
+              config: z.record(z.string(), z.record(z.string(), z.unknown())).default({}),
+            })
+            .strict(),
+        ),
+      )
+      .default({}),
+  })
+  .strict();
+
 /** The topology file (`evolith.yaml` beside the app): the only thing that changes between architectures. */
 export const topologySchema = z
   .object({
@@ -90,6 +121,8 @@ export const topologySchema = z
     /** Consistent-hash affinity: `service.method: inputField`. */
     affinity: z.record(z.string(), z.string()).default({}),
     drainMs: z.number().int().positive().default(10_000),
+    /** Mesh: the proxies, their certificates, the traffic policy and versions running side by side. */
+    mesh: mesh.default({ mode: 'sidecar', policy: 'mesh.yaml', certificateTtlMs: 3_600_000, versions: {} }),
   })
   .strict();
 

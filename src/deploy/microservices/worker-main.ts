@@ -8,10 +8,11 @@ import { createLogger } from '../../observe/logger.js';
 import type { AppDefinition } from '../../app/define.js';
 import { ConfigError } from '../../kernel/errors.js';
 import { startWorker, type RunningWorker } from '../../worker/worker.js';
-import { loadTopology, type TopologyOverrides } from '../topology.js';
+import { loadTopology, type Topology, type TopologyOverrides } from '../topology.js';
 import { InternalPlane } from '../../auth/internal-plane.js';
 import { onRenewal, receiveCredentials } from './credentials-channel.js';
 import { microservicesEnvelope } from './envelope.js';
+import { meshEnvelope, meshInstanceFromEnv } from '../mesh/envelope.js';
 import { serviceGroups } from './groups.js';
 
 export interface WorkerArgs {
@@ -27,7 +28,10 @@ export async function runMicroservicesWorker(
   overrides: TopologyOverrides,
   args: WorkerArgs,
 ): Promise<{ label: string; worker: RunningWorker; log: Logger }> {
-  const topology = loadTopology(appDir, overrides);
+  const loaded = loadTopology(appDir, overrides);
+  // In a mesh, the control plane says where this worker's proxy is, and which version it runs.
+  const mesh = meshInstanceFromEnv();
+  const topology = mesh && args.group ? withVersionConfig(loaded, args.group, mesh.version) : loaded;
   const label = `${args.edge ? 'edge' : args.group}#${args.replica}`;
   const log = createLogger({ app: app.name, process: label });
   let services: readonly string[] = [];
@@ -50,18 +54,28 @@ export async function runMicroservicesWorker(
     topology,
     overrides,
     log,
-    architecture: 'microservices',
+    architecture: mesh ? 'mesh' : 'microservices',
     services,
     edge: args.edge === true,
     crossProcess: true,
     topologyErrorsReportedElsewhere: true,
-    envelope: microservicesEnvelope({
+    envelope: (mesh ? meshEnvelope : microservicesEnvelope)({
       topology,
       plane,
       registryUrl: args.registry,
       role: args.edge ? { kind: 'edge' } : { kind: 'group', group: args.group! },
       replica: args.replica,
+      mesh: mesh!,
     }),
   });
   return { label, worker, log };
+}
+
+/** The topology as one version of a group sees it: the version's config over the group's. */
+function withVersionConfig(topology: Topology, group: string, version: string): Topology {
+  const own = topology.mesh.versions[group]?.[version]?.config;
+  if (!own) return topology;
+  const config = { ...topology.config };
+  for (const [service, values] of Object.entries(own)) config[service] = { ...config[service], ...values };
+  return { ...topology, config };
 }
