@@ -510,7 +510,15 @@ export function parseMeshPolicy(raw: unknown, shape: AppShape, source: string): 
   const record = asRecord(input);
   if (record === undefined) throw new ConfigError(`invalid mesh policy (${source}): the top level must be a mapping`);
   const parsed = meshPolicySchema.safeParse(record);
-  const problems: Problem[] = parsed.success ? [] : parsed.error.issues.map((i) => ({ path: formatPath(i.path), message: i.message }));
+  const problems: Problem[] = [];
+  // A value of the wrong type is one problem: checks zod still runs on it (a string's length for a list) would only add noise.
+  const wrongType = new Set<string>();
+  for (const issue of parsed.success ? [] : parsed.error.issues) {
+    const path = formatPath(issue.path);
+    if (wrongType.has(path)) continue;
+    if (issue.code === 'invalid_type') wrongType.add(path);
+    problems.push({ path, message: issue.message });
+  }
   problems.push(...semanticProblems(record, shape));
   if (problems.length > 0 || !parsed.success) {
     const seen = new Set<string>();
