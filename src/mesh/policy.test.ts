@@ -1,4 +1,4 @@
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, test } from 'vitest';
 import YAML from 'yaml';
@@ -557,5 +557,32 @@ describe('loadMeshPolicy', () => {
     const file = join(kit.tmp('mesh'), 'mesh-policy.yaml');
     writeFileSync(file, 'peerAuthentication: { mode: DISABLE }\n');
     expect(configError(() => loadMeshPolicy(file, shape)).message).toMatch(new RegExp(`^invalid mesh policy \\(${file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\):\n  peerAuthentication\\.mode:`));
+  });
+});
+
+describe('docs/mesh-policy.md', () => {
+  const text = readFileSync(new URL('../../docs/mesh-policy.md', import.meta.url), 'utf8');
+  const blocks = [...text.matchAll(/```yaml\n([\s\S]*?)```/g)].map((m) => m[1]!);
+
+  test('every YAML example is a valid policy for the bookstore shape', () => {
+    expect(blocks).toHaveLength(3);
+    for (const block of blocks) expect(() => policyOf(block)).not.toThrow();
+  });
+
+  test('the canary example sends testers to v2 and others 90/10', () => {
+    const p = policyOf(blocks[1]!);
+    expect(p.route('warehouse', 'reserve', 'payment', { canary: '1' }).destinations).toEqual([{ subset: 'v2', weight: 100 }]);
+    expect(p.route('warehouse', 'reserve', 'payment', undefined).destinations).toEqual([
+      { subset: 'v1', weight: 90 },
+      { subset: 'v2', weight: 10 },
+    ]);
+  });
+
+  test('the fault example delays every getProduct by 200 ms and fails half of changeState', () => {
+    const p = policyOf(blocks[2]!);
+    expect(p.route('warehouse', 'getProduct', 'edge', undefined).fault).toEqual({ delay: { percent: 100, ms: 200 } });
+    expect(p.route('payment', 'changeState', 'edge', undefined).fault).toEqual({ abort: { percent: 50, code: 'UNAVAILABLE' } });
+    expect(p.route('warehouse', 'reserve', 'edge', undefined).fault).toBeUndefined();
+    expect(p.route('payment', 'get', 'edge', undefined).fault).toBeUndefined();
   });
 });
