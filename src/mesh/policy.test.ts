@@ -213,6 +213,10 @@ describe('a full document', () => {
     const again = parseMeshPolicy(pushed, shape, 'control plane');
     expect(again.document).toEqual(p.document);
     expect(decisions(again)).toEqual(decisions(p));
+    expect(parseMeshPolicy(p.document, shape, 'control plane').document).toEqual(p.document);
+    expect(() => {
+      (p.document as { virtualServices: unknown[] }).virtualServices.pop();
+    }).toThrow(TypeError);
     // Normalized: durations in ms, defaults and the implied destination written out.
     const doc = p.document as { virtualServices: { routes: { timeout?: unknown; route: unknown; retries?: { retryOn: string } }[] }[] };
     expect(doc.virtualServices[0]!.routes[1]!.timeout).toBe(2000);

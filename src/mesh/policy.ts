@@ -564,6 +564,14 @@ export function faultApplies(percent: number, random: number): boolean {
 
 type Matcher = (value: string) => boolean;
 
+function deepFreeze<T>(value: T): T {
+  if (typeof value === 'object' && value !== null && !Object.isFrozen(value)) {
+    for (const v of Object.values(value)) deepFreeze(v);
+    Object.freeze(value);
+  }
+  return value;
+}
+
 function stringMatcher(m: { exact?: string; prefix?: string; regex?: string }): Matcher {
   if (m.exact !== undefined) {
     const exact = m.exact;
@@ -711,7 +719,8 @@ function compile(doc: Parsed, shape: AppShape): MeshPolicy {
 
   const caller = (source: string | undefined) => source ?? 'an unidentified caller';
   return Object.freeze({
-    document: doc,
+    // Frozen: a caller editing the pushed document must not leave it disagreeing with the decisions.
+    document: deepFreeze(doc),
     shape,
     idempotent(service: string, method: string): boolean {
       const methods = Object.hasOwn(shape.services, service) ? shape.services[service]! : undefined;
