@@ -33,6 +33,7 @@ export async function run(appDirArg: string, opts: RunOptions): Promise<void> {
   const deployers: Record<string, () => Promise<import('../deploy/deployer.js').Deployer>> = {
     monolith: async () => (await import('../deploy/monolith.js')).runMonolith,
     microservices: async () => (await import('../deploy/microservices/control-plane.js')).runMicroservices,
+    mesh: async () => (await import('../deploy/mesh/deployer.js')).runMesh,
   };
   const available = Object.keys(deployers);
   const load = deployers[topology.architecture];

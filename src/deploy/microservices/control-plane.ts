@@ -15,10 +15,20 @@ import { CREDENTIAL_TTL_MS, CREDENTIALS, RENEWAL, type CredentialsMessage, type 
 import { serviceGroups, type ServiceGroup } from './groups.js';
 import { prettyLineFormatter, prettyLogs } from '../../observe/logger.js';
 import { watchTopology, type Topology, type TopologyOverrides, type TopologyWatch } from '../topology.js';
+import { MESH_INSTANCE_ENV } from '../mesh/envelope.js';
+import type { MeshControl } from '../mesh/mesh-control.js';
 
 /** The worker process's entry, bundled with the app before any worker starts. */
 const here = fileURLToPath(import.meta.url);
 const workerEntry = resolve(dirname(here), `worker-process${extname(here)}`);
+/** A mesh proxy's entry: Evolith's own code, without the app. */
+const proxyEntry = resolve(dirname(here), '..', '..', 'mesh', `proxy-process${extname(here)}`);
+
+export interface ControlPlaneOptions {
+  readyTimeoutMs?: number;
+  /** Mesh: the proxies, certificates and traffic policy beside the workers. */
+  mesh?: MeshControl;
+}
 
 /**
  * Microservices on one machine: this process is the control plane (registry, supervisor and
@@ -31,13 +41,14 @@ export async function runMicroservices(
   topology: Topology,
   overrides: TopologyOverrides,
   log: Logger,
-  options: { readyTimeoutMs?: number } = {},
+  options: ControlPlaneOptions = {},
 ): Promise<RunningDeployment & { readonly registryUrl: string }> {
-  let groups = serviceGroups(app, topology);
+  const architecture = options.mesh ? 'mesh' : 'microservices';
+  const groups = options.mesh ? options.mesh.groups(serviceGroups(app, topology)) : serviceGroups(app, topology);
   // Refused at once, naming the cause, rather than after a worker tried and failed.
   await assertPortFree(topology.host, topology.port);
   const claim = claimDataDir({
-    architecture: 'microservices',
+    architecture,
     dataDir: topology.data,
     appDir,
     events: { data: topology.data, storage: topology.storage, events: topology.events, services: app.services.map((s) => s.contract.name) },
@@ -46,6 +57,7 @@ export async function runMicroservices(
     return await start(app, appDir, topology, overrides, log, options, groups, claim);
   } catch (err) {
     claim.release();
+    await options.mesh?.stop();
     throw err;
   }
 }
@@ -56,12 +68,15 @@ async function start(
   topology: Topology,
   overrides: TopologyOverrides,
   log: Logger,
-  options: { readyTimeoutMs?: number },
+  options: ControlPlaneOptions,
   initialGroups: ServiceGroup[],
   claim: ClaimedDataDir,
 ): Promise<RunningDeployment & { readonly registryUrl: string }> {
   let groups = initialGroups;
+  const mesh = options.mesh;
+  const architecture = mesh ? 'mesh' : 'microservices';
   const bundle = await buildBundle(appDir, workerEntry, 'worker', { loadFailureExit: FATAL_EXIT });
+  const proxyBundle = mesh ? await buildBundle(appDir, proxyEntry, 'mesh-proxy', { withApp: false }) : undefined;
   // The deployment's authority: every process gets a credential signed by it, and nothing on
   // the internal plane (registry, RPC, interop) answers a caller without one.
   const authority = new DeploymentAuthority();
@@ -80,6 +95,7 @@ async function start(
         log.error({ process: Supervisor.key(p.name, p.replica), output: p.lastLines }, 'a worker cannot start and is not restarted');
       }
     },
+    onMessage: mesh ? (name, replica, message) => mesh.onMessage(name, replica, message) : undefined,
   });
   const registry = new RegistryServer({ trust: authority.trust, log: log.child({ component: 'registry' }) });
   // The control plane's own view beside the registry's: processes, pids, restarts (operators only).
@@ -90,8 +106,17 @@ async function start(
   await registry.listen(0, topology.internalHost);
   const registryUrl = registry.url!;
   const env = { EVOLITH_TOPOLOGY_OVERRIDES: JSON.stringify(overrides), EVOLITH_LOG_FORMAT: 'json' };
+  if (mesh) {
+    registry.app.get('/mesh', async (req) => {
+      requireOperator(req);
+      return mesh.status();
+    });
+  }
   const servicesOf = (group: string) => groups.find((g) => g.name === group)?.services ?? [];
-  const spawnWorker = (group: string, replica: number) =>
+  // In a mesh, each worker is told where its proxy is (and its proxy is started) first.
+  const spawnWorker = async (group: string, replica: number) => {
+    const own = group === 'edge' ? 'edge' : groups.find((g) => g.name === group)!;
+    const placeInMesh: Record<string, string> = mesh ? { [MESH_INSTANCE_ENV]: JSON.stringify(await mesh.addInstance(own, replica)) } : {};
     supervisor.start({
       name: group,
       replica,
@@ -108,7 +133,7 @@ async function start(
         '--replica',
         String(replica),
       ],
-      env,
+      env: { ...env, ...placeInMesh },
       fatalExitCode: FATAL_EXIT,
       message: (): CredentialsMessage => {
         const key = Supervisor.key(group, replica);
@@ -121,8 +146,33 @@ async function start(
         return { type: CREDENTIALS, bundle };
       },
     });
-  for (const g of groups) for (let r = 0; r < g.replicas; r++) spawnWorker(g.name, r);
-  spawnWorker('edge', 0);
+  };
+  const stopWorker = async (group: string, replica: number) => {
+    await supervisor.stop(group, replica);
+    await mesh?.removeInstance(group, replica);
+  };
+  mesh?.begin(
+    {
+      startProxy: (name, replica, holder, start) =>
+        supervisor.start({
+          name,
+          replica,
+          command: process.execPath,
+          args: ['--max-semi-space-size=2', proxyBundle!],
+          env: { EVOLITH_LOG_FORMAT: 'json' },
+          message: () => {
+            const credentials = authority.issue(holder, CREDENTIAL_TTL_MS);
+            tokens.set(Supervisor.key(name, replica), credentials.token);
+            return start(credentials);
+          },
+        }),
+      stopProxy: (name, replica) => supervisor.stop(name, replica),
+      send: (name, replica, message) => supervisor.send(name, replica, message),
+    },
+    registryUrl,
+  );
+  for (const g of groups) for (let r = 0; r < g.replicas; r++) await spawnWorker(g.name, r);
+  await spawnWorker('edge', 0);
   // Renew every running process's credential long before it lapses.
   const renewals = setInterval(() => {
     for (const [key, token] of tokens) {
@@ -142,12 +192,13 @@ async function start(
     await supervisor.stop('edge', 0);
     await supervisor.stopAll();
     await registry.close();
+    await mesh?.stop();
     claim.release();
   };
 
   let url: string;
   try {
-    url = await waitUntilReady(registry, groups, options.readyTimeoutMs ?? 60_000, (line) => process.stdout.write(line + '\n'), () => failed);
+    url = await waitUntilReady(registry, groups, options.readyTimeoutMs ?? 60_000, (line) => process.stdout.write(line + '\n'), () => failed, () => mesh?.waitingFor() ?? []);
   } catch (err) {
     await stopAll();
     throw err;
@@ -162,14 +213,16 @@ async function start(
       let nextGroups: ServiceGroup[];
       try {
         nextGroups = serviceGroups(app, next);
+        // A mesh's versions are fixed at start (each replica's label and config).
+        if (mesh) nextGroups = mesh.groups(nextGroups);
       } catch (err) {
         log.error({ err: (err as Error).message }, 'topology change refused');
         return;
       }
       for (const g of nextGroups) {
         const before = groups.find((x) => x.name === g.name)?.replicas ?? 0;
-        for (let r = before; r < g.replicas; r++) spawnWorker(g.name, r);
-        for (let r = before - 1; r >= g.replicas; r--) void supervisor.stop(g.name, r);
+        for (let r = before; r < g.replicas; r++) void spawnWorker(g.name, r).catch((err) => log.error({ err }, 'a replica could not be started'));
+        for (let r = before - 1; r >= g.replicas; r--) void stopWorker(g.name, r);
         if (before !== g.replicas) log.info({ group: g.name, from: before, to: g.replicas }, 'replicas changed');
       }
       groups = nextGroups;
@@ -183,7 +236,7 @@ async function start(
   const services = groups.map((g) => ({ name: g.name, location: `${g.replicas} process${g.replicas === 1 ? '' : 'es'}: ${g.services.join(', ')}` }));
   claim.update({ url, registryUrl, operatorToken: operator.token, services });
 
-  return { url, architecture: 'microservices', registryUrl, services, stop: stopAll };
+  return { url, architecture, registryUrl, services, stop: stopAll };
 }
 
 async function waitUntilReady(
@@ -192,6 +245,8 @@ async function waitUntilReady(
   timeoutMs: number,
   progress: (line: string) => void,
   failed: () => ProcessStatus | undefined,
+  /** Processes beside the instances that must report first (a mesh's proxies). */
+  alsoWaitingFor: () => string[] = () => [],
 ): Promise<string> {
   const end = Date.now() + timeoutMs;
   const needed = groups.filter((g) => g.replicas > 0).flatMap((g) => g.services);
@@ -206,7 +261,8 @@ async function waitUntilReady(
       shown = up;
       progress(`evolith: starting — ${up}/${total} instances ready${missing.length ? `; waiting for ${missing.join(', ')}` : ''}`);
     }
-    if (edge && missing.length === 0) return `http://${edge.address}`;
+    const others = alsoWaitingFor();
+    if (edge && missing.length === 0 && others.length === 0) return `http://${edge.address}`;
     const f = failed();
     if (f) {
       // The worker said why on its last line (see worker-process.ts).
@@ -214,7 +270,7 @@ async function waitUntilReady(
       throw new ConfigError(`${Supervisor.key(f.name, f.replica)} could not start: ${why.replace(/^evolith: /, '')}`);
     }
     if (Date.now() > end) {
-      throw new ConfigError(`the deployment did not become ready within ${timeoutMs} ms; waiting for: ${[...missing, ...(edge ? [] : ['edge'])].join(', ')}`);
+      throw new ConfigError(`the deployment did not become ready within ${timeoutMs} ms; waiting for: ${[...missing, ...(edge ? [] : ['edge']), ...others].join(', ')}`);
     }
     await new Promise((r) => setTimeout(r, 100));
   }
