@@ -24,7 +24,7 @@ import type { Topology } from '../topology.js';
 export interface MeshInstanceEnv {
   /** The worker's process slot (`warehouse#0`): its proxy carries calls for this slot. */
   readonly instance: string;
-  /** Where the worker serves its services (absent for the edge). */
+  /** The Unix socket path the worker serves its services on (absent for the edge). */
   readonly appSocket?: string;
   /** Where its proxy takes its calls. */
   readonly outboundPath: string;

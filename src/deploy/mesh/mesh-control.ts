@@ -164,7 +164,7 @@ export class MeshControl {
     else this.pushInstances();
     return {
       instance: key,
-      appSocket: slot.appSocket ? `unix:${slot.appSocket}` : undefined,
+      appSocket: slot.appSocket,
       outboundPath: slot.outboundPath,
       inboundAddress: `${hostForAddress(this.topology.internalHost)}:${slot.inboundPort}`,
       version,

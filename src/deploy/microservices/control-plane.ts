@@ -103,15 +103,16 @@ async function start(
     requireOperator(req);
     return { processes: supervisor.status() };
   });
-  await registry.listen(0, topology.internalHost);
-  const registryUrl = registry.url!;
-  const env = { EVOLITH_TOPOLOGY_OVERRIDES: JSON.stringify(overrides), EVOLITH_LOG_FORMAT: 'json' };
   if (mesh) {
+    // The mesh's view: each proxy's identities, certificate expiry and policy version.
     registry.app.get('/mesh', async (req) => {
       requireOperator(req);
       return mesh.status();
     });
   }
+  await registry.listen(0, topology.internalHost);
+  const registryUrl = registry.url!;
+  const env = { EVOLITH_TOPOLOGY_OVERRIDES: JSON.stringify(overrides), EVOLITH_LOG_FORMAT: 'json' };
   const servicesOf = (group: string) => groups.find((g) => g.name === group)?.services ?? [];
   // In a mesh, each worker is told where its proxy is (and its proxy is started) first.
   const spawnWorker = async (group: string, replica: number) => {
