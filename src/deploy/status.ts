@@ -59,6 +59,43 @@ async function processes(record: DeploymentRecord): Promise<string> {
   return `registry ${record.registryUrl}\n${table(rows)}`;
 }
 
+interface MeshStatus {
+  mode: string;
+  policy: { file: string; version: number; error?: string };
+  proxies: {
+    process: string;
+    configVersion?: number;
+    refused?: { version: number; reason: string };
+    proxied: { instance: string; inbound: string; ids: string[]; serial: string; notAfter: number }[];
+  }[];
+}
+
+function until(ms: number): string {
+  const s = Math.round((ms - Date.now()) / 1000);
+  if (s < 0) return `expired ${-s} s ago`;
+  return s < 120 ? `in ${s} s` : s < 7200 ? `in ${Math.round(s / 60)} min` : `in ${Math.round(s / 3600)} h`;
+}
+
+/** The mesh's proxies: whom each speaks for, its certificate's expiry, the policy version it runs. */
+async function meshProxies(record: DeploymentRecord): Promise<string> {
+  let mesh: MeshStatus;
+  try {
+    const res = await fetch(`${record.registryUrl}/mesh`, { headers: { authorization: `Bearer ${record.operatorToken}` } });
+    if (res.status !== 200) throw new Error(`it answered HTTP ${res.status}`);
+    mesh = (await res.json()) as MeshStatus;
+  } catch (err) {
+    return `mesh: the control plane does not say: ${(err as Error).message}`;
+  }
+  const rows = [['proxy', 'for', 'identity', 'mtls address', 'certificate', 'expires', 'policy']];
+  for (const p of mesh.proxies) {
+    const policy = p.refused ? `v${p.configVersion ?? '-'} (refused v${p.refused.version}: ${p.refused.reason.split('\n')[0]})` : `v${p.configVersion ?? '-'}`;
+    if (p.proxied.length === 0) rows.push([p.process, '-', '-', '-', '-', '-', policy]);
+    for (const x of p.proxied) rows.push([p.process, x.instance, x.ids.join(' '), x.inbound, x.serial.slice(0, 12), until(x.notAfter), policy]);
+  }
+  const head = `mesh (${mesh.mode} proxies), policy ${mesh.policy.file} v${mesh.policy.version}${mesh.policy.error ? `\n  the latest edit was refused; v${mesh.policy.version} stays:\n  ${mesh.policy.error.replace(/\n/g, '\n  ')}` : ''}`;
+  return `${head}\n${table(rows)}`;
+}
+
 /** One line on how far behind its events are (read from the stores, so any architecture). */
 async function eventsLine(record: DeploymentRecord): Promise<string> {
   if (!record.events) return '';
@@ -83,8 +120,8 @@ export async function deploymentStatus(appDir: string, dataDir?: string): Promis
   for (const r of records) {
     const head = `${r.architecture} at ${r.url || '(starting)'}, pid ${r.pid}, up ${since(r.startedAt)}, data ${r.dataDir}`;
     const body =
-      r.architecture === 'microservices'
-        ? await processes(r)
+      r.architecture === 'microservices' || r.architecture === 'mesh'
+        ? (await processes(r)) + (r.architecture === 'mesh' ? `\n${await meshProxies(r)}` : '')
         : table([['service', 'database'], ...r.services.map((s) => [s.name, s.location])]);
     parts.push(`${head}\n${body}${await eventsLine(r)}`);
   }

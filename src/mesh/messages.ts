@@ -69,6 +69,8 @@ export type ToProxy = MeshStartMessage | MeshIdentityMessage | MeshInstancesMess
 export interface ProxiedStatus {
   readonly instance: string;
   readonly inbound: string;
+  /** Where the app serves, behind this proxy (none for the edge). */
+  readonly appSocket: string | undefined;
   readonly ids: readonly string[];
   readonly serial: string;
   readonly notAfter: number;

@@ -150,6 +150,7 @@ export class MeshProxy {
       proxied: [...this.sidecars.values()].map((s) => ({
         instance: s.instance.instance,
         inbound: s.inboundAddress,
+        appSocket: s.instance.appSocket,
         ids: [...s.currentCertificate.ids],
         serial: s.currentCertificate.serial,
         notAfter: s.currentCertificate.notAfter,
