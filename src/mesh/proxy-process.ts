@@ -59,7 +59,14 @@ export class MeshProxy {
     return this.plane;
   }
 
-  async run(): Promise<void> {
+  /** Starts serving; messages received meanwhile apply after it, in order. */
+  run(): Promise<void> {
+    const started = this.startUp();
+    this.changes = started.catch(() => undefined);
+    return started;
+  }
+
+  private async startUp(): Promise<void> {
     await this.registry.whenSynced(10_000);
     this.metricsServer = createServer((req, res) => void this.serveMetrics(req.url ?? '/', req.headers.authorization, res));
     await new Promise<void>((resolve) => this.metricsServer!.listen(0, this.start.internalHost, resolve));
@@ -189,19 +196,33 @@ export class MeshProxy {
   }
 }
 
-/** Waits for the control plane's start message. */
-function receiveStart(timeoutMs = 10_000): Promise<MeshStartMessage> {
-  return new Promise((resolve, reject) => {
-    if (!process.send) return reject(new Error('a mesh proxy must be started by its control plane (`evolith run --arch mesh`)'));
-    const timer = setTimeout(() => reject(new Error(`no start message from the control plane within ${timeoutMs} ms`)), timeoutMs);
-    const onMessage = (m: unknown) => {
-      if ((m as ToProxy | undefined)?.type !== MESH_START) return;
+/** The control plane's messages: the start message first; what follows is queued until a proxy takes it. */
+function listen(timeoutMs = 10_000): { start: Promise<MeshStartMessage>; deliverTo(proxy: MeshProxy): void } {
+  let target: MeshProxy | undefined;
+  const early: ToProxy[] = [];
+  let resolveStart!: (m: MeshStartMessage) => void;
+  let rejectStart!: (err: Error) => void;
+  const start = new Promise<MeshStartMessage>((resolve, reject) => ((resolveStart = resolve), (rejectStart = reject)));
+  if (!process.send) rejectStart(new Error('a mesh proxy must be started by its control plane (`evolith run --arch mesh`)'));
+  const timer = setTimeout(() => rejectStart(new Error(`no start message from the control plane within ${timeoutMs} ms`)), timeoutMs);
+  process.on('message', (m) => {
+    const type = (m as ToProxy | undefined)?.type;
+    if (type === MESH_START) {
       clearTimeout(timer);
-      process.off('message', onMessage);
-      resolve(m as MeshStartMessage);
-    };
-    process.on('message', onMessage);
+      resolveStart(m as MeshStartMessage);
+    } else if (type === MESH_CONFIG || type === MESH_IDENTITY || type === MESH_INSTANCES) {
+      // Messages sent while the proxy starts (instances joining, say) must not be lost.
+      if (target) target.receive(m as ToProxy);
+      else early.push(m as ToProxy);
+    }
   });
+  return {
+    start,
+    deliverTo(proxy) {
+      target = proxy;
+      for (const m of early.splice(0)) proxy.receive(m);
+    },
+  };
 }
 
 /** The process's entry point. */
@@ -209,8 +230,9 @@ export async function main(): Promise<void> {
   exitWithSupervisor();
   let proxy: MeshProxy;
   let log: Logger;
+  const messages = listen();
   try {
-    const start = await receiveStart();
+    const start = await messages.start;
     log = createLogger({ app: start.app, process: 'mesh-proxy' });
     proxy = new MeshProxy(start, log, (message) => process.send?.(message));
     log = log.child({ proxy: proxy.credentials.claims.sub });
@@ -221,11 +243,9 @@ export async function main(): Promise<void> {
         log.error({ err: (err as Error).message }, 'refused a credential renewal');
       }
     });
-    process.on('message', (m) => {
-      const type = (m as ToProxy | undefined)?.type;
-      if (type === MESH_CONFIG || type === MESH_IDENTITY || type === MESH_INSTANCES) proxy.receive(m as ToProxy);
-    });
-    await proxy.run();
+    const running = proxy.run();
+    messages.deliverTo(proxy);
+    await running;
   } catch (err) {
     // Not a fatal exit: the supervisor tries again (a port still held by the incarnation before, say).
     process.stderr.write(`evolith: the mesh proxy could not start: ${(err as Error).message}\n`);
