@@ -11,7 +11,7 @@ import { EvolithError, InternalError, toEvolithError, UnavailableError, Validati
 import type { Authenticator, Identity } from '../kernel/plugins.js';
 import type { RootCall } from '../kernel/runtime.js';
 import type { MethodDef } from '../contract/define.js';
-import { parseTraceparent } from '../kernel/trace.js';
+import { parseTraceparent, withBaggage } from '../kernel/trace.js';
 
 export interface GatewayOptions {
   app: AppDefinition;
@@ -249,9 +249,10 @@ async function handle(r: RouteSpec, req: FastifyRequest, reply: FastifyReply, op
       throw new ValidationError(`invalid request: ${(err as Error).message}`, [{ path: '(request)', message: (err as Error).message }]);
     }
     const traceHeader = req.headers.traceparent;
+    const baggageHeader = req.headers.baggage;
     const result = await options.invoke(r.method, input, {
       caller,
-      trace: parseTraceparent(typeof traceHeader === 'string' ? traceHeader : undefined),
+      trace: withBaggage(parseTraceparent(typeof traceHeader === 'string' ? traceHeader : undefined), typeof baggageHeader === 'string' ? baggageHeader : undefined),
     });
     out = r.reply ? r.reply(result as never, edgeReq) : result === null || result === undefined ? { status: 204 } : { status: 200, body: result };
   } catch (thrown) {

@@ -23,6 +23,7 @@ import type { Logger } from 'pino';
 import type { InternalPlane } from '../auth/internal-plane.js';
 import type { ServiceEndpoint } from '../discovery/registry.js';
 import { DeadlineEntry, unwatch, watch } from '../kernel/deadline.js';
+import { parseBaggage } from '../kernel/trace.js';
 import {
   ConfigError,
   EvolithError,
@@ -206,7 +207,7 @@ export class Sidecar {
     const finish = (outcome: string) => this.options.telemetry.record('source', source, header.service, header.method, outcome, startedAt);
     let decision: RouteDecision;
     try {
-      decision = this.policyNow.route(header.service, header.method, source, undefined);
+      decision = this.policyNow.route(header.service, header.method, source, header.baggage === undefined ? undefined : parseBaggage(header.baggage));
     } catch (err) {
       return refuse(conn, header, err, finish);
     }

@@ -103,6 +103,20 @@ describe('frames', () => {
     expect([...encodeFrame({ kind: 'pong', id: 2 })]).toEqual([0, 0, 0, 9, 0, 7, 0x92, 0x04, 0xce, 0, 0, 0, 2]);
   });
 
+  test('a request that carries baggage has a ninth header field; one without keeps the eight older peers read', () => {
+    const withBaggage = encodeFrame({ ...request, baggage: 'canary=1' }, {});
+    const header = unpack(withBaggage.subarray(6, 6 + withBaggage.readUInt16BE(4)));
+    expect(header).toHaveLength(9);
+    expect(header[8]).toBe('canary=1');
+    const { decoder, got, errors } = collect();
+    decoder.push(withBaggage);
+    decoder.push(encodeFrame(request, {}));
+    decoder.push(rawFrame(pack([0, 1, 'echo', 'echo', 5, null, null, null, 7]), pack({})));
+    expect(got.map((g) => (g.header as { baggage?: string }).baggage)).toEqual(['canary=1', undefined]);
+    expect('baggage' in got[1]!.header).toBe(false);
+    expect(errors).toEqual(['malformed header: request baggage is not a string of at most 8192 characters']);
+  });
+
   test('headers written by other encoders (ids in any integer width) are read alike', () => {
     const { decoder, got, errors } = collect();
     decoder.push(rawFrame(pack([1, 5]), pack('x')));

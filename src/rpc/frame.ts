@@ -11,7 +11,8 @@
  *   payload             the rest of the frame: one msgpack value, or nothing
  *
  *   kind  header                                                          payload
- *   0     [0, id, service, method, deadline, traceparent, caller, from]   input              request
+ *   0     [0, id, service, method, deadline, traceparent, caller, from    input              request
+ *          (, baggage)]
  *   1     [1, id]                                                         output             answer: success
  *   2     [2, id]                                                         SerializedError    answer: failure
  *   3     [3, id]                                                         none               ping
@@ -81,6 +82,8 @@ export interface RequestHeader {
   readonly caller: string | undefined;
   /** The calling service, if the call comes from a handler. */
   readonly from: string | undefined;
+  /** W3C baggage the call carries on (absent from the header when there is none). */
+  readonly baggage?: string | undefined;
 }
 
 /** An answer to the request with the same id: the payload is the output (`ok`) or a SerializedError (`error`). */
@@ -147,6 +150,7 @@ const MAX_RESERVE = 0xff;
 
 // Reused for every request header: msgpackr reads it synchronously and keeps no reference.
 const requestTuple: unknown[] = [REQUEST, ID_PLACEHOLDER, '', '', 0, null, null, null];
+const requestWithBaggage: unknown[] = [REQUEST, ID_PLACEHOLDER, '', '', 0, null, null, null, ''];
 const goAwayTuple: unknown[] = [GOAWAY, ID_PLACEHOLDER, ''];
 /** A header of kind and id only: fixarray(2), kind, 0xce, id. */
 const shortHeader = Buffer.from([0x92, 0, 0xce, 0, 0, 0, 0]);
@@ -160,7 +164,9 @@ function packHeader(header: FrameHeader): void {
   let tuple: unknown[];
   switch (header.kind) {
     case 'request':
-      tuple = requestTuple;
+      // Baggage is rare: a call without it keeps the eight-field header older peers read.
+      tuple = header.baggage === undefined ? requestTuple : requestWithBaggage;
+      if (header.baggage !== undefined) tuple[8] = header.baggage;
       tuple[2] = header.service;
       tuple[3] = header.method;
       tuple[4] = header.deadline;
@@ -467,16 +473,18 @@ export function toHeader(v: unknown, hasPayload: boolean): FrameHeader | string 
   if (!isId(id)) return 'id is not a 32-bit unsigned integer';
   switch (kind) {
     case REQUEST: {
-      if (v.length !== 8) return `request header has ${v.length} fields, not 8`;
+      if (v.length !== 8 && v.length !== 9) return `request header has ${v.length} fields, not 8 or 9`;
       if (!hasPayload) return 'request without a payload';
-      const [, , service, method, deadline, traceparent, caller, from] = v;
+      const [, , service, method, deadline, traceparent, caller, from, baggage] = v;
+      if (baggage !== undefined && (typeof baggage !== 'string' || baggage.length > 8192)) return 'request baggage is not a string of at most 8192 characters';
       if (!isName(service) || !isName(method)) return 'request service and method must be non-empty strings';
       if (typeof deadline !== 'number' || Number.isNaN(deadline)) return 'request deadline is not a number';
       if (traceparent != null && (typeof traceparent !== 'string' || traceparent.length > 128)) return 'request traceparent is not a string';
       const claim = identityFromWire(caller);
       if (typeof claim === 'object') return `request ${claim.problem}`;
       if (!isOptionalName(from)) return 'request from is not a service name';
-      return { kind: 'request', id, service, method, deadline, traceparent: traceparent ?? undefined, caller: claim, from: from ?? undefined };
+      const header: RequestHeader = { kind: 'request', id, service, method, deadline, traceparent: traceparent ?? undefined, caller: claim, from: from ?? undefined };
+      return baggage === undefined ? header : { ...header, baggage };
     }
     case OK:
     case ERROR:

@@ -83,7 +83,7 @@ export class RpcServer extends RpcListener {
       this.log.warn({ remote: conn.remote, peer: conn.peer?.sub, call: `${header.service}.${header.method}`, reason: (err as Error).message }, 'rpc call refused');
       return conn.fail(header.id, toEvolithError(err));
     }
-    const meta: CallMeta = { deadline: header.deadline, trace: new WireTrace(header.traceparent), caller: who.caller, from: who.from };
+    const meta: CallMeta = { deadline: header.deadline, trace: new WireTrace(header.traceparent, header.baggage), caller: who.caller, from: who.from };
     const method = target.method;
     let work: Promise<unknown>;
     try {

@@ -68,6 +68,7 @@ export class TcpTransport {
           traceparent: formatTraceparent(meta.trace),
           caller,
           from: meta.from,
+          ...(meta.trace.baggage === undefined ? {} : { baggage: meta.trace.baggage }),
         },
         input,
         upstreams.limits,

@@ -9,10 +9,13 @@ import { newTrace, parseTraceparent, type TraceContext } from '../kernel/trace.j
 export class WireTrace implements TraceContext {
   private parsed: TraceContext | undefined;
 
-  constructor(private readonly traceparent: string | undefined) {}
+  constructor(
+    private readonly traceparent: string | undefined,
+    readonly baggage?: string,
+  ) {}
 
   private get context(): TraceContext {
-    return (this.parsed ??= parseTraceparent(this.traceparent) ?? newTrace());
+    return (this.parsed ??= parseTraceparent(this.traceparent) ?? newTrace(this.baggage));
   }
 
   get traceId(): string {

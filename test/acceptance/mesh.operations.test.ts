@@ -167,6 +167,29 @@ virtualServices:
     expect((await processes()).map((p) => p.pid)).toEqual(pids);
   }, 60_000);
 
+  it('a route can match W3C baggage the request came in with: canary=1 goes to v2, everything else to v1', async () => {
+    await applyPolicy(`${BASE_POLICY}
+destinationRules:
+  - host: echo
+    subsets:
+      - { name: v1, labels: { version: v1 } }
+      - { name: v2, labels: { version: v2 } }
+virtualServices:
+  - hosts: [echo]
+    routes:
+      - name: canary-testers
+        match: [{ headers: { canary: { exact: "1" } } }]
+        route: [{ destination: { host: echo, subset: v2 } }]
+      - name: everyone-else
+        route: [{ destination: { host: echo, subset: v1 } }]
+`);
+    for (let i = 0; i < 10; i++) {
+      expect((await get('/whoami', { baggage: 'tenant=acme,canary=1;ttl=5' })).body.label).toBe('v2');
+      expect((await get('/whoami', { baggage: 'canary=0' })).body.label).toBe('v1');
+      expect((await get('/whoami')).body.label).toBe('v1');
+    }
+  });
+
   it('an injected 200 ms delay shows in the callers’ latency; an injected abort answers its typed error', async () => {
     await applyPolicy(`${BASE_POLICY}
 virtualServices:
