@@ -162,6 +162,17 @@ describe('sidecar: attacks', () => {
     expect((frames[0]!.payload as { message: string }).message).toContain('may not call as echo');
     expect(b.echoCalls).toBe(0);
   });
+
+  test("(h) a registry entry for echo that leads to another service's proxy gets no call: the callee's proxy must prove it is echo", async () => {
+    const b = await bench();
+    const impostor = b.auditSidecar;
+    b.listed = [{ service: 'echo', id: 'echo-9', address: impostor.inboundAddress, version: '1.0.0', metadata: { version: 'v1' } }];
+    const err = await rejection(b.call('whoami'));
+    expect(err).toBeInstanceOf(UnavailableError);
+    expect(err.details).toMatchObject({ maybeExecuted: false });
+    expect(impostor.stats().inbound.requests).toBe(0);
+    expect(b.echoCalls).toBe(0);
+  });
 });
 
 describe('sidecar: authorization', () => {
