@@ -103,6 +103,12 @@ export interface GoAwayHeader {
   readonly reason: string;
 }
 
+/**
+ * How a goaway's reason starts when the server refused the peer itself (its credential, or its
+ * admission) rather than asking it to drain: the connection ran none of the calls sent on it.
+ */
+export const REFUSED_REASON = 'refused: ';
+
 /** The handshake of a connection on a deployment's internal plane (see handshake.ts). */
 export type HandshakeHeader =
   | { readonly kind: 'hello'; readonly id: 0; readonly credential: string; readonly nonce: Uint8Array }

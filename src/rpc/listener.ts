@@ -6,7 +6,7 @@ import type { CredentialClaims } from '../auth/credentials.js';
 import type { InternalPlane } from '../auth/internal-plane.js';
 import { TimeoutError, UnauthenticatedError, UnavailableError, type EvolithError } from '../kernel/errors.js';
 import { BatchedWriter } from './batched-writer.js';
-import { FrameDecoder, frameLimits, writeFrame, type FrameHeader, type FrameLimits, type FrameSink, type HandshakeHeader, type RequestHeader } from './frame.js';
+import { FrameDecoder, frameLimits, REFUSED_REASON, writeFrame, type FrameHeader, type FrameLimits, type FrameSink, type HandshakeHeader, type RequestHeader } from './frame.js';
 import { ServerHandshake } from './handshake.js';
 
 /** Settings every Evolith RPC listener shares (the RPC server and the forwarder). */
@@ -404,7 +404,7 @@ export class InboundConnection implements FrameSink {
     if (this.closed) return;
     this.listener.count('refused');
     this.listener.log.warn({ remote: this.remote, reason }, 'rpc connection refused');
-    this.send({ kind: 'goaway', id: 0, reason: `refused: ${reason}` });
+    this.send({ kind: 'goaway', id: 0, reason: `${REFUSED_REASON}${reason}` });
     this.closed = true;
     this.socket.end();
     this.socket.setTimeout(1_000, () => this.socket.destroy());

@@ -6,7 +6,7 @@ import type { InternalPlane } from '../auth/internal-plane.js';
 import { DeadlineEntry, unwatch, watch } from '../kernel/deadline.js';
 import { ConfigError, UnavailableError } from '../kernel/errors.js';
 import { BatchedWriter } from './batched-writer.js';
-import { FrameDecoder, frameLimits, parseAddress, writeFrame, type AnswerHeader, type FrameHeader, type FrameLimits, type FrameSink } from './frame.js';
+import { FrameDecoder, frameLimits, parseAddress, REFUSED_REASON, writeFrame, type AnswerHeader, type FrameHeader, type FrameLimits, type FrameSink } from './frame.js';
 import { ClientHandshake } from './handshake.js';
 
 /** How the connections to upstream servers behave; shared by the TCP client and the forwarder. */
@@ -215,6 +215,8 @@ export class UpstreamConnection implements FrameSink {
   private draining = false;
   private readonly writer: BatchedWriter;
   private lastError: Error | undefined;
+  /** The server refused this process after the handshake (its admission rule): it ran nothing sent here. */
+  private refused = false;
   private onClosed: (() => void) | undefined;
   /** On a deployment's internal plane: the handshake, and what waits for it to complete. */
   private readonly handshake: ClientHandshake | undefined;
@@ -405,6 +407,15 @@ export class UpstreamConnection implements FrameSink {
         return;
       }
       case 'goaway':
+        if (header.reason.startsWith(REFUSED_REASON)) {
+          // Admission is checked once the client's proof arrives, after this side already sent
+          // its calls: they were never run, and the reason is the caller's to read.
+          this.upstreams.log.warn({ address: this.address, reason: header.reason }, 'rpc server refused this process');
+          this.lastError = new Error(header.reason);
+          this.refused = true;
+          this.socket.destroy();
+          return;
+        }
         this.upstreams.log.debug({ address: this.address, reason: header.reason }, 'rpc server asked to go away');
         this.draining = true;
         this.pool.remove(this);
@@ -425,6 +436,7 @@ export class UpstreamConnection implements FrameSink {
   /** Why a call on this connection cannot be answered, and whether it may have run. */
   unavailable(label: string): UnavailableError {
     const why = this.lastError ? `: ${(this.lastError as NodeJS.ErrnoException).code ?? this.lastError.message}` : '';
+    if (this.refused) return new UnavailableError(`${this.address} did not run ${label}${why}`, { address: this.address, maybeExecuted: false });
     if (this.connected && !this.ready) {
       // Nothing of the call was sent: the handshake did not complete.
       return new UnavailableError(`${this.address} did not complete the handshake for ${label}${why}`, { address: this.address, maybeExecuted: false });

@@ -11,6 +11,7 @@
  *   address, labelled with its version, so that other proxies find it there.
  */
 import type { Logger } from 'pino';
+import type { CredentialClaims } from '../../auth/credentials.js';
 import type { InternalPlane } from '../../auth/internal-plane.js';
 import { InstanceAgent } from '../../discovery/instance-agent.js';
 import type { Runtime } from '../../kernel/runtime.js';
@@ -67,6 +68,14 @@ export function meshEnvelope(options: MeshWorkerOptions) {
   };
 }
 
+/**
+ * Whom an app worker's socket admits: a mesh proxy whose credential says it carries this
+ * worker's calls (`px`), and no one else, not even another process of the deployment.
+ */
+export function proxyOnly(instance: string): (peer: CredentialClaims) => string | undefined {
+  return (peer) => (peer.px?.includes(instance) || peer.px?.includes('*') ? undefined : `${instance} takes calls through its mesh proxy only`);
+}
+
 async function serve(options: MeshWorkerOptions, runtime: Runtime, edgeUrl: string | undefined, log: Logger): Promise<Offer> {
   const { topology, registryUrl, replica, plane, mesh } = options;
   const token = () => plane.credential.token;
@@ -80,8 +89,7 @@ async function serve(options: MeshWorkerOptions, runtime: Runtime, edgeUrl: stri
       path: mesh.appSocket,
       drainMs: topology.drainMs,
       plane,
-      admit: (peer) =>
-        peer.px?.includes(mesh.instance) || peer.px?.includes('*') ? undefined : `${mesh.instance} takes calls through its mesh proxy only`,
+      admit: proxyOnly(mesh.instance),
     });
     await rpc.listen();
   }
