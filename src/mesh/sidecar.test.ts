@@ -236,6 +236,20 @@ describe('sidecar: routing and resilience', () => {
     expect(b.echo[1]!.calls.length).toBe(labels.filter((l) => l === 'v2').length);
   });
 
+  test('retries are budgeted: when every instance fails, retries add at most a fifth of the calls (plus a reserve), not two per call', async () => {
+    // Ejection off (a huge threshold), so every call reaches a failing instance and wants retrying.
+    const b = await bench({
+      echo: [{ version: 'v1', failing: true }, { version: 'v2', failing: true }],
+      policy: { destinationRules: [{ host: 'echo', trafficPolicy: { outlierDetection: { consecutiveErrors: 1000 } } }] },
+    });
+    const calls = 100;
+    for (let i = 0; i < calls; i++) await expect(b.call('flaky')).rejects.toMatchObject({ code: 'EVOLITH_UNAVAILABLE' });
+    const attempts = b.echo.reduce((n, e) => n + e.calls.length, 0);
+    // Without a budget: 3 attempts per call (300). With it: 100 first attempts + 10 reserve + 20 % of 100.
+    expect(attempts).toBeGreaterThan(calls);
+    expect(attempts).toBeLessThanOrEqual(calls + 10 + 0.2 * calls);
+  });
+
   test('a failing instance is ejected (its calls retried on the healthy one) and comes back when its ejection ends', async () => {
     const b = await bench({
       echo: [{ version: 'v1' }, { version: 'v2', failing: true }],

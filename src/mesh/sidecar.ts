@@ -41,6 +41,7 @@ import { RpcListener, type InboundConnection, type ListenerStats } from '../rpc/
 import { Exchange, Upstreams } from '../rpc/upstream.js';
 import { clientTlsOptions, parseSpiffeId, peerIds, serverTlsOptions, spiffeId, type IssuedCertificate } from './ca.js';
 import { OutlierDetector } from './outlier.js';
+import { RetryBudget } from '../resilience/retry-budget.js';
 import { pickDestination, type DestinationPolicy, type MeshPolicy, type RouteDecision } from './policy.js';
 import type { MeshTelemetry } from './telemetry.js';
 
@@ -279,6 +280,8 @@ class Callee {
   upstreams: Upstreams;
   readonly outliers: OutlierDetector;
   pending = 0;
+  /** Retries to this service may add at most a fifth of its calls (plus a few), so failures do not become a retry storm. */
+  readonly retryBudget = new RetryBudget();
   private roundRobin = 0;
   /** Calls in flight per endpoint address (least-request balancing). */
   readonly inflight = new Map<string, number>();
@@ -403,6 +406,7 @@ class OutboundCall extends DeadlineEntry {
       );
     }
     this.callee.pending++;
+    this.callee.retryBudget.request();
     this.counted = true;
     this.downstream.begin();
     watch(this);
@@ -504,7 +508,8 @@ class OutboundCall extends DeadlineEntry {
     if (kind === undefined || this.attempts > this.retries.attempts) return false;
     if (!this.retries.retryOn.includes(kind) && !(kind === 'unavailable' && !maybeExecuted)) return false;
     if (maybeExecuted && !this.idempotent) return false;
-    return Date.now() + RETRY_BACKOFF_MS < this.deadline;
+    if (Date.now() + RETRY_BACKOFF_MS >= this.deadline) return false;
+    return this.callee.retryBudget.tryRetry();
   }
 
   private retry(): void {
