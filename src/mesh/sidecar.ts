@@ -299,7 +299,7 @@ class Callee {
     const old = this.destination;
     this.destination = destination;
     this.outliers.configure(outlierSettings(destination));
-    if (destination.maxConnections !== old.maxConnections) {
+    if (destination.maxConnections !== old.maxConnections || destination.maxRequestsPerConnection !== old.maxRequestsPerConnection) {
       const retired = this.upstreams;
       this.upstreams = this.makeUpstreams(destination);
       void retired.close();
@@ -310,6 +310,7 @@ class Callee {
     return new Upstreams(
       {
         maxConnectionsPerAddress: destination.maxConnections,
+        maxRequestsPerConnection: destination.maxRequestsPerConnection,
         connect: (target) => {
           if (target.path !== undefined) throw new ConfigError('a mesh proxy reaches other proxies over TCP only');
           return this.sidecar.connectTo(this.service, target.host, target.port);

@@ -1,5 +1,5 @@
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
-import { Kit, silentLog } from '../../test/fixtures/unit-kit.js';
+import { eventually, Kit, silentLog } from '../../test/fixtures/unit-kit.js';
 import type { MethodDef } from '../contract/define.js';
 import { BusinessError, ConfigError, ForbiddenError, NotFoundError, NotSerializableError, TimeoutError, UnavailableError, ValidationError } from '../kernel/errors.js';
 import { formatTraceparent } from '../kernel/trace.js';
@@ -133,6 +133,15 @@ describe('TCP RPC: a round trip through a real server and real kernel hosts', ()
     expect(s.stats.accepted).toBe(1);
     expect(s.stats.requests).toBe(200);
     expect(t.connectionCount(s.address)).toBe(1);
+  });
+
+  test('maxRequestsPerConnection: a connection that carried its share of calls is replaced, and closes once they answered', async () => {
+    const s = await serve();
+    const t = transport({ maxConnectionsPerAddress: 1, maxRequestsPerConnection: 10 });
+    const outs = await Promise.all(Array.from({ length: 25 }, (_, i) => t.send(s.address, m.echo, { text: String(i) }, callMeta())));
+    outs.forEach((o, i) => expect(o).toEqual({ text: String(i), n: 0 }));
+    expect(s.stats.accepted).toBe(3);
+    await eventually(() => expect(s.stats.connections).toBe(1));
   });
 
   test('a second connection opens only under load, up to the pool size', async () => {

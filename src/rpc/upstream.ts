@@ -23,6 +23,8 @@ export interface UpstreamOptions {
   connectTimeoutMs?: number;
   /** How long `close()` lets calls in flight finish; default 5 s. */
   closeDrainMs?: number;
+  /** Calls one connection carries before it takes no more and closes once they answered (0: no limit, the default). */
+  maxRequestsPerConnection?: number;
   /**
    * Bytes of requests a connection may hold unsent (the server is not reading) before new calls
    * on it are refused with EVOLITH_UNAVAILABLE instead of piling up in memory; default 8 MiB.
@@ -103,6 +105,7 @@ export class Upstreams {
   private readonly maxConnections: number;
   private readonly spilloverAt: number;
   private readonly closeDrainMs: number;
+  /** @internal */ readonly maxRequestsPerConnection: number;
   readonly plane: InternalPlane | undefined;
   /** @internal */ readonly connect: (target: UpstreamTarget) => Socket | TLSSocket;
 
@@ -116,6 +119,7 @@ export class Upstreams {
     this.maxConnections = Math.max(1, options.maxConnectionsPerAddress ?? 2);
     this.spilloverAt = options.spilloverAt ?? 128;
     this.closeDrainMs = options.closeDrainMs ?? 5_000;
+    this.maxRequestsPerConnection = options.maxRequestsPerConnection ?? 0;
   }
 
   get isClosed(): boolean {
@@ -210,6 +214,7 @@ export class UpstreamConnection implements FrameSink {
   private readonly pings = new Map<number, { started: number; resolve: (ms: number) => void; reject: (e: Error) => void }>();
   private readonly decoder: FrameDecoder;
   private lastId = 0;
+  private started = 0;
   private connected = false;
   private closed = false;
   private draining = false;
@@ -311,6 +316,12 @@ export class UpstreamConnection implements FrameSink {
     }
     this.pending.set(id, exchange);
     watch(exchange);
+    const limit = this.upstreams.maxRequestsPerConnection;
+    if (limit > 0 && ++this.started >= limit && !this.draining) {
+      // Its share of calls carried: the next call opens a new connection; this one closes once idle.
+      this.draining = true;
+      this.pool.remove(this);
+    }
   }
 
   /** Writes one frame's bytes (a request, typically); held back until the server proved itself. */
