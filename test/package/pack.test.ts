@@ -175,7 +175,8 @@ console.log(JSON.stringify({ first, second, invalid: invalid instanceof Validati
 
     // Its dependencies are the project's (installed above): the installed evolith from the tarball, and vitest.
     const tested = await sh(npm, ['test'], app, 300_000);
-    expect(tested.stdout).toMatch(/Tests\s+5 passed/);
+    // One in-process test, and two over HTTP in each architecture (monolith, microservices, mesh).
+    expect(tested.stdout).toMatch(/Tests\s+7 passed/);
     expect(tested.stdout).toContain('app.test.ts');
 
     const data = join(dir, 'hello-data');
