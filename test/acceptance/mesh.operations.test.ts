@@ -48,6 +48,15 @@ authorizationPolicies:
       - from: [{ source: { services: [edge] } }]
 `;
 
+/** v1 and v2 of echo, by the version label each replica carries. */
+const SUBSETS = `
+destinationRules:
+  - host: echo
+    subsets:
+      - { name: v1, labels: { version: v1 } }
+      - { name: v2, labels: { version: v2 } }
+`;
+
 describe.each(['sidecar', 'node'] as const)('mesh (%s proxies): policy, identity and operations', (mode) => {
   let app: Bookstore;
   let cp: ControlPlane;
@@ -137,13 +146,7 @@ describe.each(['sidecar', 'node'] as const)('mesh (%s proxies): policy, identity
 
   it('a 90/10 canary split between v1 and v2 lands within ±3 % over 2000 calls, applied live', async () => {
     const pids = (await processes()).map((p) => p.pid);
-    await applyPolicy(`${BASE_POLICY}
-destinationRules:
-  - host: echo
-    subsets:
-      - { name: v1, labels: { version: v1 } }
-      - { name: v2, labels: { version: v2 } }
-virtualServices:
+    await applyPolicy(`${BASE_POLICY}${SUBSETS}virtualServices:
   - hosts: [echo]
     routes:
       - name: canary
@@ -168,13 +171,7 @@ virtualServices:
   }, 60_000);
 
   it('a route can match W3C baggage the request came in with: canary=1 goes to v2, everything else to v1', async () => {
-    await applyPolicy(`${BASE_POLICY}
-destinationRules:
-  - host: echo
-    subsets:
-      - { name: v1, labels: { version: v1 } }
-      - { name: v2, labels: { version: v2 } }
-virtualServices:
+    await applyPolicy(`${BASE_POLICY}${SUBSETS}virtualServices:
   - hosts: [echo]
     routes:
       - name: canary-testers

@@ -13,12 +13,12 @@
 import type { Logger } from 'pino';
 import type { CredentialClaims } from '../../auth/credentials.js';
 import type { InternalPlane } from '../../auth/internal-plane.js';
-import { InstanceAgent } from '../../discovery/instance-agent.js';
 import type { Runtime } from '../../kernel/runtime.js';
 import { hostResolver, RpcServer } from '../../rpc/tcp-server.js';
 import { TcpTerminal } from '../../rpc/terminals.js';
 import { TcpTransport } from '../../rpc/tcp-transport.js';
 import type { Envelope, Offer } from '../../worker/worker.js';
+import { registrationAgents } from '../microservices/registration.js';
 import type { Topology } from '../topology.js';
 
 /** What the control plane tells an app worker about its place in the mesh (EVOLITH_MESH_INSTANCE). */
@@ -94,24 +94,7 @@ async function serve(options: MeshWorkerOptions, runtime: Runtime, edgeUrl: stri
     await rpc.listen();
   }
   const metadata = { pid: String(process.pid), replica: String(replica), version: mesh.version };
-  const agents =
-    options.role.kind === 'edge'
-      ? [new InstanceAgent({ url: registryUrl, token, instance: { id: `edge-${replica}`, service: 'edge', version: '1', address: new URL(edgeUrl!).host, metadata }, log })]
-      : hosted.map(
-          (h) =>
-            new InstanceAgent({
-              url: registryUrl,
-              token,
-              instance: {
-                id: `${h.name}-${replica}`,
-                service: h.name,
-                version: h.definition.contract.version,
-                address: mesh.inboundAddress,
-                metadata: { ...metadata, group: (options.role as { group: string }).group },
-              },
-              log,
-            }),
-        );
+  const agents = registrationAgents({ registryUrl, token, role: options.role, replica, runtime, edgeUrl, address: mesh.inboundAddress, metadata, log });
   await Promise.all(agents.map((a) => a.start()));
   return {
     address: mesh.inboundAddress,

@@ -15,7 +15,6 @@ import type { AddressInfo } from 'node:net';
 import Fastify, { type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import type { InternalPlane } from '../../auth/internal-plane.js';
-import { InstanceAgent } from '../../discovery/instance-agent.js';
 import { UnauthenticatedError } from '../../kernel/errors.js';
 import { RegistryClient } from '../../discovery/registry-client.js';
 import type { MethodDef } from '../../contract/define.js';
@@ -27,6 +26,7 @@ import { hostResolver, RpcServer } from '../../rpc/tcp-server.js';
 import { TcpTerminal } from '../../rpc/terminals.js';
 import { TcpTransport } from '../../rpc/tcp-transport.js';
 import type { Envelope, Offer } from '../../worker/worker.js';
+import { registrationAgents } from './registration.js';
 import type { Topology } from '../topology.js';
 
 export interface MicroservicesWorkerOptions {
@@ -97,24 +97,7 @@ async function serve(
   await http.listen({ port: 0, host: topology.internalHost });
   const httpUrl = `http://${hostForUrl(topology.internalHost)}:${(http.server.address() as AddressInfo).port}`;
   const metadata = { pid: String(process.pid), http: httpUrl, replica: String(replica) };
-  const agents =
-    options.role.kind === 'edge'
-      ? [new InstanceAgent({ url: registryUrl, token, instance: { id: `edge-${replica}`, service: 'edge', version: '1', address: new URL(edgeUrl!).host, metadata }, log })]
-      : hosted.map(
-          (h) =>
-            new InstanceAgent({
-              url: registryUrl,
-              token,
-              instance: {
-                id: `${h.name}-${replica}`,
-                service: h.name,
-                version: h.definition.contract.version,
-                address: rpc!.address,
-                metadata: { ...metadata, group: (options.role as { group: string }).group },
-              },
-              log,
-            }),
-        );
+  const agents = registrationAgents({ registryUrl, token, role: options.role, replica, runtime, edgeUrl, address: rpc?.address, metadata, log });
   await Promise.all(agents.map((a) => a.start()));
   return {
     address: rpc?.address ?? httpUrl,
