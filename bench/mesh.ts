@@ -20,11 +20,14 @@
  *                the registry's /processes lists them) and of the whole deployment (control
  *                plane, every supervised process, any other descendant); RSS sampled every
  *                500 ms, median sample.
+ *   serial       closed loop, one connection for BENCH_SERIAL_DURATION s (after 1 s of warm-up)
+ *                on the same route: the hops' own latency, no request queued behind another.
  *   max rate     closed loop, BENCH_CONCURRENCY keep-alive connections for BENCH_MAX_DURATION s
  *                (after 1 s of warm-up) on the same route, once per architecture.
  *   checkout     products → settle → pay flows at BENCH_FLOW_RATE flows/s for BENCH_FLOW_DURATION
  *                s (after 1 s of warm-up), open loop, with users signed in beforehand; the
  *                latency of POST /restful/settlements (three internal calls) from its own send.
+ *                (Settling costs one call from the edge to payment, then payment's three.)
  *
  * All three start once, each on a fresh data directory with SQLite storage,
  * config.payment.paymentExpiresMs=3600000 and every product's stock raised to 10^9, and stay up
@@ -66,11 +69,12 @@ const ROUNDS = envNumber('BENCH_ROUNDS', 3, true);
 const MAX_OUTSTANDING = envNumber('BENCH_MAX_OUTSTANDING', 256, true);
 const CONCURRENCY = envNumber('BENCH_CONCURRENCY', 32, true);
 const MAX_DURATION = envNumber('BENCH_MAX_DURATION', 5, false);
+const SERIAL_DURATION = envNumber('BENCH_SERIAL_DURATION', 3, false);
 const FLOW_RATE = envNumber('BENCH_FLOW_RATE', 50, false);
 const FLOW_DURATION = envNumber('BENCH_FLOW_DURATION', 5, false);
 const REPRODUCE =
   `BENCH_RATE=${RATE} BENCH_DURATION=${DURATION} BENCH_WARMUP=${WARMUP} BENCH_ROUNDS=${ROUNDS} BENCH_MAX_OUTSTANDING=${MAX_OUTSTANDING} ` +
-  `BENCH_CONCURRENCY=${CONCURRENCY} BENCH_MAX_DURATION=${MAX_DURATION} BENCH_FLOW_RATE=${FLOW_RATE} BENCH_FLOW_DURATION=${FLOW_DURATION} npm run bench:mesh`;
+  `BENCH_CONCURRENCY=${CONCURRENCY} BENCH_MAX_DURATION=${MAX_DURATION} BENCH_SERIAL_DURATION=${SERIAL_DURATION} BENCH_FLOW_RATE=${FLOW_RATE} BENCH_FLOW_DURATION=${FLOW_DURATION} npm run bench:mesh`;
 
 /** Long enough that no payment made here times out while the bench runs (the timers' work would be noise). */
 const EXPIRES_MS = 3_600_000;
@@ -85,6 +89,8 @@ const LATE_MS = 5;
 /** The mesh target, and published figures for two sidecar hops to put it beside. */
 const TARGET_P90_MS = 0.3;
 const ANCHORS = 'Istio 1.20 (Envoy, two sidecars) +0.228 ms p90 / +0.298 ms p99; Dapr +1.4 ms p90';
+/** Istio's own performance page (releases 1.10 to 1.16): what one Envoy costs for the traffic through it. */
+const RESOURCE_ANCHOR = 'Istio docs (1.10–1.16): an Envoy sidecar uses 0.35 vCPU (350 ms/s) and 40 MB per 1000 req/s through it';
 /** Signed-in users of the checkout phase; flows take their tokens in turn. */
 const FLOW_USERS = 4;
 const ROUTE = '/restful/products/1';
@@ -443,18 +449,19 @@ async function fixedRateRun(server: Server): Promise<FixedRun> {
 interface MaxRun {
   perS: number;
   p50: number;
+  p90: number;
   p99: number;
   failures: number;
   failureSamples: string[];
 }
 
-async function maxRateRun(server: Server): Promise<MaxRun> {
+async function closedRun(server: Server, concurrency: number, durationS: number): Promise<MaxRun> {
   const base = new URL(server.url);
-  const agent = new Agent({ keepAlive: true, maxSockets: CONCURRENCY });
+  const agent = new Agent({ keepAlive: true, maxSockets: concurrency });
   try {
-    const r = await closedLoop({ concurrency: CONCURRENCY, warmupMs: SHORT_WARMUP_MS, durationMs: MAX_DURATION * 1000, send: () => getProduct(agent, base) });
+    const r = await closedLoop({ concurrency, warmupMs: SHORT_WARMUP_MS, durationMs: durationS * 1000, send: () => getProduct(agent, base) });
     const sorted = Float64Array.from(r.latencies).sort();
-    return { perS: r.perS, p50: percentile(sorted, 50), p99: percentile(sorted, 99), failures: r.failures, failureSamples: r.failureSamples };
+    return { perS: r.perS, p50: percentile(sorted, 50), p90: percentile(sorted, 90), p99: percentile(sorted, 99), failures: r.failures, failureSamples: r.failureSamples };
   } finally {
     agent.destroy();
   }
@@ -651,12 +658,29 @@ async function main(): Promise<void> {
       );
       console.log(`  ${a.label.padEnd(13)} per proxy (CPU, RSS): ${each.join(', ')}`);
     }
+    console.log(`  for scale: ${RESOURCE_ANCHOR} (each request here passes two proxies: the edge's and the warehouse's)`);
     console.log(`  the load generator itself (this process): ${live.map((a) => `${a.label} ${f0(med(a.label, (r) => r.driverCpuMs) / DURATION)} ms/s`).join(', ')}`);
+
+    // --- serial, one request at a time: the hops' own cost, without queueing behind other requests
+    const serialRuns = new Map<string, MaxRun>();
+    for (const s of servers) {
+      const r = await closedRun(s, 1, SERIAL_DURATION);
+      serialRuns.set(s.spec.label, r);
+      if (r.failures > 0) console.log(`  ${s.spec.label}: ${r.failures} failed requests one at a time, e.g. ${r.failureSamples.join('; ')}`);
+    }
+    const serialBase = serialRuns.get(BASELINE)!;
+    const serialRows: string[][] = [['architecture', 'req/s', 'p50 ms', 'p90 ms', 'p99 ms', 'Δp50 ms', 'Δp90 ms', 'failed']];
+    for (const a of live) {
+      const r = serialRuns.get(a.label)!;
+      const isBase = a.label === BASELINE;
+      serialRows.push([a.label, f0(r.perS), f3(r.p50), f3(r.p90), f3(r.p99), isBase ? '-' : plus(r.p50 - serialBase.p50), isBase ? '-' : plus(r.p90 - serialBase.p90), String(r.failures)]);
+    }
+    printTable(`one at a time — GET ${ROUTE}, closed loop, 1 connection, ${SERIAL_DURATION} s after 1 s warm-up, one run each (no queueing: the hops' own latency)`, serialRows);
 
     // --- max throughput
     const maxRuns = new Map<string, MaxRun>();
     for (const s of servers) {
-      const r = await maxRateRun(s);
+      const r = await closedRun(s, CONCURRENCY, MAX_DURATION);
       maxRuns.set(s.spec.label, r);
       if (r.failures > 0) console.log(`  ${s.spec.label}: ${r.failures} failed requests in the closed loop, e.g. ${r.failureSamples.join('; ')}`);
     }
