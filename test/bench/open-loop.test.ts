@@ -95,8 +95,9 @@ describe('openLoop', () => {
       },
     });
     expect(events).toEqual(['start', 'end']);
-    expect(openedAt).toBeGreaterThanOrEqual(59);
-    expect(closedAt - openedAt).toBeGreaterThanOrEqual(99);
+    // Timers run off the event loop's cached clock, which may lag performance.now() by a few ms.
+    expect(openedAt).toBeGreaterThanOrEqual(55);
+    expect(closedAt - openedAt).toBeGreaterThanOrEqual(95);
   });
 });
 
