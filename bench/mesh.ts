@@ -26,8 +26,9 @@
  *                (after 1 s of warm-up) on the same route, once per architecture.
  *   checkout     products → settle → pay flows at BENCH_FLOW_RATE flows/s for BENCH_FLOW_DURATION
  *                s (after 1 s of warm-up), open loop, with users signed in beforehand; the
- *                latency of POST /restful/settlements (three internal calls) from its own send.
- *                (Settling costs one call from the edge to payment, then payment's three.)
+ *                latency of POST /restful/settlements from its own send: five internal calls in
+ *                a row (the edge's auth.checkToken and payment.settle, then payment's three:
+ *                account.getByUsername, warehouse.prices, warehouse.freeze).
  *
  * All three start once, each on a fresh data directory with SQLite storage,
  * config.payment.paymentExpiresMs=3600000 and every product's stock raised to 10^9, and stay up
@@ -716,7 +717,7 @@ async function main(): Promise<void> {
     }
     printTable(
       `checkout — products → settle → pay at ${FLOW_RATE} flows/s, ${FLOW_DURATION} s after 1 s warm-up, one run each ` +
-        `(settle: POST /restful/settlements, three internal calls, from its own send; flow: from its scheduled start)`,
+        `(settle: POST /restful/settlements, five internal calls in a row, from its own send; flow: from its scheduled start)`,
       flowRows,
     );
 
