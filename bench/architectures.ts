@@ -41,13 +41,14 @@
  * BENCH_LOGIN_EVERY (10). The demo wallet (10^7 yuan) pays for ~60,000 flows per architecture;
  * a payment refused for want of money is a failed request.
  */
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { Agent, request as httpRequest } from 'node:http';
 import { availableParallelism, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
+import { CLK_TCK, cpuSeconds, descendants, memoryKb, rssKb, statFields } from './support/procfs.js';
 import { median, printTable } from './support/stats.js';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -202,79 +203,6 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
 
 // ---------------------------------------------------------------------------------------------
 // /proc: the processes of an architecture, their memory and CPU.
-
-const CLK_TCK = (() => {
-  try {
-    const n = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim());
-    return Number.isInteger(n) && n > 0 ? n : 100;
-  } catch {
-    return 100;
-  }
-})();
-
-/** Fields of /proc/<pid>/stat after the command name (which may hold spaces and parentheses). */
-function statFields(pid: number): string[] | undefined {
-  try {
-    const s = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return s.slice(s.lastIndexOf(')') + 2).split(' ');
-  } catch {
-    return undefined;
-  }
-}
-
-function descendants(rootPid: number): number[] {
-  const childrenOf = new Map<number, number[]>();
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    const f = statFields(Number(entry));
-    if (!f) continue;
-    const ppid = Number(f[1]); // field 4 of stat: state is field 3, ppid field 4
-    childrenOf.set(ppid, [...(childrenOf.get(ppid) ?? []), Number(entry)]);
-  }
-  const out: number[] = [];
-  const queue = [rootPid];
-  while (queue.length) {
-    for (const c of childrenOf.get(queue.shift()!) ?? []) {
-      out.push(c);
-      queue.push(c);
-    }
-  }
-  return out;
-}
-
-/** CPU seconds (user + system) a process has used so far; undefined if it is gone. */
-function cpuSeconds(pid: number): number | undefined {
-  const f = statFields(pid);
-  if (!f) return undefined;
-  return (Number(f[11]) + Number(f[12])) / CLK_TCK; // utime, stime: fields 14 and 15 of stat
-}
-
-function rssKb(pid: number): number | undefined {
-  try {
-    const m = /^VmRSS:\s+(\d+)\s+kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return m ? Number(m[1]) : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-interface MemoryKb {
-  rss: number;
-  /** Proportional set size: shared pages (the node binary, libraries) divided among the processes sharing them. */
-  pss: number;
-  /** Pages no other process shares: what this process alone costs. */
-  private: number;
-}
-
-function memoryKb(pid: number): MemoryKb | undefined {
-  try {
-    const text = readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8');
-    const field = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(text)?.[1] ?? NaN);
-    return { rss: field('Rss'), pss: field('Pss'), private: field('Private_Clean') + field('Private_Dirty') };
-  } catch {
-    return undefined;
-  }
-}
 
 interface ProcessSet {
   pids: number[];

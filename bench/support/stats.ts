@@ -13,3 +13,9 @@ export function printTable(title: string, rows: string[][]): void {
     if (i === 0) console.log(widths.map((w) => '-'.repeat(w)).join('  '));
   });
 }
+
+/** The p-th percentile (nearest rank) of values sorted ascending; NaN if there are none. */
+export function percentile(sorted: ArrayLike<number>, p: number): number {
+  if (sorted.length === 0) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
+}
