@@ -21,11 +21,18 @@ interface EndpointRecord {
 
 export class OutlierDetector {
   private readonly endpoints = new Map<string, EndpointRecord>();
+  /** When the last ejection now in force ends: before it, some endpoint may be ejected; after it, none is. */
+  private lastEnd = 0;
 
   constructor(private settings: OutlierSettings) {}
 
   configure(settings: OutlierSettings): void {
     this.settings = settings;
+  }
+
+  /** Whether any endpoint may be ejected now (false is certain: the common case costs no lookup). */
+  anyEjected(now = Date.now()): boolean {
+    return this.lastEnd > now;
   }
 
   /** Whether `endpoint` is ejected now. */
@@ -61,6 +68,7 @@ export class OutlierDetector {
     r.ejections++;
     r.consecutive = 0;
     r.ejectedUntil = now + this.settings.baseEjectionMs * r.ejections;
+    this.lastEnd = Math.max(this.lastEnd, r.ejectedUntil);
     return true;
   }
 

@@ -338,7 +338,7 @@ class Callee {
       return new UnavailableError(`no instance of ${this.service}${subset ? ` (subset ${subset})` : ''} is registered`, { maybeExecuted: false });
     }
     const now = Date.now();
-    const healthy = candidates.filter((e) => !this.outliers.ejected(e.address, now));
+    const healthy = this.outliers.anyEjected(now) ? candidates.filter((e) => !this.outliers.ejected(e.address, now)) : candidates;
     // With every endpoint ejected, Envoy still sends (panic routing) rather than fail them all.
     const pool0 = healthy.length > 0 ? healthy : candidates;
     const untried = tried.size === 0 ? pool0 : pool0.filter((e) => !tried.has(e.address));

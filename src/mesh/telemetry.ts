@@ -13,6 +13,7 @@ export class MeshTelemetry {
   readonly registry = new Registry();
   private readonly requests: Counter<'reporter' | 'source' | 'destination' | 'method' | 'outcome'>;
   private readonly latency: Histogram<'reporter' | 'source' | 'destination' | 'method'>;
+  private readonly series = new Map<string, { count: { inc(): void }; latency: { observe(v: number): void } }>();
 
   constructor(labels: Record<string, string> = {}) {
     this.registry.setDefaultLabels(labels);
@@ -33,8 +34,15 @@ export class MeshTelemetry {
 
   /** One call finished; `startedAt` is its performance.now() on arrival. */
   record(reporter: Reporter, source: string, destination: string, method: string, outcome: string, startedAt: number): void {
-    this.requests.inc({ reporter, source, destination, method, outcome });
-    this.latency.observe({ reporter, source, destination, method }, (performance.now() - startedAt) / 1000);
+    // The labelled series are looked up once per edge and outcome, not hashed on every call.
+    const key = `${reporter}\0${source}\0${destination}\0${method}\0${outcome}`;
+    let series = this.series.get(key);
+    if (!series) {
+      series = { count: this.requests.labels({ reporter, source, destination, method, outcome }), latency: this.latency.labels({ reporter, source, destination, method }) };
+      this.series.set(key, series);
+    }
+    series.count.inc();
+    series.latency.observe((performance.now() - startedAt) / 1000);
   }
 
   metrics(): Promise<string> {
