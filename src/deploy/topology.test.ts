@@ -43,7 +43,20 @@ describe('loadTopology', () => {
       replicas: {},
       events: 'sqlite',
       affinity: {},
+      mesh: { mode: 'sidecar', policy: 'mesh.yaml', certificateTtlMs: 3_600_000, versions: {} },
     });
+  });
+
+  test('mesh: proxies per instance or per machine, versions side by side; bad values named with their paths', () => {
+    const t = loadTopology(
+      appDir(['architecture: mesh', 'mesh:', '  mode: node', '  versions:', '    warehouse:', '      v1: {}', '      v2: { replicas: 2, config: { warehouse: { x: 1 } } }'].join('\n')),
+    );
+    expect(t.mesh.mode).toBe('node');
+    expect(t.mesh.versions).toEqual({ warehouse: { v1: { replicas: 1, config: {} }, v2: { replicas: 2, config: { warehouse: { x: 1 } } } } });
+    const bad = () => loadTopology(appDir(['mesh:', '  mode: ambient', '  certificateTtlMs: 10', '  versions: { warehouse: { V2: {} } }'].join('\n')));
+    expect(bad).toThrow(/mesh\.mode/);
+    expect(bad).toThrow(/mesh\.certificateTtlMs/);
+    expect(bad).toThrow(/mesh\.versions\.warehouse\.V2/);
   });
 
   test('an empty file is the defaults too', () => {
