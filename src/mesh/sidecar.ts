@@ -326,7 +326,7 @@ class Callee {
   }
 
   /** An endpoint of `subset` for the next attempt: not ejected, not tried yet if others remain, then by the balancer. */
-  choose(subset: string | undefined, tried: ReadonlySet<string>): ServiceEndpoint | UnavailableError {
+  choose(subset: string | undefined, tried: ReadonlySet<string> | undefined): ServiceEndpoint | UnavailableError {
     const all = this.sidecar.endpoints(this.service);
     let candidates = all;
     if (subset !== undefined) {
@@ -341,7 +341,7 @@ class Callee {
     const healthy = this.outliers.anyEjected(now) ? candidates.filter((e) => !this.outliers.ejected(e.address, now)) : candidates;
     // With every endpoint ejected, Envoy still sends (panic routing) rather than fail them all.
     const pool0 = healthy.length > 0 ? healthy : candidates;
-    const untried = tried.size === 0 ? pool0 : pool0.filter((e) => !tried.has(e.address));
+    const untried = tried === undefined ? pool0 : pool0.filter((e) => !tried.has(e.address));
     const pool = untried.length > 0 ? untried : pool0;
     if (pool.length === 1) return pool[0]!;
     switch (this.destination.loadBalancer) {
@@ -374,7 +374,9 @@ const ENDPOINT_FAILURES = new Set(['EVOLITH_UNAVAILABLE', 'EVOLITH_TIMEOUT', 'EV
 /** One call of the app, through its attempts. */
 class OutboundCall extends DeadlineEntry {
   private attempts = 0;
-  private readonly tried = new Set<string>();
+  /** Endpoints tried so far, from the second attempt on (most calls never need it). */
+  private tried: Set<string> | undefined;
+  private lastAddress = '';
   private settled_ = false;
   private readonly retries: { attempts: number; perTryTimeoutMs: number | undefined; retryOn: readonly string[] };
   private readonly idempotent: boolean;
@@ -428,10 +430,11 @@ class OutboundCall extends DeadlineEntry {
     if (this.settled_) return;
     this.attempts++;
     const { subset } = pickDestination(this.decision, Math.random());
+    if (this.attempts > 1) (this.tried ??= new Set()).add(this.lastAddress);
     const endpoint = this.callee.choose(subset, this.tried);
     if (endpoint instanceof UnavailableError) return this.settleError(endpoint);
     const address = endpoint.address;
-    this.tried.add(address);
+    this.lastAddress = address;
     const upstream = this.callee.upstreams.acquire(address);
     if (upstream instanceof ConfigError) return this.settleError(upstream);
     if (upstream.queuedBytes > this.callee.upstreams.maxQueuedBytes) {
