@@ -19,5 +19,11 @@ export async function runMesh(
   options: { readyTimeoutMs?: number } = {},
 ): Promise<RunningDeployment & { readonly registryUrl: string }> {
   const mesh = await MeshControl.create(app, appDir, topology, log);
-  return runMicroservices(app, appDir, topology, overrides, log, { ...options, mesh });
+  try {
+    return await runMicroservices(app, appDir, topology, overrides, log, { ...options, mesh });
+  } catch (err) {
+    // A start refused early (a port in use, a data directory taken) leaves no sockets directory behind.
+    await mesh.stop();
+    throw err;
+  }
 }

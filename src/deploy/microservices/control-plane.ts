@@ -57,7 +57,6 @@ export async function runMicroservices(
     return await start(app, appDir, topology, overrides, log, options, groups, claim);
   } catch (err) {
     claim.release();
-    await options.mesh?.stop();
     throw err;
   }
 }
