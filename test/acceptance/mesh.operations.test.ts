@@ -341,3 +341,30 @@ destinationRules:
     await sleep(0);
   });
 });
+
+describe('mesh: a policy file that does not fit the app', () => {
+  it('stops the start, naming every problem, before any process is started', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'evolith-mesh-policy-'));
+    try {
+      const file = join(dir, 'mesh.yaml');
+      writeFileSync(file, 'virtualServices:\n  - hosts: [nosuch]\nauthorizationPolicies:\n  - { name: x, selector: echo, action: MAYBE }\n');
+      let failure: { status: number; stderr: string } | undefined;
+      try {
+        execFileSync(process.execPath, [join(repoRoot, 'bin', 'evolith.mjs'), 'run', APP, '--port', '0', '--data', join(dir, 'data'), '--set', `mesh.policy=${file}`], {
+          cwd: repoRoot,
+          encoding: 'utf8',
+          stdio: 'pipe',
+          timeout: 30_000,
+        });
+      } catch (err) {
+        failure = err as { status: number; stderr: string };
+      }
+      expect(failure?.status).toBe(2);
+      expect(failure?.stderr).toContain(`invalid mesh policy (${file})`);
+      expect(failure?.stderr).toMatch(/virtualServices\[0\]\.hosts\[0\]: "nosuch" is not a service of meshecho/);
+      expect(failure?.stderr).toMatch(/authorizationPolicies\[0\]\.action/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
