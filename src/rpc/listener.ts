@@ -198,6 +198,8 @@ export abstract class RpcListener {
       return;
     }
     this.counters.accepted++;
+    // The server option does not reach every kind of socket (a TLS server's, say): answers leave at once.
+    if (this.options.path === undefined) socket.setNoDelay(true);
     const conn = new InboundConnection(this, socket);
     this.connections.add(conn);
     socket.once('close', () => this.connections.delete(conn));
