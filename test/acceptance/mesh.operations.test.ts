@@ -102,7 +102,7 @@ describe.each(['sidecar', 'node'] as const)('mesh (%s proxies): policy, identity
     app = await startBookstore({
       arch: 'mesh',
       app: APP,
-      set: { 'mesh.mode': mode, 'mesh.policy': policyFile, 'mesh.certificateTtlMs': 4_000 },
+      set: { 'mesh.mode': mode, 'mesh.policy': policyFile, 'mesh.certificateTtlMs': 6_000 },
       readyTimeoutMs: START_MS,
     });
     cp = readControlPlane(app.dataDir);
@@ -262,7 +262,7 @@ destinationRules:
     const before = (await proxyFor('echo#0')).proxied.serial;
     let ok = 0;
     const failures: string[] = [];
-    const end = Date.now() + 5_000;
+    const end = Date.now() + 6_000;
     await Promise.all(
       Array.from({ length: 6 }, async () => {
         while (Date.now() < end) {
