@@ -148,7 +148,11 @@ export class Meter {
     return l;
   }
 
-  /** One invocation of `fn` finished: its duration in ms (fractional), whether it was a cold start. */
+  /**
+   * One invocation of `fn` finished: its duration in ms (fractional), whether it was a cold start.
+   * The duration is what gets billed, so for a cold start it should include the instance's
+   * initialization when the modelled provider charges for that.
+   */
   invocation(fn: string, settings: FunctionSettings, durationMs: number, coldStart: boolean): void {
     const billed = billedDurationMs(durationMs, this.prices.billingGranularityMs);
     const l = this.ledger(fn, settings);
