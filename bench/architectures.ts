@@ -41,32 +41,22 @@
  * BENCH_LOGIN_EVERY (10). The demo wallet (10^7 yuan) pays for ~60,000 flows per architecture;
  * a payment refused for want of money is a failed request.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { Agent, request as httpRequest } from 'node:http';
-import { availableParallelism, tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { Agent } from 'node:http';
+import { availableParallelism } from 'node:os';
 import { performance } from 'node:perf_hooks';
-import { fileURLToPath } from 'node:url';
-import { CLK_TCK, cpuSeconds, descendants, memoryKb, rssKb, statFields } from './support/procfs.js';
+import { bookstoreArgs, call, loginQuery, PRODUCTS, PURCHASE, raiseStock, send, type Reply } from './support/bookstore.js';
+import { controlPlaneOf, cpuByPid, Deployments, fail, runBench, type Deployment, type ProcessSet } from './support/deployments.js';
+import { CLK_TCK, memoryKb, rssKb } from './support/procfs.js';
 import { median, printTable } from './support/stats.js';
 
-const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const USERS = Number(process.env.BENCH_USERS ?? 8);
 const DURATION = Number(process.env.BENCH_DURATION ?? 10);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 2);
 const WARMUP = Number(process.env.BENCH_WARMUP ?? 3);
 /** A user signs in before the warm-up and on every LOGIN_EVERY-th flow after that (bcrypt is slow by design). */
 const LOGIN_EVERY = Number(process.env.BENCH_LOGIN_EVERY ?? 10);
-/** Long enough that no payment made here times out while the bench runs (the timers' work would be noise). */
-const EXPIRES_MS = 3_600_000;
 const RSS_SAMPLE_MS = 500;
-const REQUEST_TIMEOUT_MS = 10_000;
-const USERNAME = 'icyfenix';
-const PASSWORD = 'MFfTW3uNI4eqhwDkG7HP9p2mzEUu/r2';
-const PRODUCTS = [1, 2, 3, 4, 5, 6, 7, 8];
 const REPRODUCE = `BENCH_USERS=${USERS} BENCH_DURATION=${DURATION} BENCH_ROUNDS=${ROUNDS} BENCH_WARMUP=${WARMUP} BENCH_LOGIN_EVERY=${LOGIN_EVERY} npm run bench:architectures`;
-const PURCHASE = { delivery: true, pay: 'wechat', name: 'Bench Buyer', telephone: '18888888888', location: 'Tangjiawan, Zhuhai' };
 
 for (const [name, v] of Object.entries({ BENCH_USERS: USERS, BENCH_DURATION: DURATION, BENCH_ROUNDS: ROUNDS, BENCH_WARMUP: WARMUP, BENCH_LOGIN_EVERY: LOGIN_EVERY })) {
   if (!Number.isFinite(v) || v < 0 || (name !== 'BENCH_WARMUP' && v <= 0) || (name !== 'BENCH_WARMUP' && name !== 'BENCH_DURATION' && !Number.isInteger(v))) {
@@ -75,152 +65,27 @@ for (const [name, v] of Object.entries({ BENCH_USERS: USERS, BENCH_DURATION: DUR
   }
 }
 
-class BenchError extends Error {}
-const fail = (message: string): never => {
-  throw new BenchError(message);
-};
-
 // ---------------------------------------------------------------------------------------------
-// Child processes (the style of bench/http.ts).
+// The two architectures, as child processes; their processes, memory and CPU.
 
 type ArchName = 'monolith' | 'microservices';
 const ARCHS: ArchName[] = ['monolith', 'microservices'];
 
-interface Server {
-  name: ArchName;
-  url: string;
-  dataDir: string;
-  child: ChildProcess;
-  output: string[];
-}
-const children: ChildProcess[] = [];
-const workDir = mkdtempSync(join(tmpdir(), 'evolith-bench-arch-'));
+type Server = Deployment & { name: ArchName };
+const deployments = new Deployments('bench:architectures', 'evolith-bench-arch-').cleanUpOnExit();
 
-function startServer(name: ArchName, timeoutMs: number): Promise<Server> {
-  const dataDir = join(workDir, name);
-  mkdirSync(dataDir);
-  const args = [
-    'bin/evolith.mjs', 'run', 'examples/bookstore', '--arch', name, '--port', '0', '--data', dataDir,
-    '--set', `config.payment.paymentExpiresMs=${EXPIRES_MS}`,
-  ];
-  // Warnings and errors only: info lines per request would make the bench measure logging.
-  // Its own process group (with the workers it spawns): a Ctrl-C in the terminal reaches only
-  // this bench, which then stops each architecture in order, and the group can be killed whole.
-  const child = spawn(process.execPath, args, {
-    cwd: root,
-    stdio: ['ignore', 'pipe', 'pipe'],
-    detached: true,
-    env: { ...process.env, EVOLITH_LOG_LEVEL: 'warn' },
-  });
-  children.push(child);
-  const output: string[] = [];
-  return new Promise((resolveStart, rejectStart) => {
-    const timer = setTimeout(() => rejectStart(new BenchError(`${name} did not report "listening on" within ${timeoutMs} ms:\n${output.join('')}`)), timeoutMs);
-    let ready = false;
-    const onData = (chunk: Buffer) => {
-      output.push(chunk.toString());
-      if (output.length > 200) output.splice(0, output.length - 200); // keep a tail for error reports
-      if (ready) return;
-      const m = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(output.join(''));
-      if (m) {
-        ready = true;
-        clearTimeout(timer);
-        resolveStart({ name, url: m[1]!, dataDir, child, output });
-      }
-    };
-    child.stdout!.on('data', onData);
-    child.stderr!.on('data', onData);
-    child.once('exit', (code, signal) => {
-      clearTimeout(timer);
-      if (!ready) rejectStart(new BenchError(`${name} exited (${signal ?? code}) before it was ready:\n${output.join('')}`));
-    });
-  });
+async function startServer(name: ArchName, timeoutMs: number): Promise<Server> {
+  return { ...(await deployments.start({ name, dirName: name, args: (dataDir) => bookstoreArgs(name, dataDir), timeoutMs })), name };
 }
 
 /**
- * Every process of either architecture seen so far, with its start time (field 22 of
- * /proc/<pid>/stat), so that a leftover is killed only while the pid still names that process.
- * The supervisor puts each worker in a process group of its own, so killing the control plane's
- * group does not reach them.
+ * The monolith's process, or the control plane and every process its registry lists; with any
+ * other descendant of either.
  */
-const knownPids = new Map<number, string>();
-let stopping = false;
-
-async function stopAll(): Promise<void> {
-  await Promise.all(
-    children.map(
-      (child) =>
-        new Promise<void>((done) => {
-          if (child.exitCode !== null || child.signalCode !== null) return done();
-          const force = setTimeout(() => child.kill('SIGKILL'), 10_000);
-          child.once('exit', () => {
-            clearTimeout(force);
-            done();
-          });
-          child.kill('SIGTERM');
-        }),
-    ),
-  );
-  // The control plane stops its workers; should one outlive it, it goes now.
-  killLeftovers();
-}
-
-function killLeftovers(): void {
-  for (const child of children) if (child.pid) killQuietly(-child.pid, 'SIGKILL'); // the process group
-  for (const [pid, startTime] of knownPids) if (statFields(pid)?.[19] === startTime) killQuietly(pid, 'SIGKILL');
-}
-
-function killQuietly(pid: number, signal: NodeJS.Signals): void {
-  try {
-    process.kill(pid, signal);
-  } catch {
-    /* already gone */
-  }
-}
-
-let cleaned = false;
-function removeWorkDir(): void {
-  if (cleaned) return;
-  cleaned = true;
-  rmSync(workDir, { recursive: true, force: true });
-}
-
-// Whatever happens (error, Ctrl-C), no server outlives the bench.
-process.once('exit', () => {
-  killLeftovers();
-  removeWorkDir();
-});
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(signal, () => {
-    stopping = true;
-    console.error(`\nbench:architectures: ${signal}, stopping the servers`);
-    void stopAll().finally(() => {
-      removeWorkDir();
-      process.exit(130);
-    });
-  });
-}
-
-// ---------------------------------------------------------------------------------------------
-// /proc: the processes of an architecture, their memory and CPU.
-
-interface ProcessSet {
-  pids: number[];
-  /** For the report: what each pid is. */
-  labels: Map<number, string>;
-}
-
 async function processesOf(server: Server): Promise<ProcessSet> {
-  const top = server.child.pid!;
-  const labels = new Map<number, string>([[top, server.name === 'monolith' ? 'monolith' : 'control plane']]);
+  const labels = new Map<number, string>([[server.child.pid!, server.name === 'monolith' ? 'monolith' : 'control plane']]);
   if (server.name === 'microservices') {
-    const control = JSON.parse(readFileSync(join(server.dataDir, '.evolith', 'deployment.json'), 'utf8')) as {
-      registryUrl: string;
-      url: string;
-      pid: number;
-      operatorToken: string;
-    };
-    if (control.pid !== top) fail(`deployment.json names pid ${control.pid}, but the control plane this bench started is ${top}`);
+    const control = controlPlaneOf(server);
     // The registry answers credentials of its deployment only: the operator's, as `evolith status` does.
     const status = JSON.parse((await call(`${control.registryUrl}/status`, { headers: { authorization: `Bearer ${control.operatorToken}` } })).text) as {
       instances: { id: string; metadata?: Record<string, string> }[];
@@ -231,86 +96,16 @@ async function processesOf(server: Server): Promise<ProcessSet> {
       labels.set(pid, inst.id);
     }
   }
-  for (const pid of descendants(top)) if (!labels.has(pid)) labels.set(pid, `helper ${pid}`);
-  const pids = [...labels.keys()];
-  for (const pid of pids) {
-    const startTime = statFields(pid)?.[19];
-    if (startTime === undefined) fail(`process ${pid} (${labels.get(pid)}) is gone`);
-    knownPids.set(pid, startTime!);
-  }
-  return { pids, labels };
+  return deployments.track(server, labels);
 }
 
 /** CPU seconds used so far by each process of the set, by label. */
 function cpuByProcess(set: ProcessSet): Map<string, number> {
-  const out = new Map<string, number>();
-  for (const pid of set.pids) {
-    const c = cpuSeconds(pid);
-    if (c === undefined) fail(`process ${pid} (${set.labels.get(pid)}) is gone: it exited or was restarted during the run`);
-    out.set(set.labels.get(pid)!, c!);
-  }
-  return out;
+  return new Map([...cpuByPid(set)].map(([pid, c]) => [set.labels.get(pid)!, c]));
 }
 
 function totalRssKb(set: ProcessSet): number {
   return set.pids.reduce((sum, pid) => sum + (rssKb(pid) ?? 0), 0);
-}
-
-// ---------------------------------------------------------------------------------------------
-// HTTP: setup calls with fetch; the load with node:http and one keep-alive connection per user.
-
-async function call(url: string, init: RequestInit = {}): Promise<{ status: number; text: string }> {
-  const res = await fetch(url, { ...init, signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS) });
-  return { status: res.status, text: await res.text() };
-}
-
-const loginQuery = new URLSearchParams({
-  grant_type: 'password',
-  username: USERNAME,
-  password: PASSWORD,
-  client_id: 'bookstore_frontend',
-  client_secret: 'bookstore_secret',
-}).toString();
-
-/** Raises every product's stock (as admin) so that no settlement runs out. */
-async function prepare(server: Server): Promise<void> {
-  const r = await call(`${server.url}/oauth/token?${loginQuery}`);
-  if (r.status !== 200) fail(`${server.name}: login failed: ${r.status} ${r.text}`);
-  const token = (JSON.parse(r.text) as { access_token: string }).access_token;
-  for (const id of PRODUCTS) {
-    const s = await call(`${server.url}/restful/products/stockpile/${id}?amount=1000000000`, { method: 'PATCH', headers: { authorization: `bearer ${token}` } });
-    if (s.status !== 200) fail(`${server.name}: could not raise the stock of product ${id}: ${s.status} ${s.text}`);
-  }
-}
-
-interface Reply {
-  status: number;
-  body: string;
-}
-
-function send(agent: Agent, base: URL, method: string, path: string, headers: Record<string, string>, body?: string): Promise<Reply> {
-  return new Promise((resolveReply, rejectReply) => {
-    const req = httpRequest(
-      {
-        host: base.hostname,
-        port: base.port,
-        method,
-        path,
-        agent,
-        headers: body === undefined ? headers : { ...headers, 'content-length': String(Buffer.byteLength(body)) },
-        timeout: REQUEST_TIMEOUT_MS,
-      },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => resolveReply({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString() }));
-        res.on('error', rejectReply);
-      },
-    );
-    req.on('timeout', () => req.destroy(new Error(`no answer within ${REQUEST_TIMEOUT_MS} ms`)));
-    req.on('error', rejectReply);
-    req.end(body);
-  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -390,7 +185,7 @@ async function runLoad(server: Server, warmupS: number, durationS: number): Prom
 
   const user = async (u: number, first: string | undefined): Promise<void> => {
     let token = first;
-    for (let i = 1; !stop && !stopping; i++) {
+    for (let i = 1; !stop && !deployments.stopping; i++) {
       // Signed in before the warm-up; again every LOGIN_EVERY-th flow, each user's turn offset by its number.
       if (token === undefined || i % LOGIN_EVERY === u % LOGIN_EVERY) {
         token = await signIn();
@@ -484,7 +279,7 @@ async function runLoad(server: Server, warmupS: number, durationS: number): Prom
   await Promise.all(users);
   agent.destroy();
   if (measureError) throw measureError;
-  if (stopping) fail('interrupted');
+  if (deployments.stopping) fail('interrupted');
   return result();
 }
 
@@ -547,140 +342,128 @@ async function main(): Promise<void> {
       `node ${process.version}, clock ticks ${CLK_TCK}/s`,
   );
   const started = Date.now();
-  try {
-    // Started side by side (startup is not measured); only one is ever under load.
-    const servers = await Promise.all(ARCHS.map((a) => startServer(a, 120_000)));
-    for (const s of servers) {
-      await prepare(s);
-      const set = await processesOf(s);
-      console.log(
-        `${s.name.padEnd(13)} on ${s.url}: ${set.pids.length} process${set.pids.length === 1 ? '' : 'es'} ` +
-          `(${set.pids.map((p) => `${set.labels.get(p)}=${p}`).join(', ')}); stock raised; startup ${((Date.now() - started) / 1000).toFixed(1)} s since bench start`,
-      );
-      // Memory of each process before any load: what an idle deployment holds.
-      const memRows: string[][] = [['process', 'RSS MB', 'PSS MB', 'private MB']];
-      for (const pid of set.pids) {
-        const m = memoryKb(pid);
-        if (m) memRows.push([set.labels.get(pid)!, f1(m.rss / 1024), f1(m.pss / 1024), f1(m.private / 1024)]);
-      }
-      printTable(`${s.name}: memory per process, idle after start (PSS shares the node binary and libraries among the processes using them)`, memRows);
+  // Started side by side (startup is not measured); only one is ever under load.
+  const servers = await Promise.all(ARCHS.map((a) => startServer(a, 120_000)));
+  for (const s of servers) {
+    await raiseStock(s);
+    const set = await processesOf(s);
+    console.log(
+      `${s.name.padEnd(13)} on ${s.url}: ${set.pids.length} process${set.pids.length === 1 ? '' : 'es'} ` +
+        `(${set.pids.map((p) => `${set.labels.get(p)}=${p}`).join(', ')}); stock raised; startup ${((Date.now() - started) / 1000).toFixed(1)} s since bench start`,
+    );
+    // Memory of each process before any load: what an idle deployment holds.
+    const memRows: string[][] = [['process', 'RSS MB', 'PSS MB', 'private MB']];
+    for (const pid of set.pids) {
+      const m = memoryKb(pid);
+      if (m) memRows.push([set.labels.get(pid)!, f1(m.rss / 1024), f1(m.pss / 1024), f1(m.private / 1024)]);
     }
+    printTable(`${s.name}: memory per process, idle after start (PSS shares the node binary and libraries among the processes using them)`, memRows);
+  }
 
-    const results = new Map<ArchName, RunResult[]>(ARCHS.map((a) => [a, []]));
-    for (let round = 0; round < ROUNDS; round++) {
-      // Alternate who goes first, so neither always meets the fresher machine (or the smaller tables).
-      for (const s of round % 2 === 0 ? servers : [...servers].reverse()) {
-        const r = await runLoad(s, WARMUP, DURATION);
-        if (r.failures > 0) {
-          fail(
-            `${s.name}, round ${round + 1}: ${r.failures} failed requests (non-2xx or transport errors), e.g.:\n  ${r.failureSamples.join('\n  ')}\n` +
-              `server output (tail):\n${s.output.join('').slice(-4000)}`,
-          );
-        }
-        if (r.flows === 0) fail(`${s.name}, round ${round + 1}: no flow completed in the measured window`);
-        results.get(s.name)!.push(r);
-        const m = summarize(r);
-        console.log(
-          `  round ${round + 1}  ${s.name.padEnd(13)} ${f0(m.flowsPerS).padStart(5)} flows/s ${f0(m.reqPerS).padStart(6)} req/s  ` +
-            `p50 ${f2(m.p50)} ms  p99 ${f2(m.p99)} ms  RSS ${f0(m.rssMb)} MB  CPU ${f2(m.cpuS)} s (${f2(m.cores)} cores)  ` +
-            `load generator CPU ${f2(r.driverCpuSeconds)} s`,
+  const results = new Map<ArchName, RunResult[]>(ARCHS.map((a) => [a, []]));
+  for (let round = 0; round < ROUNDS; round++) {
+    // Alternate who goes first, so neither always meets the fresher machine (or the smaller tables).
+    for (const s of round % 2 === 0 ? servers : [...servers].reverse()) {
+      const r = await runLoad(s, WARMUP, DURATION);
+      if (r.failures > 0) {
+        fail(
+          `${s.name}, round ${round + 1}: ${r.failures} failed requests (non-2xx or transport errors), e.g.:\n  ${r.failureSamples.join('\n  ')}\n` +
+            `server output (tail):\n${s.output.join('').slice(-4000)}`,
         );
       }
+      if (r.flows === 0) fail(`${s.name}, round ${round + 1}: no flow completed in the measured window`);
+      results.get(s.name)!.push(r);
+      const m = summarize(r);
+      console.log(
+        `  round ${round + 1}  ${s.name.padEnd(13)} ${f0(m.flowsPerS).padStart(5)} flows/s ${f0(m.reqPerS).padStart(6)} req/s  ` +
+          `p50 ${f2(m.p50)} ms  p99 ${f2(m.p99)} ms  RSS ${f0(m.rssMb)} MB  CPU ${f2(m.cpuS)} s (${f2(m.cores)} cores)  ` +
+          `load generator CPU ${f2(r.driverCpuSeconds)} s`,
+      );
     }
-
-    // Medians over rounds.
-    const agg = new Map(
-      ARCHS.map((a) => {
-        const runs = results.get(a)!;
-        const ms = runs.map(summarize);
-        const med = (pick: (s: Summary) => number) => median(ms.map(pick));
-        return [
-          a,
-          {
-            runs,
-            ms,
-            flowsPerS: med((s) => s.flowsPerS),
-            reqPerS: med((s) => s.reqPerS),
-            p50: med((s) => s.p50),
-            p99: med((s) => s.p99),
-            p50NoLogin: med((s) => s.p50NoLogin),
-            p99NoLogin: med((s) => s.p99NoLogin),
-            cpuByProcess: [...runs[0]!.cpuByProcess.keys()].map((label) => [label, median(runs.map((r) => r.cpuByProcess.get(label)!))] as const),
-            kind: Object.fromEntries(KINDS.map((k) => [k, { p50: med((s) => s.kind[k].p50), p99: med((s) => s.kind[k].p99), count: ms.reduce((n, s) => n + s.kind[k].count, 0) }])) as Summary['kind'],
-            // RSS: the median of all samples taken under load, over all rounds.
-            rssMb: median(runs.flatMap((r) => r.rssSamplesKb)) / 1024,
-            processes: runs[0]!.processes,
-            cpuS: med((s) => s.cpuS),
-            cpuMsPerFlow: med((s) => s.cpuMsPerFlow),
-            cores: med((s) => s.cores),
-            failures: runs.reduce((n, r) => n + r.failures, 0),
-          },
-        ] as const;
-      }),
-    );
-    const mono = agg.get('monolith')!;
-    const micro = agg.get('microservices')!;
-
-    const rows: string[][] = [['architecture', 'flows/s', 'req/s', 'p50 ms', 'p99 ms', 'RSS MB (procs)', `CPU s / ${DURATION} s`, 'cores', 'CPU ms/flow', 'failed', 'flows/s per round']];
-    for (const a of ARCHS) {
-      const g = agg.get(a)!;
-      rows.push([
-        a, f0(g.flowsPerS), f0(g.reqPerS), f2(g.p50), f2(g.p99), `${f0(g.rssMb)} (${g.processes})`, f2(g.cpuS), f2(g.cores), f2(g.cpuMsPerFlow), String(g.failures),
-        g.ms.map((s) => f0(s.flowsPerS)).join(' / '),
-      ]);
-    }
-    printTable(`bench:architectures — checkout flow, ${USERS} users, median of ${ROUNDS} rounds × ${DURATION} s (latency per request, all kinds)`, rows);
-
-    const kindRows: string[][] = [['request', 'monolith p50', 'p99', 'microservices p50', 'p99', 'p50 ratio', 'p99 ratio', 'count mono / micro']];
-    for (const k of KINDS) {
-      const a = mono.kind[k];
-      const b = micro.kind[k];
-      kindRows.push([KIND_LABEL[k], f2(a.p50), f2(a.p99), f2(b.p50), f2(b.p99), x(b.p50 / a.p50), x(b.p99 / a.p99), `${a.count} / ${b.count}`]);
-    }
-    kindRows.push(['all requests', f2(mono.p50), f2(mono.p99), f2(micro.p50), f2(micro.p99), x(micro.p50 / mono.p50), x(micro.p99 / mono.p99), `${KINDS.reduce((n, k) => n + mono.kind[k].count, 0)} / ${KINDS.reduce((n, k) => n + micro.kind[k].count, 0)}`]);
-    printTable('latency per request kind, ms (median over rounds of each round\'s percentile; counts summed over rounds)', kindRows);
-
-    const p50Ratio = micro.p50 / mono.p50;
-    const ratioRows: string[][] = [
-      ['metric', 'monolith', 'microservices', 'micro / mono', 'target'],
-      ['p50 latency, ms (all requests)', f2(mono.p50), f2(micro.p50), x(p50Ratio), `≤ 3.00× — ${p50Ratio <= 3 ? 'meets' : 'MISSES'}`],
-      ['p99 latency, ms (all requests)', f2(mono.p99), f2(micro.p99), x(micro.p99 / mono.p99), ''],
-      ['p50 latency, ms (all but login)', f2(mono.p50NoLogin), f2(micro.p50NoLogin), x(micro.p50NoLogin / mono.p50NoLogin), ''],
-      ['p99 latency, ms (all but login)', f2(mono.p99NoLogin), f2(micro.p99NoLogin), x(micro.p99NoLogin / mono.p99NoLogin), ''],
-      ['flows/s', f1(mono.flowsPerS), f1(micro.flowsPerS), x(micro.flowsPerS / mono.flowsPerS), ''],
-      ['requests/s', f1(mono.reqPerS), f1(micro.reqPerS), x(micro.reqPerS / mono.reqPerS), ''],
-      ['RSS, MB (all processes, median sample)', f1(mono.rssMb), f1(micro.rssMb), x(micro.rssMb / mono.rssMb), ''],
-      [`CPU s in ${DURATION} s (all processes)`, f2(mono.cpuS), f2(micro.cpuS), x(micro.cpuS / mono.cpuS), ''],
-      ['CPU ms per flow', f2(mono.cpuMsPerFlow), f2(micro.cpuMsPerFlow), x(micro.cpuMsPerFlow / mono.cpuMsPerFlow), ''],
-    ];
-    printTable('microservices / monolith', ratioRows);
-    console.log(`\nCPU s per process in the ${DURATION} s window (median over rounds):`);
-    for (const a of ARCHS) {
-      const g = agg.get(a)!;
-      console.log(`  ${a.padEnd(13)} ${g.cpuByProcess.map(([label, c]) => `${label} ${f2(c)}`).join(', ')}`);
-    }
-    console.log(
-      `\ntarget: microservices p50 ≤ 3× monolith — ${p50Ratio <= 3 ? 'meets' : 'MISSES'} (${x(p50Ratio)}). ` +
-        `For scale: Service Weaver's paper (Ghemawat et al., "Towards Modern Development of Cloud Applications", HotOS '23) ` +
-        `measured 14× for classic microservices against co-location in one process.`,
-    );
-    console.log(
-      `notes: one flow = products + settle + pay, plus a login once every ${LOGIN_EVERY} flows (bcrypt, ~100 ms of CPU each, is slow by design); ` +
-        `the load generator runs on the same ${availableParallelism()} cores; the architecture not under load idles meanwhile; ` +
-        `0 failed requests across ${ROUNDS} rounds (warm-ups included).`,
-    );
-    console.log(`\ntotal time ${((Date.now() - started) / 1000).toFixed(0)} s; reproduce with: ${REPRODUCE}`);
-  } finally {
-    await stopAll();
-    removeWorkDir();
   }
+
+  // Medians over rounds.
+  const agg = new Map(
+    ARCHS.map((a) => {
+      const runs = results.get(a)!;
+      const ms = runs.map(summarize);
+      const med = (pick: (s: Summary) => number) => median(ms.map(pick));
+      return [
+        a,
+        {
+          runs,
+          ms,
+          flowsPerS: med((s) => s.flowsPerS),
+          reqPerS: med((s) => s.reqPerS),
+          p50: med((s) => s.p50),
+          p99: med((s) => s.p99),
+          p50NoLogin: med((s) => s.p50NoLogin),
+          p99NoLogin: med((s) => s.p99NoLogin),
+          cpuByProcess: [...runs[0]!.cpuByProcess.keys()].map((label) => [label, median(runs.map((r) => r.cpuByProcess.get(label)!))] as const),
+          kind: Object.fromEntries(KINDS.map((k) => [k, { p50: med((s) => s.kind[k].p50), p99: med((s) => s.kind[k].p99), count: ms.reduce((n, s) => n + s.kind[k].count, 0) }])) as Summary['kind'],
+          // RSS: the median of all samples taken under load, over all rounds.
+          rssMb: median(runs.flatMap((r) => r.rssSamplesKb)) / 1024,
+          processes: runs[0]!.processes,
+          cpuS: med((s) => s.cpuS),
+          cpuMsPerFlow: med((s) => s.cpuMsPerFlow),
+          cores: med((s) => s.cores),
+          failures: runs.reduce((n, r) => n + r.failures, 0),
+        },
+      ] as const;
+    }),
+  );
+  const mono = agg.get('monolith')!;
+  const micro = agg.get('microservices')!;
+
+  const rows: string[][] = [['architecture', 'flows/s', 'req/s', 'p50 ms', 'p99 ms', 'RSS MB (procs)', `CPU s / ${DURATION} s`, 'cores', 'CPU ms/flow', 'failed', 'flows/s per round']];
+  for (const a of ARCHS) {
+    const g = agg.get(a)!;
+    rows.push([
+      a, f0(g.flowsPerS), f0(g.reqPerS), f2(g.p50), f2(g.p99), `${f0(g.rssMb)} (${g.processes})`, f2(g.cpuS), f2(g.cores), f2(g.cpuMsPerFlow), String(g.failures),
+      g.ms.map((s) => f0(s.flowsPerS)).join(' / '),
+    ]);
+  }
+  printTable(`bench:architectures — checkout flow, ${USERS} users, median of ${ROUNDS} rounds × ${DURATION} s (latency per request, all kinds)`, rows);
+
+  const kindRows: string[][] = [['request', 'monolith p50', 'p99', 'microservices p50', 'p99', 'p50 ratio', 'p99 ratio', 'count mono / micro']];
+  for (const k of KINDS) {
+    const a = mono.kind[k];
+    const b = micro.kind[k];
+    kindRows.push([KIND_LABEL[k], f2(a.p50), f2(a.p99), f2(b.p50), f2(b.p99), x(b.p50 / a.p50), x(b.p99 / a.p99), `${a.count} / ${b.count}`]);
+  }
+  kindRows.push(['all requests', f2(mono.p50), f2(mono.p99), f2(micro.p50), f2(micro.p99), x(micro.p50 / mono.p50), x(micro.p99 / mono.p99), `${KINDS.reduce((n, k) => n + mono.kind[k].count, 0)} / ${KINDS.reduce((n, k) => n + micro.kind[k].count, 0)}`]);
+  printTable('latency per request kind, ms (median over rounds of each round\'s percentile; counts summed over rounds)', kindRows);
+
+  const p50Ratio = micro.p50 / mono.p50;
+  const ratioRows: string[][] = [
+    ['metric', 'monolith', 'microservices', 'micro / mono', 'target'],
+    ['p50 latency, ms (all requests)', f2(mono.p50), f2(micro.p50), x(p50Ratio), `≤ 3.00× — ${p50Ratio <= 3 ? 'meets' : 'MISSES'}`],
+    ['p99 latency, ms (all requests)', f2(mono.p99), f2(micro.p99), x(micro.p99 / mono.p99), ''],
+    ['p50 latency, ms (all but login)', f2(mono.p50NoLogin), f2(micro.p50NoLogin), x(micro.p50NoLogin / mono.p50NoLogin), ''],
+    ['p99 latency, ms (all but login)', f2(mono.p99NoLogin), f2(micro.p99NoLogin), x(micro.p99NoLogin / mono.p99NoLogin), ''],
+    ['flows/s', f1(mono.flowsPerS), f1(micro.flowsPerS), x(micro.flowsPerS / mono.flowsPerS), ''],
+    ['requests/s', f1(mono.reqPerS), f1(micro.reqPerS), x(micro.reqPerS / mono.reqPerS), ''],
+    ['RSS, MB (all processes, median sample)', f1(mono.rssMb), f1(micro.rssMb), x(micro.rssMb / mono.rssMb), ''],
+    [`CPU s in ${DURATION} s (all processes)`, f2(mono.cpuS), f2(micro.cpuS), x(micro.cpuS / mono.cpuS), ''],
+    ['CPU ms per flow', f2(mono.cpuMsPerFlow), f2(micro.cpuMsPerFlow), x(micro.cpuMsPerFlow / mono.cpuMsPerFlow), ''],
+  ];
+  printTable('microservices / monolith', ratioRows);
+  console.log(`\nCPU s per process in the ${DURATION} s window (median over rounds):`);
+  for (const a of ARCHS) {
+    const g = agg.get(a)!;
+    console.log(`  ${a.padEnd(13)} ${g.cpuByProcess.map(([label, c]) => `${label} ${f2(c)}`).join(', ')}`);
+  }
+  console.log(
+    `\ntarget: microservices p50 ≤ 3× monolith — ${p50Ratio <= 3 ? 'meets' : 'MISSES'} (${x(p50Ratio)}). ` +
+      `For scale: Service Weaver's paper (Ghemawat et al., "Towards Modern Development of Cloud Applications", HotOS '23) ` +
+      `measured 14× for classic microservices against co-location in one process.`,
+  );
+  console.log(
+    `notes: one flow = products + settle + pay, plus a login once every ${LOGIN_EVERY} flows (bcrypt, ~100 ms of CPU each, is slow by design); ` +
+      `the load generator runs on the same ${availableParallelism()} cores; the architecture not under load idles meanwhile; ` +
+      `0 failed requests across ${ROUNDS} rounds (warm-ups included).`,
+  );
+  console.log(`\ntotal time ${((Date.now() - started) / 1000).toFixed(0)} s; reproduce with: ${REPRODUCE}`);
 }
 
-try {
-  await main();
-} catch (err) {
-  console.error(`\nbench:architectures FAILED: ${err instanceof BenchError ? err.message : ((err as Error)?.stack ?? String(err))}`);
-  await stopAll();
-  removeWorkDir();
-  process.exitCode = 1;
-}
+await runBench(deployments, 'bench:architectures', main);
