@@ -40,18 +40,14 @@
  * Target: ≤ +0.3 ms p90 added by the mesh at 1000 req/s. For scale: Istio 1.20's published
  * benchmark (Envoy, two sidecars) adds 0.228 ms p90 / 0.298 ms p99; Dapr's adds 1.4 ms p90.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { Agent, request as httpRequest } from 'node:http';
-import { availableParallelism, loadavg, tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { Agent } from 'node:http';
+import { availableParallelism, loadavg } from 'node:os';
 import { performance } from 'node:perf_hooks';
-import { fileURLToPath } from 'node:url';
+import { bookstoreArgs, call, PRODUCTS, PURCHASE, raiseStock, send, signIn, type Reply } from './support/bookstore.js';
+import { BenchError, controlPlaneOf, cpuByPid, Deployments, fail, runBench, type Deployment, type ProcessSet as Processes } from './support/deployments.js';
 import { closedLoop, openLoop, type OpenLoopResult } from './support/open-loop.js';
-import { CLK_TCK, cpuSeconds, descendants, rssKb, statFields } from './support/procfs.js';
+import { CLK_TCK, rssKb } from './support/procfs.js';
 import { median, percentile, printTable } from './support/stats.js';
-
-const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 
 function envNumber(name: string, fallback: number, integer: boolean, allowZero = false): number {
   const raw = process.env[name];
@@ -77,12 +73,9 @@ const REPRODUCE =
   `BENCH_RATE=${RATE} BENCH_DURATION=${DURATION} BENCH_WARMUP=${WARMUP} BENCH_ROUNDS=${ROUNDS} BENCH_MAX_OUTSTANDING=${MAX_OUTSTANDING} ` +
   `BENCH_CONCURRENCY=${CONCURRENCY} BENCH_MAX_DURATION=${MAX_DURATION} BENCH_SERIAL_DURATION=${SERIAL_DURATION} BENCH_FLOW_RATE=${FLOW_RATE} BENCH_FLOW_DURATION=${FLOW_DURATION} npm run bench:mesh`;
 
-/** Long enough that no payment made here times out while the bench runs (the timers' work would be noise). */
-const EXPIRES_MS = 3_600_000;
 /** The closed-loop and checkout phases are short: one second of warm-up each. */
 const SHORT_WARMUP_MS = 1_000;
 const RSS_SAMPLE_MS = 500;
-const REQUEST_TIMEOUT_MS = 10_000;
 /** More failures than this share of the requests sent in a fixed-rate run fails the bench. */
 const MAX_FAILURE_SHARE = 0.001;
 /** A request leaving this many ms after its schedule counts as late (the load generator fell behind). */
@@ -95,15 +88,6 @@ const RESOURCE_ANCHOR = 'Istio docs (1.10–1.16): an Envoy sidecar uses 0.35 vC
 /** Signed-in users of the checkout phase; flows take their tokens in turn. */
 const FLOW_USERS = 4;
 const ROUTE = '/restful/products/1';
-const USERNAME = 'icyfenix';
-const PASSWORD = 'MFfTW3uNI4eqhwDkG7HP9p2mzEUu/r2';
-const PRODUCTS = [1, 2, 3, 4, 5, 6, 7, 8];
-const PURCHASE = { delivery: true, pay: 'wechat', name: 'Bench Buyer', telephone: '18888888888', location: 'Tangjiawan, Zhuhai' };
-
-class BenchError extends Error {}
-const fail = (message: string): never => {
-  throw new BenchError(message);
-};
 
 // ---------------------------------------------------------------------------------------------
 // The three deployments, as child processes (the approach of bench/architectures.ts).
@@ -120,125 +104,23 @@ const ARCHS: ArchSpec[] = [
 ];
 const BASELINE = ARCHS[0]!.label;
 
-interface Server {
-  spec: ArchSpec;
-  url: string;
-  dataDir: string;
-  child: ChildProcess;
-  output: string[];
-}
+type Server = Deployment & { spec: ArchSpec };
+const deployments = new Deployments('bench:mesh', 'evolith-bench-mesh-').cleanUpOnExit();
 
-const children: ChildProcess[] = [];
-const workDir = mkdtempSync(join(tmpdir(), 'evolith-bench-mesh-'));
-
-function startServer(spec: ArchSpec, index: number, timeoutMs: number): Promise<Server> {
-  const dataDir = join(workDir, `${index}-${spec.label.replace(/\s+/g, '-')}`);
-  mkdirSync(dataDir);
-  const args = [
-    'bin/evolith.mjs', 'run', 'examples/bookstore', '--arch', spec.arch, '--port', '0', '--data', dataDir, '--storage', 'sqlite',
-    '--set', `config.payment.paymentExpiresMs=${EXPIRES_MS}`,
-    ...spec.sets.flatMap((s) => ['--set', s]),
-  ];
-  // Warnings and errors only (info lines per request would make the bench measure logging), in
-  // a process group of its own so that a Ctrl-C reaches only the bench, which stops each in order.
-  const child = spawn(process.execPath, args, {
-    cwd: root,
-    stdio: ['ignore', 'pipe', 'pipe'],
-    detached: true,
-    env: { ...process.env, EVOLITH_LOG_LEVEL: 'warn' },
+async function startServer(spec: ArchSpec, index: number, timeoutMs: number): Promise<Server> {
+  const started = await deployments.start({
+    name: spec.label,
+    dirName: `${index}-${spec.label.replace(/\s+/g, '-')}`,
+    args: (dataDir) => bookstoreArgs(spec.arch, dataDir, ['--storage', 'sqlite']).concat(spec.sets.flatMap((s) => ['--set', s])),
+    timeoutMs,
   });
-  children.push(child);
-  const output: string[] = [];
-  return new Promise((resolveStart, rejectStart) => {
-    const timer = setTimeout(() => rejectStart(new BenchError(`${spec.label} did not report "listening on" within ${timeoutMs} ms:\n${output.join('')}`)), timeoutMs);
-    let ready = false;
-    const onData = (chunk: Buffer) => {
-      output.push(chunk.toString());
-      if (output.length > 200) output.splice(0, output.length - 200); // keep a tail for error reports
-      if (ready) return;
-      const m = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(output.join(''));
-      if (m) {
-        ready = true;
-        clearTimeout(timer);
-        resolveStart({ spec, url: m[1]!, dataDir, child, output });
-      }
-    };
-    child.stdout!.on('data', onData);
-    child.stderr!.on('data', onData);
-    child.once('exit', (code, signal) => {
-      clearTimeout(timer);
-      if (!ready) rejectStart(new BenchError(`${spec.label} exited (${signal ?? code}) before it was ready:\n${output.join('')}`));
-    });
-  });
-}
-
-/**
- * Every process seen so far, with its start time (field 22 of /proc/<pid>/stat), so that a
- * leftover is killed only while the pid still names that process. Workers and proxies run in
- * process groups of their own, out of reach of a kill of the control plane's group.
- */
-const knownPids = new Map<number, string>();
-let stopping = false;
-
-async function stopAll(): Promise<void> {
-  await Promise.all(
-    children.map(
-      (child) =>
-        new Promise<void>((done) => {
-          if (child.exitCode !== null || child.signalCode !== null) return done();
-          const force = setTimeout(() => child.kill('SIGKILL'), 10_000);
-          child.once('exit', () => {
-            clearTimeout(force);
-            done();
-          });
-          child.kill('SIGTERM');
-        }),
-    ),
-  );
-  killLeftovers();
-}
-
-function killLeftovers(): void {
-  for (const child of children) if (child.pid) killQuietly(-child.pid, 'SIGKILL');
-  for (const [pid, startTime] of knownPids) if (statFields(pid)?.[19] === startTime) killQuietly(pid, 'SIGKILL');
-}
-
-function killQuietly(pid: number, signal: NodeJS.Signals): void {
-  try {
-    process.kill(pid, signal);
-  } catch {
-    /* already gone */
-  }
-}
-
-let cleaned = false;
-function removeWorkDir(): void {
-  if (cleaned) return;
-  cleaned = true;
-  rmSync(workDir, { recursive: true, force: true });
-}
-
-process.once('exit', () => {
-  killLeftovers();
-  removeWorkDir();
-});
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(signal, () => {
-    stopping = true;
-    console.error(`\nbench:mesh: ${signal}, stopping the servers`);
-    void stopAll().finally(() => {
-      removeWorkDir();
-      process.exit(130);
-    });
-  });
+  return { ...started, spec };
 }
 
 // ---------------------------------------------------------------------------------------------
 // The processes of a deployment: which are proxies, their CPU and memory.
 
-interface ProcessSet {
-  pids: number[];
-  labels: Map<number, string>;
+interface ProcessSet extends Processes {
   /** The mesh's proxy processes (none in microservices). */
   proxies: number[];
 }
@@ -247,15 +129,9 @@ interface ProcessSet {
 const isProxyName = (name: string) => name.endsWith('.proxy') || name === 'node-proxy';
 
 async function processesOf(server: Server): Promise<ProcessSet> {
-  const top = server.child.pid!;
-  const labels = new Map<number, string>([[top, 'control plane']]);
+  const labels = new Map<number, string>([[server.child.pid!, 'control plane']]);
   const proxies: number[] = [];
-  const record = JSON.parse(readFileSync(join(server.dataDir, '.evolith', 'deployment.json'), 'utf8')) as {
-    registryUrl: string;
-    pid: number;
-    operatorToken: string;
-  };
-  if (record.pid !== top) fail(`deployment.json names pid ${record.pid}, but the control plane this bench started is ${top}`);
+  const record = controlPlaneOf(server);
   // The registry answers credentials of its deployment only: the operator's, as `evolith status` does.
   const r = await call(`${record.registryUrl}/processes`, { headers: { authorization: `Bearer ${record.operatorToken}` } });
   if (r.status !== 200) fail(`${server.spec.label}: the registry's /processes answered ${r.status} ${r.text}`);
@@ -265,87 +141,17 @@ async function processesOf(server: Server): Promise<ProcessSet> {
     labels.set(p.pid!, `${p.name}#${p.replica}`);
     if (isProxyName(p.name)) proxies.push(p.pid!);
   }
-  for (const pid of descendants(top)) if (!labels.has(pid)) labels.set(pid, `helper ${pid}`);
-  const pids = [...labels.keys()];
-  for (const pid of pids) {
-    const startTime = statFields(pid)?.[19];
-    if (startTime === undefined) fail(`process ${pid} (${labels.get(pid)}) is gone`);
-    knownPids.set(pid, startTime!);
-  }
-  return { pids, labels, proxies };
-}
-
-function cpuByPid(set: ProcessSet): Map<number, number> {
-  const out = new Map<number, number>();
-  for (const pid of set.pids) {
-    const c = cpuSeconds(pid);
-    if (c === undefined) fail(`process ${pid} (${set.labels.get(pid)}) is gone: it exited or was restarted during the run`);
-    out.set(pid, c!);
-  }
-  return out;
+  return { ...deployments.track(server, labels), proxies };
 }
 
 // ---------------------------------------------------------------------------------------------
 // HTTP: setup calls with fetch; the load with node:http over keep-alive connections.
 
-async function call(url: string, init: RequestInit = {}): Promise<{ status: number; text: string }> {
-  const res = await fetch(url, { ...init, signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS) });
-  return { status: res.status, text: await res.text() };
-}
-
-const loginQuery = new URLSearchParams({
-  grant_type: 'password',
-  username: USERNAME,
-  password: PASSWORD,
-  client_id: 'bookstore_frontend',
-  client_secret: 'bookstore_secret',
-}).toString();
-
-async function signIn(server: Server): Promise<string> {
-  const r = await call(`${server.url}/oauth/token?${loginQuery}`);
-  if (r.status !== 200) fail(`${server.spec.label}: login failed: ${r.status} ${r.text}`);
-  return (JSON.parse(r.text) as { access_token: string }).access_token;
-}
-
 /** Raises every product's stock (as admin) so that no settlement runs out, and checks the route answers. */
 async function prepare(server: Server): Promise<void> {
-  const token = await signIn(server);
-  for (const id of PRODUCTS) {
-    const s = await call(`${server.url}/restful/products/stockpile/${id}?amount=1000000000`, { method: 'PATCH', headers: { authorization: `bearer ${token}` } });
-    if (s.status !== 200) fail(`${server.spec.label}: could not raise the stock of product ${id}: ${s.status} ${s.text}`);
-  }
+  await raiseStock(server);
   const p = await call(`${server.url}${ROUTE}`);
   if (p.status !== 200 || (JSON.parse(p.text) as { id?: number }).id !== 1) fail(`${server.spec.label}: GET ${ROUTE} answered ${p.status} ${p.text.slice(0, 300)}`);
-}
-
-interface Reply {
-  status: number;
-  body: string;
-}
-
-function send(agent: Agent, base: URL, method: string, path: string, headers: Record<string, string>, body?: string): Promise<Reply> {
-  return new Promise((resolveReply, rejectReply) => {
-    const req = httpRequest(
-      {
-        host: base.hostname,
-        port: base.port,
-        method,
-        path,
-        agent,
-        headers: body === undefined ? headers : { ...headers, 'content-length': String(Buffer.byteLength(body)) },
-        timeout: REQUEST_TIMEOUT_MS,
-      },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => resolveReply({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString() }));
-        res.on('error', rejectReply);
-      },
-    );
-    req.on('timeout', () => req.destroy(new Error(`no answer within ${REQUEST_TIMEOUT_MS} ms`)));
-    req.on('error', rejectReply);
-    req.end(body);
-  });
 }
 
 /** What was wrong with a reply, or undefined for a 2xx. */
@@ -425,7 +231,7 @@ async function fixedRateRun(server: Server): Promise<FixedRun> {
     agent.destroy();
   }
   if (measureError) throw measureError;
-  if (stopping) fail('interrupted');
+  if (deployments.stopping) fail('interrupted');
   const spent = (pid: number) => ((cpuAtEnd.get(pid) ?? NaN) - (cpuAtStart.get(pid) ?? NaN)) * 1000;
   const medianRss = (pids: number[]) => median(rssSamples.map((s) => pids.reduce((sum, pid) => sum + (s.get(pid) ?? 0), 0))) / 1024;
   const sorted = Float64Array.from(load.latencies).sort();
@@ -552,193 +358,181 @@ async function main(): Promise<void> {
   );
   const started = Date.now();
   const failuresSeen: string[] = [];
-  try {
-    // Started side by side (startup is not measured); only one is ever under load.
-    // One that cannot start is reported and the others measured; the bench then fails.
-    const starts = await Promise.allSettled(ARCHS.map((a, i) => startServer(a, i, 180_000)));
-    const servers: Server[] = [];
-    starts.forEach((st, i) => {
-      if (st.status === 'fulfilled') servers.push(st.value);
-      else {
-        const reason = st.reason instanceof BenchError ? st.reason.message : String(st.reason);
-        failuresSeen.push(`${ARCHS[i]!.label} did not start: ${reason.split('\n').slice(-3).join(' | ')}`);
-        console.log(`${ARCHS[i]!.label.padEnd(13)} DID NOT START — left out of every table below:\n${reason}`);
-      }
-    });
-    if (servers[0]?.spec.label !== BASELINE) fail(`the baseline (${BASELINE}) did not start`);
-    const live = servers.map((s) => s.spec);
-    for (const s of servers) {
-      await prepare(s);
-      const set = await processesOf(s);
-      if (s.spec.arch === 'mesh' && set.proxies.length === 0) fail(`${s.spec.label}: the registry lists no proxy process`);
-      if (s.spec.sets.includes('mesh.mode=node') && !(set.proxies.length === 1 && set.labels.get(set.proxies[0]!) === 'node-proxy#0')) {
-        fail(`${s.spec.label}: expected one node-proxy#0, found ${set.proxies.map((p) => set.labels.get(p)).join(', ') || 'none'}`);
+  // Started side by side (startup is not measured); only one is ever under load.
+  // One that cannot start is reported and the others measured; the bench then fails.
+  const starts = await Promise.allSettled(ARCHS.map((a, i) => startServer(a, i, 180_000)));
+  const servers: Server[] = [];
+  starts.forEach((st, i) => {
+    if (st.status === 'fulfilled') servers.push(st.value);
+    else {
+      const reason = st.reason instanceof BenchError ? st.reason.message : String(st.reason);
+      failuresSeen.push(`${ARCHS[i]!.label} did not start: ${reason.split('\n').slice(-3).join(' | ')}`);
+      console.log(`${ARCHS[i]!.label.padEnd(13)} DID NOT START — left out of every table below:\n${reason}`);
+    }
+  });
+  if (servers[0]?.spec.label !== BASELINE) fail(`the baseline (${BASELINE}) did not start`);
+  const live = servers.map((s) => s.spec);
+  for (const s of servers) {
+    await prepare(s);
+    const set = await processesOf(s);
+    if (s.spec.arch === 'mesh' && set.proxies.length === 0) fail(`${s.spec.label}: the registry lists no proxy process`);
+    if (s.spec.sets.includes('mesh.mode=node') && !(set.proxies.length === 1 && set.labels.get(set.proxies[0]!) === 'node-proxy#0')) {
+      fail(`${s.spec.label}: expected one node-proxy#0, found ${set.proxies.map((p) => set.labels.get(p)).join(', ') || 'none'}`);
+    }
+    console.log(
+      `${s.spec.label.padEnd(13)} on ${s.url}: ${set.pids.length} processes, ${set.proxies.length} prox${set.proxies.length === 1 ? 'y' : 'ies'} ` +
+        `(${set.pids.map((p) => `${set.labels.get(p)}=${p}`).join(', ')}); startup ${((Date.now() - started) / 1000).toFixed(1)} s since bench start`,
+    );
+  }
+
+  // --- fixed rate, rounds
+  const runs = new Map<string, FixedRun[]>(live.map((a) => [a.label, []]));
+  for (let round = 0; round < ROUNDS; round++) {
+    for (const s of round % 2 === 0 ? servers : [...servers].reverse()) {
+      const r = await fixedRateRun(s);
+      runs.get(s.spec.label)!.push(r);
+      const l = r.load;
+      if (l.failures > MAX_FAILURE_SHARE * l.sent) {
+        failuresSeen.push(`${s.spec.label}, round ${round + 1}: ${l.failures} of ${l.sent} requests failed, e.g.:\n  ${l.failureSamples.join('\n  ')}`);
       }
       console.log(
-        `${s.spec.label.padEnd(13)} on ${s.url}: ${set.pids.length} processes, ${set.proxies.length} prox${set.proxies.length === 1 ? 'y' : 'ies'} ` +
-          `(${set.pids.map((p) => `${set.labels.get(p)}=${p}`).join(', ')}); startup ${((Date.now() - started) / 1000).toFixed(1)} s since bench start`,
+        `  round ${round + 1}  ${s.spec.label.padEnd(13)} ${f0(l.achievedPerS).padStart(5)} req/s  p50 ${f3(r.p50)}  p90 ${f3(r.p90)}  p99 ${f3(r.p99)} ms  ` +
+          `dropped ${l.dropped}  late ${l.late}  failed ${l.failures}/${l.sent}  CPU ${f0(r.cpuMs / DURATION)} ms/s (proxies ${f0(r.proxyCpuMs / DURATION)})  ` +
+          `load generator ${f0(r.driverCpuMs / DURATION)} ms/s  load average ${load()}`,
       );
     }
-
-    // --- fixed rate, rounds
-    const runs = new Map<string, FixedRun[]>(live.map((a) => [a.label, []]));
-    for (let round = 0; round < ROUNDS; round++) {
-      for (const s of round % 2 === 0 ? servers : [...servers].reverse()) {
-        const r = await fixedRateRun(s);
-        runs.get(s.spec.label)!.push(r);
-        const l = r.load;
-        if (l.failures > MAX_FAILURE_SHARE * l.sent) {
-          failuresSeen.push(`${s.spec.label}, round ${round + 1}: ${l.failures} of ${l.sent} requests failed, e.g.:\n  ${l.failureSamples.join('\n  ')}`);
-        }
-        console.log(
-          `  round ${round + 1}  ${s.spec.label.padEnd(13)} ${f0(l.achievedPerS).padStart(5)} req/s  p50 ${f3(r.p50)}  p90 ${f3(r.p90)}  p99 ${f3(r.p99)} ms  ` +
-            `dropped ${l.dropped}  late ${l.late}  failed ${l.failures}/${l.sent}  CPU ${f0(r.cpuMs / DURATION)} ms/s (proxies ${f0(r.proxyCpuMs / DURATION)})  ` +
-            `load generator ${f0(r.driverCpuMs / DURATION)} ms/s  load average ${load()}`,
-        );
-      }
-    }
-
-    const med = (label: string, pick: (r: FixedRun) => number) => median(runs.get(label)!.map(pick));
-    const base = (pick: (r: FixedRun) => number) => med(BASELINE, pick);
-
-    const fixedRows: string[][] = [['architecture', 'req/s', 'p50 ms', 'p90 ms', 'p99 ms', 'p90 / micro', 'dropped', 'late', 'failed / sent', 'send lag p99 ms', 'p90 per round']];
-    for (const a of live) {
-      const rs = runs.get(a.label)!;
-      const sum = (pick: (l: OpenLoopResult) => number) => rs.reduce((n, r) => n + pick(r.load), 0);
-      fixedRows.push([
-        a.label, f0(med(a.label, (r) => r.load.achievedPerS)), f3(med(a.label, (r) => r.p50)), f3(med(a.label, (r) => r.p90)), f3(med(a.label, (r) => r.p99)),
-        x(med(a.label, (r) => r.p90) / base((r) => r.p90)),
-        String(sum((l) => l.dropped)), String(sum((l) => l.late)), `${sum((l) => l.failures)} / ${sum((l) => l.sent)}`,
-        f2(med(a.label, (r) => percentile(Float64Array.from(r.load.sendLags).sort(), 99))),
-        rs.map((r) => f3(r.p90)).join(' / '),
-      ]);
-    }
-    printTable(
-      `fixed rate — GET ${ROUTE} at ${RATE} req/s, median of ${ROUNDS} rounds × ${DURATION} s (latency from the scheduled send; dropped, late and failed summed over rounds)`,
-      fixedRows,
-    );
-
-    // Added latency: mesh minus microservices in the same round, median over rounds.
-    const deltaOf = (label: string, pick: (r: FixedRun) => number) =>
-      median(runs.get(label)!.map((r, i) => pick(r) - pick(runs.get(BASELINE)![i]!)));
-    const addedRows: string[][] = [['architecture', 'Δp50 ms', 'Δp90 ms', 'Δp99 ms', `target Δp90 ≤ +${TARGET_P90_MS} ms`, 'Δp90 per round']];
-    const verdicts: string[] = [];
-    for (const a of live.slice(1)) {
-      const d90 = deltaOf(a.label, (r) => r.p90);
-      const verdict = d90 <= TARGET_P90_MS ? 'meets' : 'MISSES';
-      verdicts.push(`${a.label} ${plus(d90)} ms p90 (${verdict})`);
-      addedRows.push([
-        a.label, plus(deltaOf(a.label, (r) => r.p50)), plus(d90), plus(deltaOf(a.label, (r) => r.p99)), verdict,
-        runs.get(a.label)!.map((r, i) => plus(r.p90 - runs.get(BASELINE)![i]!.p90)).join(' / '),
-      ]);
-    }
-    printTable(`latency the mesh adds over microservices at ${RATE} req/s (two proxy hops per call; same round, median over rounds)`, addedRows);
-    console.log(`anchors (two sidecar hops, their own published benchmarks, other hardware): ${ANCHORS}`);
-
-    // --- proxy cost
-    const kreq = (r: FixedRun) => r.load.completed / 1000;
-    const costRows: string[][] = [
-      ['architecture', 'proxies', 'proxy CPU ms/s', 'proxy CPU ms / 1000 req', 'proxy RSS MB', 'RSS MB per proxy', 'all CPU ms/s', 'all CPU ms / 1000 req', 'CPU / micro', 'all RSS MB', 'RSS / micro'],
-    ];
-    for (const a of live) {
-      const rs = runs.get(a.label)!;
-      const proxies = [...rs[0]!.proxyRssMbBy.keys()];
-      costRows.push([
-        a.label, String(proxies.length),
-        f1(med(a.label, (r) => r.proxyCpuMs) / DURATION), f1(med(a.label, (r) => r.proxyCpuMs / kreq(r))),
-        f1(med(a.label, (r) => r.proxyRssMb)), proxies.length ? f1(med(a.label, (r) => r.proxyRssMb) / proxies.length) : '-',
-        f1(med(a.label, (r) => r.cpuMs) / DURATION), f1(med(a.label, (r) => r.cpuMs / kreq(r))), x(med(a.label, (r) => r.cpuMs) / base((r) => r.cpuMs)),
-        f1(med(a.label, (r) => r.rssMb)), x(med(a.label, (r) => r.rssMb) / base((r) => r.rssMb)),
-      ]);
-    }
-    printTable(`cost during the fixed-rate window (CPU: utime+stime from /proc; RSS: median 500 ms sample; medians over rounds)`, costRows);
-    for (const a of live.slice(1)) {
-      const rs = runs.get(a.label)!;
-      const each = [...rs[0]!.proxyRssMbBy.keys()].map(
-        (label) => `${label} ${f1(median(rs.map((r) => r.proxyCpuMsBy.get(label)!)) / DURATION)} ms/s ${f1(median(rs.map((r) => r.proxyRssMbBy.get(label)!)))} MB`,
-      );
-      console.log(`  ${a.label.padEnd(13)} per proxy (CPU, RSS): ${each.join(', ')}`);
-    }
-    console.log(`  for scale: ${RESOURCE_ANCHOR} (each request here passes two proxies: the edge's and the warehouse's)`);
-    console.log(`  the load generator itself (this process): ${live.map((a) => `${a.label} ${f0(med(a.label, (r) => r.driverCpuMs) / DURATION)} ms/s`).join(', ')}`);
-
-    // --- serial, one request at a time: the hops' own cost, without queueing behind other requests
-    const serialRuns = new Map<string, MaxRun>();
-    for (const s of servers) {
-      const r = await closedRun(s, 1, SERIAL_DURATION);
-      serialRuns.set(s.spec.label, r);
-      if (r.failures > 0) console.log(`  ${s.spec.label}: ${r.failures} failed requests one at a time, e.g. ${r.failureSamples.join('; ')}`);
-    }
-    const serialBase = serialRuns.get(BASELINE)!;
-    const serialRows: string[][] = [['architecture', 'req/s', 'p50 ms', 'p90 ms', 'p99 ms', 'Δp50 ms', 'Δp90 ms', 'failed']];
-    for (const a of live) {
-      const r = serialRuns.get(a.label)!;
-      const isBase = a.label === BASELINE;
-      serialRows.push([a.label, f0(r.perS), f3(r.p50), f3(r.p90), f3(r.p99), isBase ? '-' : plus(r.p50 - serialBase.p50), isBase ? '-' : plus(r.p90 - serialBase.p90), String(r.failures)]);
-    }
-    printTable(`one at a time — GET ${ROUTE}, closed loop, 1 connection, ${SERIAL_DURATION} s after 1 s warm-up, one run each (no queueing: the hops' own latency)`, serialRows);
-
-    // --- max throughput
-    const maxRuns = new Map<string, MaxRun>();
-    for (const s of servers) {
-      const r = await closedRun(s, CONCURRENCY, MAX_DURATION);
-      maxRuns.set(s.spec.label, r);
-      if (r.failures > 0) console.log(`  ${s.spec.label}: ${r.failures} failed requests in the closed loop, e.g. ${r.failureSamples.join('; ')}`);
-    }
-    const maxBase = maxRuns.get(BASELINE)!;
-    const maxRows: string[][] = [['architecture', 'req/s', `/ ${BASELINE}`, 'p50 ms', 'p99 ms', 'failed']];
-    for (const a of live) {
-      const r = maxRuns.get(a.label)!;
-      maxRows.push([a.label, f0(r.perS), x(r.perS / maxBase.perS), f2(r.p50), f2(r.p99), String(r.failures)]);
-    }
-    printTable(`maximum throughput — GET ${ROUTE}, closed loop, ${CONCURRENCY} connections, ${MAX_DURATION} s after 1 s warm-up, one run each`, maxRows);
-
-    // --- checkout flow
-    const flowRuns = new Map<string, FlowRun>();
-    for (const s of servers) {
-      const tokens: string[] = [];
-      for (let i = 0; i < FLOW_USERS; i++) tokens.push(await signIn(s));
-      const r = await flowRun(s, tokens);
-      flowRuns.set(s.spec.label, r);
-      if (r.load.failures > MAX_FAILURE_SHARE * r.load.sent) {
-        failuresSeen.push(`${s.spec.label}, checkout: ${r.load.failures} of ${r.load.sent} flows failed, e.g.:\n  ${r.load.failureSamples.join('\n  ')}`);
-      }
-    }
-    const flowBase = flowRuns.get(BASELINE)!;
-    const flowRows: string[][] = [['architecture', 'flows/s', 'settle p50 ms', 'settle p90 ms', 'Δ settle p50', 'Δ settle p90', 'flow p50 ms', 'flow p90 ms', 'dropped', 'failed / sent']];
-    for (const a of live) {
-      const r = flowRuns.get(a.label)!;
-      const isBase = a.label === BASELINE;
-      flowRows.push([
-        a.label, f1(r.load.achievedPerS), f2(r.settleP50), f2(r.settleP90),
-        isBase ? '-' : plus(r.settleP50 - flowBase.settleP50), isBase ? '-' : plus(r.settleP90 - flowBase.settleP90),
-        f2(r.flowP50), f2(r.flowP90), String(r.load.dropped), `${r.load.failures} / ${r.load.sent}`,
-      ]);
-    }
-    printTable(
-      `checkout — products → settle → pay at ${FLOW_RATE} flows/s, ${FLOW_DURATION} s after 1 s warm-up, one run each ` +
-        `(settle: POST /restful/settlements, five internal calls in a row, from its own send; flow: from its scheduled start)`,
-      flowRows,
-    );
-
-    console.log(`\ntarget: the mesh adds ≤ +${TARGET_P90_MS} ms p90 at ${RATE} req/s — ${verdicts.join('; ')}. For scale: ${ANCHORS}.`);
-    console.log(
-      `notes: the load generator shares the ${availableParallelism()} cores with the servers; the deployments not under load idle meanwhile; ` +
-        `load average at the end ${load()}.`,
-    );
-    console.log(`\ntotal time ${((Date.now() - started) / 1000).toFixed(0)} s; reproduce with: ${REPRODUCE}`);
-    if (failuresSeen.length) fail(`${failuresSeen.join('\n')}\n(the bench allows at most ${MAX_FAILURE_SHARE * 100} % failed requests per fixed-rate run, and needs every architecture)`);
-  } finally {
-    await stopAll();
-    removeWorkDir();
   }
+
+  const med = (label: string, pick: (r: FixedRun) => number) => median(runs.get(label)!.map(pick));
+  const base = (pick: (r: FixedRun) => number) => med(BASELINE, pick);
+
+  const fixedRows: string[][] = [['architecture', 'req/s', 'p50 ms', 'p90 ms', 'p99 ms', 'p90 / micro', 'dropped', 'late', 'failed / sent', 'send lag p99 ms', 'p90 per round']];
+  for (const a of live) {
+    const rs = runs.get(a.label)!;
+    const sum = (pick: (l: OpenLoopResult) => number) => rs.reduce((n, r) => n + pick(r.load), 0);
+    fixedRows.push([
+      a.label, f0(med(a.label, (r) => r.load.achievedPerS)), f3(med(a.label, (r) => r.p50)), f3(med(a.label, (r) => r.p90)), f3(med(a.label, (r) => r.p99)),
+      x(med(a.label, (r) => r.p90) / base((r) => r.p90)),
+      String(sum((l) => l.dropped)), String(sum((l) => l.late)), `${sum((l) => l.failures)} / ${sum((l) => l.sent)}`,
+      f2(med(a.label, (r) => percentile(Float64Array.from(r.load.sendLags).sort(), 99))),
+      rs.map((r) => f3(r.p90)).join(' / '),
+    ]);
+  }
+  printTable(
+    `fixed rate — GET ${ROUTE} at ${RATE} req/s, median of ${ROUNDS} rounds × ${DURATION} s (latency from the scheduled send; dropped, late and failed summed over rounds)`,
+    fixedRows,
+  );
+
+  // Added latency: mesh minus microservices in the same round, median over rounds.
+  const deltaOf = (label: string, pick: (r: FixedRun) => number) =>
+    median(runs.get(label)!.map((r, i) => pick(r) - pick(runs.get(BASELINE)![i]!)));
+  const addedRows: string[][] = [['architecture', 'Δp50 ms', 'Δp90 ms', 'Δp99 ms', `target Δp90 ≤ +${TARGET_P90_MS} ms`, 'Δp90 per round']];
+  const verdicts: string[] = [];
+  for (const a of live.slice(1)) {
+    const d90 = deltaOf(a.label, (r) => r.p90);
+    const verdict = d90 <= TARGET_P90_MS ? 'meets' : 'MISSES';
+    verdicts.push(`${a.label} ${plus(d90)} ms p90 (${verdict})`);
+    addedRows.push([
+      a.label, plus(deltaOf(a.label, (r) => r.p50)), plus(d90), plus(deltaOf(a.label, (r) => r.p99)), verdict,
+      runs.get(a.label)!.map((r, i) => plus(r.p90 - runs.get(BASELINE)![i]!.p90)).join(' / '),
+    ]);
+  }
+  printTable(`latency the mesh adds over microservices at ${RATE} req/s (two proxy hops per call; same round, median over rounds)`, addedRows);
+  console.log(`anchors (two sidecar hops, their own published benchmarks, other hardware): ${ANCHORS}`);
+
+  // --- proxy cost
+  const kreq = (r: FixedRun) => r.load.completed / 1000;
+  const costRows: string[][] = [
+    ['architecture', 'proxies', 'proxy CPU ms/s', 'proxy CPU ms / 1000 req', 'proxy RSS MB', 'RSS MB per proxy', 'all CPU ms/s', 'all CPU ms / 1000 req', 'CPU / micro', 'all RSS MB', 'RSS / micro'],
+  ];
+  for (const a of live) {
+    const rs = runs.get(a.label)!;
+    const proxies = [...rs[0]!.proxyRssMbBy.keys()];
+    costRows.push([
+      a.label, String(proxies.length),
+      f1(med(a.label, (r) => r.proxyCpuMs) / DURATION), f1(med(a.label, (r) => r.proxyCpuMs / kreq(r))),
+      f1(med(a.label, (r) => r.proxyRssMb)), proxies.length ? f1(med(a.label, (r) => r.proxyRssMb) / proxies.length) : '-',
+      f1(med(a.label, (r) => r.cpuMs) / DURATION), f1(med(a.label, (r) => r.cpuMs / kreq(r))), x(med(a.label, (r) => r.cpuMs) / base((r) => r.cpuMs)),
+      f1(med(a.label, (r) => r.rssMb)), x(med(a.label, (r) => r.rssMb) / base((r) => r.rssMb)),
+    ]);
+  }
+  printTable(`cost during the fixed-rate window (CPU: utime+stime from /proc; RSS: median 500 ms sample; medians over rounds)`, costRows);
+  for (const a of live.slice(1)) {
+    const rs = runs.get(a.label)!;
+    const each = [...rs[0]!.proxyRssMbBy.keys()].map(
+      (label) => `${label} ${f1(median(rs.map((r) => r.proxyCpuMsBy.get(label)!)) / DURATION)} ms/s ${f1(median(rs.map((r) => r.proxyRssMbBy.get(label)!)))} MB`,
+    );
+    console.log(`  ${a.label.padEnd(13)} per proxy (CPU, RSS): ${each.join(', ')}`);
+  }
+  console.log(`  for scale: ${RESOURCE_ANCHOR} (each request here passes two proxies: the edge's and the warehouse's)`);
+  console.log(`  the load generator itself (this process): ${live.map((a) => `${a.label} ${f0(med(a.label, (r) => r.driverCpuMs) / DURATION)} ms/s`).join(', ')}`);
+
+  // --- serial, one request at a time: the hops' own cost, without queueing behind other requests
+  const serialRuns = new Map<string, MaxRun>();
+  for (const s of servers) {
+    const r = await closedRun(s, 1, SERIAL_DURATION);
+    serialRuns.set(s.spec.label, r);
+    if (r.failures > 0) console.log(`  ${s.spec.label}: ${r.failures} failed requests one at a time, e.g. ${r.failureSamples.join('; ')}`);
+  }
+  const serialBase = serialRuns.get(BASELINE)!;
+  const serialRows: string[][] = [['architecture', 'req/s', 'p50 ms', 'p90 ms', 'p99 ms', 'Δp50 ms', 'Δp90 ms', 'failed']];
+  for (const a of live) {
+    const r = serialRuns.get(a.label)!;
+    const isBase = a.label === BASELINE;
+    serialRows.push([a.label, f0(r.perS), f3(r.p50), f3(r.p90), f3(r.p99), isBase ? '-' : plus(r.p50 - serialBase.p50), isBase ? '-' : plus(r.p90 - serialBase.p90), String(r.failures)]);
+  }
+  printTable(`one at a time — GET ${ROUTE}, closed loop, 1 connection, ${SERIAL_DURATION} s after 1 s warm-up, one run each (no queueing: the hops' own latency)`, serialRows);
+
+  // --- max throughput
+  const maxRuns = new Map<string, MaxRun>();
+  for (const s of servers) {
+    const r = await closedRun(s, CONCURRENCY, MAX_DURATION);
+    maxRuns.set(s.spec.label, r);
+    if (r.failures > 0) console.log(`  ${s.spec.label}: ${r.failures} failed requests in the closed loop, e.g. ${r.failureSamples.join('; ')}`);
+  }
+  const maxBase = maxRuns.get(BASELINE)!;
+  const maxRows: string[][] = [['architecture', 'req/s', `/ ${BASELINE}`, 'p50 ms', 'p99 ms', 'failed']];
+  for (const a of live) {
+    const r = maxRuns.get(a.label)!;
+    maxRows.push([a.label, f0(r.perS), x(r.perS / maxBase.perS), f2(r.p50), f2(r.p99), String(r.failures)]);
+  }
+  printTable(`maximum throughput — GET ${ROUTE}, closed loop, ${CONCURRENCY} connections, ${MAX_DURATION} s after 1 s warm-up, one run each`, maxRows);
+
+  // --- checkout flow
+  const flowRuns = new Map<string, FlowRun>();
+  for (const s of servers) {
+    const tokens: string[] = [];
+    for (let i = 0; i < FLOW_USERS; i++) tokens.push(await signIn(s));
+    const r = await flowRun(s, tokens);
+    flowRuns.set(s.spec.label, r);
+    if (r.load.failures > MAX_FAILURE_SHARE * r.load.sent) {
+      failuresSeen.push(`${s.spec.label}, checkout: ${r.load.failures} of ${r.load.sent} flows failed, e.g.:\n  ${r.load.failureSamples.join('\n  ')}`);
+    }
+  }
+  const flowBase = flowRuns.get(BASELINE)!;
+  const flowRows: string[][] = [['architecture', 'flows/s', 'settle p50 ms', 'settle p90 ms', 'Δ settle p50', 'Δ settle p90', 'flow p50 ms', 'flow p90 ms', 'dropped', 'failed / sent']];
+  for (const a of live) {
+    const r = flowRuns.get(a.label)!;
+    const isBase = a.label === BASELINE;
+    flowRows.push([
+      a.label, f1(r.load.achievedPerS), f2(r.settleP50), f2(r.settleP90),
+      isBase ? '-' : plus(r.settleP50 - flowBase.settleP50), isBase ? '-' : plus(r.settleP90 - flowBase.settleP90),
+      f2(r.flowP50), f2(r.flowP90), String(r.load.dropped), `${r.load.failures} / ${r.load.sent}`,
+    ]);
+  }
+  printTable(
+    `checkout — products → settle → pay at ${FLOW_RATE} flows/s, ${FLOW_DURATION} s after 1 s warm-up, one run each ` +
+      `(settle: POST /restful/settlements, five internal calls in a row, from its own send; flow: from its scheduled start)`,
+    flowRows,
+  );
+
+  console.log(`\ntarget: the mesh adds ≤ +${TARGET_P90_MS} ms p90 at ${RATE} req/s — ${verdicts.join('; ')}. For scale: ${ANCHORS}.`);
+  console.log(
+    `notes: the load generator shares the ${availableParallelism()} cores with the servers; the deployments not under load idle meanwhile; ` +
+      `load average at the end ${load()}.`,
+  );
+  console.log(`\ntotal time ${((Date.now() - started) / 1000).toFixed(0)} s; reproduce with: ${REPRODUCE}`);
+  if (failuresSeen.length) fail(`${failuresSeen.join('\n')}\n(the bench allows at most ${MAX_FAILURE_SHARE * 100} % failed requests per fixed-rate run, and needs every architecture)`);
 }
 
-try {
-  await main();
-} catch (err) {
-  console.error(`\nbench:mesh FAILED: ${err instanceof BenchError ? err.message : ((err as Error)?.stack ?? String(err))}`);
-  await stopAll();
-  removeWorkDir();
-  process.exitCode = 1;
-}
+await runBench(deployments, 'bench:mesh', main);
