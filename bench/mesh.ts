@@ -90,7 +90,7 @@ const FLOW_USERS = 4;
 const ROUTE = '/restful/products/1';
 
 // ---------------------------------------------------------------------------------------------
-// The three deployments, as child processes (the approach of bench/architectures.ts).
+// The three deployments, as child processes (started and cleaned up by support/deployments.ts).
 
 interface ArchSpec {
   label: string;
