@@ -244,15 +244,15 @@ export class Autoscaler {
     }
 
     let desired = stableLimited;
+    let unlimited = stableWant;
     const panicking = this.panicStartedAt !== undefined;
     if (panicking) {
       desired = Math.max(stableLimited, panicLimited, this.maxPanicDesired);
+      unlimited = Math.max(stableWant, panicWant, this.maxPanicDesired);
       this.maxPanicDesired = desired;
       parts[1] += ` (panicking for ${seconds(now - (this.panicStartedAt ?? now))}, holding ${desired})`;
     }
-    if (stableLimited !== stableWant || (panicking && panicLimited !== panicWant)) {
-      parts.push(`rate limits with ${ready} ready [${maxDown}, ${maxUp}] → ${desired}`);
-    }
+    if (desired !== unlimited) parts.push(`rate limits with ${ready} ready [${maxDown}, ${maxUp}] → ${desired}`);
 
     if (desired > s.maxInstances) {
       desired = s.maxInstances;
