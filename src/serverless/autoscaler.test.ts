@@ -109,6 +109,14 @@ describe('window averages', () => {
     expect(a.decide(92_900, 4).panicConcurrency).toBeCloseTo(36 / 6, 10);
   });
 
+  test('a malformed sample is refused and leaves no trace', () => {
+    const a = new Autoscaler(settings());
+    expect(() => a.record(0, -1)).toThrow(RangeError);
+    expect(() => a.record(Number.NaN, 3)).toThrow(/finite time and a count >= 0/);
+    expect(() => a.record(0, Number.POSITIVE_INFINITY)).toThrow(RangeError);
+    expect(a.decide(0, 0).reason).toBe('no samples yet → min 0');
+  });
+
   test('zeros recorded before any demand are no history: the decision is the floor, as with no samples', () => {
     const a = new Autoscaler(settings({ minInstances: 2 }));
     expect(a.decide(0, 0)).toMatchObject({ desired: 2, panic: false, stableConcurrency: 0 });
@@ -286,10 +294,13 @@ describe('scale to zero', () => {
     expect(a.decide(31_000, 0).desired).toBe(0);
   });
 
-  test('demand in the panic window alone keeps one instance even without a recorded request', () => {
+  test('the smallest demand keeps one instance, with no request recorded and no grace', () => {
     const a = new Autoscaler(settings({ targetConcurrency: 100, scaleToZeroGraceMs: 0 }));
     a.record(0, 0.5);
     expect(a.decide(0, 1).desired).toBe(1);
+    // Second 0 leaves the stable window at 60 s.
+    expect(a.decide(59_000, 1).desired).toBe(1);
+    expect(a.decide(60_000, 1).desired).toBe(0);
   });
 });
 

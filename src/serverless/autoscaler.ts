@@ -181,7 +181,7 @@ export class Autoscaler {
   /** Concurrency observed now (calls in flight across all instances, including calls held at the activator while none runs). */
   record(now: number, concurrency: number): void {
     if (!Number.isFinite(now) || !Number.isFinite(concurrency) || concurrency < 0) {
-      throw new ConfigError(`A concurrency sample needs a finite time and a count >= 0, got ${concurrency} at ${now}`);
+      throw new RangeError(`A concurrency sample needs a finite time and a count >= 0, got ${concurrency} at ${now}`);
     }
     const second = Math.floor(now / BUCKET_MS);
     if (this.firstSecond === undefined) {
@@ -263,11 +263,12 @@ export class Autoscaler {
       parts.push(`raised to min ${desired}`);
     }
 
+    // Any demand in the stable window rounds up to at least one instance above, so only an idle
+    // window reaches 0 here; the grace still holds one for a request that arrived lately.
     if (desired === 0) {
-      const demand = stable > 0 || panicAvg > 0;
-      if (demand || inGrace) {
+      if (inGrace) {
         desired = 1;
-        parts.push(demand ? 'demand present → 1' : `${graceNote()} → 1`);
+        parts.push(`${graceNote()} → 1`);
       } else {
         // Idle for a full stable window and past the grace: the next demand starts a fresh history.
         this.buckets.clear();
