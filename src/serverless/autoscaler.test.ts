@@ -300,7 +300,9 @@ describe('scale to zero', () => {
     expect(a.decide(0, 1).desired).toBe(1);
     // Second 0 leaves the stable window at 60 s.
     expect(a.decide(59_000, 1).desired).toBe(1);
-    expect(a.decide(60_000, 1).desired).toBe(0);
+    const idle = a.decide(60_000, 1);
+    expect(idle.desired).toBe(0);
+    expect(idle.reason).toMatch(/idle, no request recorded → 0$/);
   });
 });
 

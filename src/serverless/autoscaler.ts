@@ -208,7 +208,8 @@ export class Autoscaler {
     const s = this.settings;
     const ready = Math.max(0, Math.floor(readyInstances));
     const inGrace = this.lastRequestAt !== undefined && now - this.lastRequestAt < s.scaleToZeroGraceMs;
-    const graceNote = (): string => `last request ${seconds(now - (this.lastRequestAt ?? now))} ago, grace ${seconds(s.scaleToZeroGraceMs)}`;
+    const graceNote = (): string =>
+      this.lastRequestAt === undefined ? 'no request recorded' : `last request ${seconds(now - this.lastRequestAt)} ago, grace ${seconds(s.scaleToZeroGraceMs)}`;
 
     if (this.firstSecond === undefined) {
       // Nothing measured: the floor, or one instance for a request that is waiting for it.
