@@ -204,8 +204,8 @@ describe('panic mode', () => {
     expect(d.get(60)?.reason).toBe('stable avg 2.1 / target 1 → 3; panic avg 3.3 → 4 (panicking for 0.0 s, holding 4)');
     // The condition no longer holds against the grown count (5 < 2 × 4, ...), yet panic goes on, following the panic window.
     expect([61, 62, 63, 64, 65].map((s) => d.get(s)?.desired)).toEqual([5, 6, 8, 9, 10]);
-    // The load fell to 1 at 70 s and the panic average with it: no scale-down while panicking.
     for (let s = 61; s < 66; s++) expect(d.get(s)?.panic).toBe(true);
+    // The load fell to 1 at 70 s and the panic average with it: no scale-down while panicking.
     for (let s = 66; s < 120; s++) expect(d.get(s)).toMatchObject({ desired: 10, panic: true });
     expect(d.get(100)?.panicConcurrency).toBe(1);
     // The condition last held at 60.9 s: panic ends at 120.9 s, and the stable count takes over within the down rate.
@@ -223,7 +223,8 @@ describe('panic mode', () => {
       a.record(t, t < 30_000 ? 10 : 1);
       if (t % 1000 === 900) panicBySecond.push(a.decide(t, 2).panic);
     }
-    // Panic average at second 33: (2 × 10 + 4 × 1) / 6 → 4 = 2 × 2, the last time; at 34 it asks for 3.
+    // Second 33: the panic average (2 × 10 + 4 × 1) / 6 asks for 4 = 2 × 2 ready, the last time; second 34 asks for 3.
+    // Panic therefore ends at second 93.
     expect(panicBySecond.indexOf(false)).toBe(93);
     expect(panicBySecond.slice(0, 93).every(Boolean)).toBe(true);
     expect(panicBySecond.slice(93).some(Boolean)).toBe(false);
