@@ -104,7 +104,7 @@ describe('window averages', () => {
     // Seconds 30..59 at 4 and 60..89 at 0.
     expect(d.stableConcurrency).toBeCloseTo(2, 10);
     expect(d.panicConcurrency).toBe(0);
-    // Seconds 84..89 hold 0; 85..90 at 90.5 s, with 90 unsampled.
+    // At 92.9 s the panic window is seconds 87..92: three at 0, three at 12.
     feed(a, 90_000, 93_000, 12);
     expect(a.decide(92_900, 4).panicConcurrency).toBeCloseTo(36 / 6, 10);
   });
