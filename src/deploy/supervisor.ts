@@ -1,4 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 
 /** One process the supervisor keeps running. */
@@ -20,6 +22,13 @@ export interface ProcessSpec {
    * a database it cannot reach): restarting would only fail again, so it is not restarted.
    */
   readonly fatalExitCode?: number;
+  /**
+   * The resident memory (MB) it may use. Over it, it is killed with SIGKILL (its whole process
+   * group) and reported, and then takes the ordinary crash path: restarted after the backoff.
+   * Only its own RSS is measured, not that of processes it starts. Limiting the V8 heap
+   * (`--max-old-space-size`) is the caller's business, in `args`.
+   */
+  readonly memoryLimitMb?: number;
 }
 
 export type ProcessState = 'starting' | 'running' | 'backoff' | 'stopping' | 'stopped' | 'failed';
@@ -31,9 +40,25 @@ export interface ProcessStatus {
   readonly state: ProcessState;
   readonly restarts: number;
   readonly startedAt: number | undefined;
-  readonly lastExit: { code: number | null; signal: NodeJS.Signals | null; at: number } | undefined;
+  readonly lastExit: ExitRecord | undefined;
   /** Its last lines of output, newest last: why it failed, when it did. */
   readonly lastLines: readonly string[];
+  /**
+   * Its resident memory (MB, rounded up) when last sampled; only processes with a `memoryLimitMb` are
+   * sampled (to keep the sampling cheap), and only while they run.
+   */
+  readonly rssMb?: number;
+}
+
+/** How a process's last incarnation ended. */
+export interface ExitRecord {
+  readonly code: number | null;
+  readonly signal: NodeJS.Signals | null;
+  readonly at: number;
+  /** Set when the supervisor killed it for using more resident memory than its limit. */
+  readonly reason?: 'memory';
+  /** Its resident memory (MB) when it was killed for it. */
+  readonly memoryMb?: number;
 }
 
 export interface SupervisorOptions {
@@ -52,6 +77,8 @@ export interface SupervisorOptions {
   onChange?: (status: ProcessStatus) => void;
   /** A message a process sent over its IPC channel (acknowledgements, reports). */
   onMessage?: (name: string, replica: number, message: unknown) => void;
+  /** How often the resident memory of processes with a `memoryLimitMb` is sampled (default 500). */
+  memoryCheckMs?: number;
 }
 
 class Managed {
@@ -64,6 +91,9 @@ class Managed {
   timer: NodeJS.Timeout | undefined;
   exited: Promise<void> = Promise.resolve();
   readonly lastLines: string[] = [];
+  rssMb: number | undefined;
+  /** Set when it was killed for its memory, until its exit is recorded. */
+  memoryKill: { memoryMb: number } | undefined;
   constructor(
     readonly spec: ProcessSpec,
     initialBackoff: number,
@@ -83,6 +113,7 @@ class Managed {
       startedAt: this.startedAt,
       lastExit: this.lastExit,
       lastLines: [...this.lastLines],
+      ...(this.rssMb !== undefined && { rssMb: this.rssMb }),
     };
   }
 }
@@ -91,6 +122,12 @@ class Managed {
  * Keeps a set of processes running: restarts a crashed one with exponential backoff, prefixes
  * each output line with its name and replica, and stops everything gracefully (SIGTERM, then
  * SIGKILL after a timeout). It knows nothing of services: it runs commands.
+ *
+ * A process given a `memoryLimitMb` has its resident memory (VmRSS in `/proc/<pid>/status`)
+ * sampled every `memoryCheckMs` by one timer shared by all of them, which runs only while some
+ * process has a limit. One over its limit is killed with SIGKILL, alone (others are untouched),
+ * reported by a line and by `lastExit.reason: 'memory'`, and restarted like any crash, after
+ * the backoff. Where there is no `/proc`, limits are not enforced, which is said once.
  */
 export class Supervisor {
   private readonly procs = new Map<string, Managed>();
@@ -100,6 +137,11 @@ export class Supervisor {
   private readonly maxBackoff: number;
   private readonly stableAfter: number;
   private readonly stopTimeout: number;
+  private readonly memoryCheck: number;
+  private memoryTimer: NodeJS.Timeout | undefined;
+  private sampling = false;
+  /** Undefined until the first process with a limit asks: whether `/proc` can be read here. */
+  private canSampleMemory: boolean | undefined;
 
   constructor(private readonly options: SupervisorOptions = {}) {
     this.write = options.write ?? ((line) => process.stdout.write(line + '\n'));
@@ -108,6 +150,7 @@ export class Supervisor {
     this.maxBackoff = options.maxBackoffMs ?? 10_000;
     this.stableAfter = options.stableAfterMs ?? 10_000;
     this.stopTimeout = options.stopTimeoutMs ?? 15_000;
+    this.memoryCheck = options.memoryCheckMs ?? 500;
   }
 
   static key(name: string, replica: number): string {
@@ -121,6 +164,7 @@ export class Supervisor {
     const m = new Managed(spec, this.initialBackoff);
     this.procs.set(key, m);
     this.launch(m);
+    this.watchMemory();
   }
 
   status(): ProcessStatus[] {
@@ -142,12 +186,73 @@ export class Supervisor {
     if (!m) return;
     await this.terminate(m);
     this.procs.delete(key);
+    this.watchMemory();
   }
 
   /** Stops every process (concurrently) and waits for all of them. */
   async stopAll(): Promise<void> {
     await Promise.all([...this.procs.values()].map((m) => this.terminate(m)));
     this.procs.clear();
+    this.watchMemory();
+  }
+
+  /** Runs the memory sampling timer exactly while some supervised process has a limit. */
+  private watchMemory(): void {
+    const needed = [...this.procs.values()].some((m) => m.spec.memoryLimitMb !== undefined);
+    if (!needed) {
+      clearInterval(this.memoryTimer);
+      this.memoryTimer = undefined;
+      return;
+    }
+    if (this.memoryTimer) return;
+    if (this.canSampleMemory === undefined) {
+      this.canSampleMemory = existsSync('/proc/self/status');
+      if (!this.canSampleMemory) this.write('[supervisor] memory limits are not enforced: this system has no /proc to read resident memory from');
+    }
+    if (!this.canSampleMemory) return;
+    this.memoryTimer = setInterval(() => void this.sampleMemory(), this.memoryCheck);
+    // The sampling alone must not keep the supervising process alive.
+    this.memoryTimer.unref();
+  }
+
+  private async sampleMemory(): Promise<void> {
+    // A slow round (a busy machine) is not overlapped by the next one.
+    if (this.sampling) return;
+    this.sampling = true;
+    try {
+      const limited = [...this.procs.values()].filter((m) => m.spec.memoryLimitMb !== undefined && m.child?.pid !== undefined);
+      await Promise.all(limited.map((m) => this.checkMemory(m)));
+    } finally {
+      this.sampling = false;
+    }
+  }
+
+  private async checkMemory(m: Managed): Promise<void> {
+    const child = m.child;
+    const pid = child?.pid;
+    const limit = m.spec.memoryLimitMb;
+    if (!child || pid === undefined || limit === undefined || m.memoryKill) return;
+    let status: string;
+    try {
+      status = await readFile(`/proc/${pid}/status`, 'utf8');
+    } catch {
+      return; // it exited meanwhile; its exit is handled by 'close'
+    }
+    // A zombie has no VmRSS line; an incarnation replaced while reading is not this one.
+    const kb = /^VmRSS:\s+(\d+)\s+kB/m.exec(status)?.[1];
+    if (kb === undefined || m.child !== child || m.memoryKill) return;
+    // Rounded up, so a reported figure over the limit is never shown as equal to it.
+    const rssMb = Math.ceil(Number(kb) / 1024);
+    m.rssMb = rssMb;
+    if (Number(kb) <= limit * 1024) return;
+    m.memoryKill = { memoryMb: rssMb };
+    this.write(`[${m.label}] killed: resident memory ${rssMb} MB over its limit of ${limit} MB`);
+    try {
+      // Its own process group (it was spawned detached), so what it started dies with it.
+      process.kill(-pid, 'SIGKILL');
+    } catch {
+      child.kill('SIGKILL');
+    }
   }
 
   private launch(m: Managed): void {
@@ -176,7 +281,10 @@ export class Supervisor {
     m.exited = new Promise((resolve) => {
       // 'close', not 'exit': by then the last lines it wrote (why it stopped) have been read.
       child.once('close', (code, signal) => {
-        m.lastExit = { code, signal, at: Date.now() };
+        const killed = m.memoryKill;
+        m.lastExit = { code, signal, at: Date.now(), ...(killed && { reason: 'memory' as const, memoryMb: killed.memoryMb }) };
+        m.memoryKill = undefined;
+        m.rssMb = undefined;
         m.child = undefined;
         resolve();
         this.exited(m, code, signal);
