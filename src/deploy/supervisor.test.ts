@@ -70,4 +70,47 @@ describe('Supervisor', () => {
     expect(Date.now() - started).toBeGreaterThanOrEqual(180);
     expect(sup.status()).toEqual([]);
   });
+
+  // Grows to about 150 MB of filled (so resident) buffers in well under a second, then holds it.
+  const hog = "const held = []; const grow = setInterval(() => { held.push(Buffer.alloc(1 << 20, 1)); if (held.length >= 150) clearInterval(grow); }, 2); setInterval(() => {}, 1000)";
+  const idle = 'setInterval(() => {}, 1000)';
+
+  it('kills a process over its memory limit, reports why, restarts it, and leaves its sibling alone', async () => {
+    const lines: string[] = [];
+    const changes: ProcessStatus[] = [];
+    const sup = new Supervisor({ write: (l) => lines.push(l), onChange: (s) => changes.push(s), initialBackoffMs: 50, memoryCheckMs: 50 });
+    sup.start({ name: 'sibling', replica: 0, command: node, args: ['-e', idle] });
+    await until(() => sup.status()[0]!.state === 'running');
+    const siblingPid = sup.status()[0]!.pid;
+    sup.start({ name: 'hog', replica: 0, command: node, args: ['-e', hog], memoryLimitMb: 64 });
+    const hogStatus = () => sup.status().find((s) => s.name === 'hog')!;
+    await until(() => hogStatus().restarts >= 1 && hogStatus().state === 'running', 15_000);
+
+    const killLine = lines.find((l) => l.startsWith('[hog#0] killed:'));
+    expect(killLine).toMatch(/^\[hog#0\] killed: resident memory \d+ MB over its limit of 64 MB$/);
+    const reported = Number(/memory (\d+) MB/.exec(killLine!)![1]);
+    expect(reported).toBeGreaterThan(64);
+    const crash = changes.find((s) => s.name === 'hog' && s.state === 'backoff');
+    expect(crash?.lastExit).toMatchObject({ signal: 'SIGKILL', reason: 'memory', memoryMb: reported });
+    expect(lines).toContain('[hog#0] exited (SIGKILL); restarting in 50 ms (restart 1)');
+
+    const sibling = sup.status().find((s) => s.name === 'sibling')!;
+    expect(sibling).toMatchObject({ state: 'running', pid: siblingPid, restarts: 0 });
+    expect(sibling.rssMb).toBeUndefined();
+    await sup.stopAll();
+  }, 20_000);
+
+  it('never kills a process that stays under its limit, and shows its sampled memory', async () => {
+    const lines: string[] = [];
+    const sup = new Supervisor({ write: (l) => lines.push(l), memoryCheckMs: 50 });
+    sup.start({ name: 'modest', replica: 0, command: node, args: ['-e', hog], memoryLimitMb: 1024 });
+    await until(() => sup.status()[0]!.state === 'running');
+    const pid = sup.status()[0]!.pid;
+    // Sampled past the hog's full growth (over 150 MB), many rounds later still the same process.
+    await until(() => (sup.status()[0]!.rssMb ?? 0) > 150, 10_000);
+    await new Promise((r) => setTimeout(r, 500));
+    expect(sup.status()[0]).toMatchObject({ state: 'running', pid, restarts: 0, lastExit: undefined });
+    expect(lines.filter((l) => l.includes('killed'))).toEqual([]);
+    await sup.stopAll();
+  }, 15_000);
 });
