@@ -1,3 +1,4 @@
+import { existsSync, readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { Supervisor, type ProcessStatus } from './supervisor.js';
 
@@ -113,4 +114,19 @@ describe('Supervisor', () => {
     expect(lines.filter((l) => l.includes('killed'))).toEqual([]);
     await sup.stopAll();
   }, 15_000);
+
+  it('kills what a process over its memory limit started along with it', async () => {
+    const lines: string[] = [];
+    const sup = new Supervisor({ write: (l) => lines.push(l), initialBackoffMs: 60_000, memoryCheckMs: 50 });
+    const parent = `const g = require('node:child_process').spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore' }); console.log('grandchild ' + g.pid); ${hog}`;
+    sup.start({ name: 'parent', replica: 0, command: node, args: ['-e', parent], memoryLimitMb: 64 });
+    await until(() => lines.some((l) => l.startsWith('[parent#0] grandchild ')));
+    const grandchild = Number(lines.find((l) => l.startsWith('[parent#0] grandchild '))!.split(' ').at(-1));
+    // A zombie awaiting its reaper counts as gone.
+    const alive = (pid: number) => existsSync(`/proc/${pid}/status`) && !/^State:\s+Z/m.test(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    expect(alive(grandchild)).toBe(true);
+    await until(() => sup.status()[0]!.lastExit?.reason === 'memory', 15_000);
+    await until(() => !alive(grandchild));
+    await sup.stopAll();
+  }, 20_000);
 });
