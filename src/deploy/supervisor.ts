@@ -44,8 +44,8 @@ export interface ProcessStatus {
   /** Its last lines of output, newest last: why it failed, when it did. */
   readonly lastLines: readonly string[];
   /**
-   * Its resident memory (MB, rounded up) when last sampled; only processes with a `memoryLimitMb` are
-   * sampled (to keep the sampling cheap), and only while they run.
+   * Its resident memory (MB, rounded up) when last sampled. Only processes with a
+   * `memoryLimitMb` are sampled (to keep the sampling cheap), and only while they run.
    */
   readonly rssMb?: number;
 }
