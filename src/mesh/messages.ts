@@ -11,7 +11,7 @@
  *                           status     where it listens, which certificate each identity holds
  */
 import type { CredentialBundle } from '../auth/credentials.js';
-import type { IssuedCertificate } from './ca.js';
+import type { IssuedCertificate } from './identity.js';
 import type { AppShape } from './policy.js';
 import type { ProxiedInstance } from './sidecar.js';
 

@@ -39,7 +39,7 @@ import { decodePayload, forwardFrame, swapId, toSerializedError, type AnswerHead
 import { Forwarder, type ForwarderStats } from '../rpc/forwarder.js';
 import { RpcListener, type InboundConnection, type ListenerStats } from '../rpc/listener.js';
 import { Exchange, Upstreams } from '../rpc/upstream.js';
-import { clientTlsOptions, parseSpiffeId, peerIds, serverTlsOptions, spiffeId, type IssuedCertificate } from './ca.js';
+import { clientTlsOptions, parseSpiffeId, peerIds, serverTlsOptions, spiffeId, type IssuedCertificate } from './identity.js';
 import { OutlierDetector } from './outlier.js';
 import { RetryBudget } from '../resilience/retry-budget.js';
 import { pickDestination, type DestinationPolicy, type MeshPolicy, type RouteDecision } from './policy.js';
