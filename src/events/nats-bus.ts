@@ -550,7 +550,7 @@ async function ensureStream(jsm: JetStreamManager, s: Settings): Promise<void> {
 }
 
 /** A durable consumer name: readable, within NATS's character set, unique per (group, topic, partition). */
-function durableName(group: string, topic: string, partition: number): string {
+export function durableName(group: string, topic: string, partition: number): string {
   const safe = (s: string) => s.replace(/[^A-Za-z0-9_-]/g, '_').slice(0, 60);
   return `${safe(group)}-${safe(topic)}-${stableHash(`${group}\0${topic}`).toString(36)}-p${partition}`;
 }
