@@ -1,17 +1,44 @@
+import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
+import { jetstreamManager } from '@nats-io/jetstream';
+import { connect } from '@nats-io/transport-node';
 import { afterEach, describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { eventually, Kit } from '../../test/fixtures/unit-kit.js';
 import { defineContract } from '../contract/define.js';
 import { eventBacklog, type BacklogSource } from '../deploy/event-backlog.js';
+import { NatsEventBus } from '../events/nats-bus.js';
 import { sqlOutbox } from '../events/outbox.js';
 import { SqliteEventBus } from '../events/sqlite-bus.js';
 import type { OutboxStore } from '../kernel/plugins.js';
 import { implement } from '../kernel/service.js';
 import { nextWakeups } from './wakeups.js';
 
+const NATS = process.env.NATS_URL ?? '127.0.0.1:4222';
+
+async function natsMissing(): Promise<string | undefined> {
+  try {
+    const nc = await connect({ servers: NATS, timeout: 2_000, maxReconnectAttempts: 0 });
+    await (await jetstreamManager(nc)).getAccountInfo();
+    await nc.close();
+    return undefined;
+  } catch (err) {
+    return `no JetStream server at ${NATS}: ${(err as Error).message}`;
+  }
+}
+const natsSkip = await natsMissing();
+if (natsSkip) console.warn(`[wakeups] skipping the NATS case: ${natsSkip}`);
+
 const kit = new Kit();
-afterEach(() => kit.cleanup());
+const streams: string[] = [];
+afterEach(async () => {
+  await kit.cleanup();
+  for (const stream of streams.splice(0)) {
+    const nc = await connect({ servers: NATS });
+    await (await jetstreamManager(nc)).streams.delete(stream).catch(() => undefined);
+    await nc.close();
+  }
+});
 
 const clock = defineContract({
   name: 'clock',
@@ -101,6 +128,27 @@ describe('nextWakeups', () => {
     await eventually(() => expect(mailed.sort()).toEqual(['b1', 'b2']), 10_000, 20);
     await eventually(async () => expect(await nextWakeups(source(data, ['clock', 'mailer']))).toEqual([]), 10_000, 20);
     await woken.stop();
+  });
+
+  it.skipIf(natsSkip !== undefined)('wakes a subscriber at zero for the events its consumers hold on NATS JetStream, and no one else', async () => {
+    const data = kit.tmp('wake');
+    const stream = `EVOLITH_WAKE_${randomUUID().replace(/-/g, '').slice(0, 10)}`;
+    streams.push(stream);
+    const natsBus = () => NatsEventBus.connect({ servers: NATS, stream, prefix: stream.toLowerCase(), partitions: 2 });
+    // A group whose name is a prefix of mailer's own must not take its events.
+    const mail = defineContract({ name: 'mail', version: '1', methods: {} });
+    const mailService = implement(mail, { handlers: {} }).on(clock.events.announced, async () => {});
+    const first = await kit.start([clockService, mailerService, mailService], { dir: data, bus: await natsBus() });
+    await first.stop();
+    const rt = await kit.start([clockService, mailService], { dir: data, bus: await natsBus() });
+    for (const id of ['n1', 'n2', 'n3']) await rt.client(clock).announce({ id });
+    const nats: BacklogSource = { data, storage: 'sqlite', events: { driver: 'nats', url: `nats://${NATS}`, stream }, services: ['clock', 'mail', 'mailer'] };
+    // Sent by clock and handled by mail: only mailer's consumers hold them.
+    await eventually(async () => expect(await eventBacklog(nats)).toEqual({ unsent: { clock: 0, mail: 0, mailer: 0 }, unhandled: 3 }), 10_000, 50);
+    await rt.stop();
+
+    const now = Date.now();
+    expect(await nextWakeups(nats, now)).toEqual([{ service: 'mailer', at: now, why: 'event', count: 3 }]);
   });
 
   it('names no one when nothing was ever stored', async () => {
