@@ -13,20 +13,11 @@ import { SqliteEventBus } from '../events/sqlite-bus.js';
 import type { OutboxStore } from '../kernel/plugins.js';
 import { implement } from '../kernel/service.js';
 import { nextWakeups } from './wakeups.js';
+import { SHARED_NATS, sharedNatsUnreachable } from '../../test/support/nats-server.js';
 
-const NATS = process.env.NATS_URL ?? '127.0.0.1:4222';
+const NATS = SHARED_NATS;
 
-async function natsMissing(): Promise<string | undefined> {
-  try {
-    const nc = await connect({ servers: NATS, timeout: 2_000, maxReconnectAttempts: 0 });
-    await (await jetstreamManager(nc)).getAccountInfo();
-    await nc.close();
-    return undefined;
-  } catch (err) {
-    return `no JetStream server at ${NATS}: ${(err as Error).message}`;
-  }
-}
-const natsSkip = await natsMissing();
+const natsSkip = await sharedNatsUnreachable();
 if (natsSkip) console.warn(`[wakeups] skipping the NATS case: ${natsSkip}`);
 
 const kit = new Kit();
