@@ -29,9 +29,15 @@ export interface ProcessSpec {
    * (`--max-old-space-size`) is the caller's business, in `args`.
    */
   readonly memoryLimitMb?: number;
+  /**
+   * Restart it when it exits by itself (default true). A process started for one purpose that
+   * its owner replaces as it sees fit (a serverless instance) says false: it is then reported
+   * `exited` with its last exit, and stays listed until `stop` forgets it.
+   */
+  readonly restart?: boolean;
 }
 
-export type ProcessState = 'starting' | 'running' | 'backoff' | 'stopping' | 'stopped' | 'failed';
+export type ProcessState = 'starting' | 'running' | 'backoff' | 'stopping' | 'stopped' | 'failed' | 'exited';
 
 export interface ProcessStatus {
   readonly name: string;
@@ -82,6 +88,7 @@ export interface SupervisorOptions {
 }
 
 class Managed {
+  spec: ProcessSpec;
   child: ChildProcess | undefined;
   state: ProcessState = 'starting';
   restarts = 0;
@@ -94,10 +101,8 @@ class Managed {
   rssMb: number | undefined;
   /** Set when it was killed for its memory, until its exit is recorded. */
   memoryKill: { memoryMb: number } | undefined;
-  constructor(
-    readonly spec: ProcessSpec,
-    initialBackoff: number,
-  ) {
+  constructor(spec: ProcessSpec, initialBackoff: number) {
+    this.spec = spec;
     this.backoff = initialBackoff;
   }
   get label(): string {
@@ -177,6 +182,23 @@ export class Supervisor {
     if (!child?.connected) return false;
     child.send(message as never, (err) => err && this.write(`[${name}#${replica}] could not be sent a message: ${err.message}`));
     return true;
+  }
+
+  /**
+   * Gives a running process another name, replica and memory limit: a generic process (a pool's
+   * runtime) taking on a role. Its output, messages and status carry the new label from now on.
+   */
+  reassign(from: { name: string; replica: number }, to: { name: string; replica: number; memoryLimitMb?: number }): void {
+    const key = Supervisor.key(from.name, from.replica);
+    const m = this.procs.get(key);
+    if (!m) throw new Error(`${key} is not supervised`);
+    const target = Supervisor.key(to.name, to.replica);
+    if (this.procs.has(target)) throw new Error(`${target} is already supervised`);
+    this.procs.delete(key);
+    m.spec = { ...m.spec, name: to.name, replica: to.replica, ...(to.memoryLimitMb !== undefined && { memoryLimitMb: to.memoryLimitMb }) };
+    this.procs.set(target, m);
+    this.watchMemory();
+    this.options.onChange?.(m.status());
   }
 
   /** Stops one process gracefully and forgets it. */
@@ -269,13 +291,14 @@ export class Supervisor {
     });
     m.child = child;
     m.startedAt = Date.now();
-    if (this.options.onMessage) child.on('message', (message) => this.options.onMessage!(spec.name, spec.replica, message));
+    // The name is read at each message and line: a process may be reassigned while it runs.
+    if (this.options.onMessage) child.on('message', (message) => this.options.onMessage!(m.spec.name, m.spec.replica, message));
     const prefix = `[${m.label}] `;
     for (const stream of [child.stdout!, child.stderr!]) {
       createInterface({ input: stream, crlfDelay: Infinity }).on('line', (line) => {
         m.lastLines.push(line);
         if (m.lastLines.length > 10) m.lastLines.shift();
-        this.write(prefix + this.formatLine(line));
+        this.write(`[${m.label}] ` + this.formatLine(line));
       });
     }
     m.exited = new Promise((resolve) => {
@@ -309,6 +332,12 @@ export class Supervisor {
     if (m.spec.fatalExitCode !== undefined && code === m.spec.fatalExitCode) {
       m.state = 'failed';
       this.write(`[${m.label}] cannot start (exit code ${code}); not restarted`);
+      this.options.onChange?.(m.status());
+      return;
+    }
+    if (m.spec.restart === false) {
+      m.state = 'exited';
+      this.write(`[${m.label}] exited (${signal ?? `code ${code}`})${m.lastExit?.reason === 'memory' ? ' after using more memory than its limit' : ''}`);
       this.options.onChange?.(m.status());
       return;
     }
