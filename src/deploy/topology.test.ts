@@ -44,7 +44,22 @@ describe('loadTopology', () => {
       events: 'sqlite',
       affinity: {},
       mesh: { mode: 'sidecar', policy: 'mesh.yaml', certificateTtlMs: 3_600_000, versions: {} },
+      serverless: { pool: 2, initialInstances: 1, wakeupPollMs: 1000, defaults: {}, functions: {} },
     });
+  });
+
+  test('serverless: function settings over the defaults; bad values named with their paths', () => {
+    const t = loadTopology(
+      appDir(['architecture: serverless', 'serverless:', '  pool: 0', '  defaults: { memoryMb: 512, maxInstances: 3 }', '  functions:', '    payment: { memoryMb: 128, minInstances: 1 }'].join('\n')),
+    );
+    expect(t.serverless.pool).toBe(0);
+    expect(t.serverless.defaults).toEqual({ memoryMb: 512, maxInstances: 3 });
+    expect(t.serverless.functions.payment).toEqual({ memoryMb: 128, minInstances: 1 });
+    const bad = () => loadTopology(appDir(['serverless:', '  pool: -1', '  defaults: { memoryMb: 8, cpu: 2 }', '  functions: { Payment: {} }'].join('\n')));
+    expect(bad).toThrow(/serverless\.pool/);
+    expect(bad).toThrow(/serverless\.defaults\.memoryMb/);
+    expect(bad).toThrow(/serverless\.defaults: Unrecognized key.*cpu/);
+    expect(bad).toThrow(/serverless\.functions\.Payment/);
   });
 
   test('mesh: proxies per instance or per machine, versions side by side; bad values named with their paths', () => {

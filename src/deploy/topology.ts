@@ -83,6 +83,44 @@ const mesh = z
   })
   .strict();
 
+/** One function's settings (serverless); every one optional, over `serverless.defaults`. */
+const functionSettings = z
+  .object({
+    /** Memory the function is given (MB): its resident memory limit, and what GB-seconds are billed on. */
+    memoryMb: z.number().int().min(32).max(10_240).optional(),
+    /** Calls one instance runs at once; more wait in its queue (10 × this), beyond which a call is refused as not run. */
+    maxConcurrency: z.number().int().min(1).max(10_000).optional(),
+    /** Concurrent calls per instance the autoscaler aims at (default 70 % of maxConcurrency). */
+    targetConcurrency: z.number().positive().optional(),
+    /** One invocation's time limit (ms): past it the caller gets EVOLITH_TIMEOUT. */
+    timeoutMs: z.number().int().positive().optional(),
+    minInstances: z.number().int().min(0).max(64).optional(),
+    maxInstances: z.number().int().min(1).max(64).optional(),
+    /** After the last call, at least one instance stays this long (ms). */
+    scaleToZeroGraceMs: z.number().int().min(0).optional(),
+    /** The autoscaler's averaging window (ms, default 60 s) and its burst window (ms, default 6 s). */
+    stableWindowMs: z.number().int().min(1000).optional(),
+    panicWindowMs: z.number().int().min(1000).optional(),
+    /** Panic when the burst window wants this many times the ready instances (default 2). */
+    panicThreshold: z.number().optional(),
+  })
+  .strict();
+
+const serverless = z
+  .object({
+    /** Generic runtimes started ahead, each taking on whichever function next needs an instance (0: none). */
+    pool: z.number().int().min(0).max(32).default(2),
+    /** Instances each function starts with when the deployment starts (Knative's initial scale). */
+    initialInstances: z.number().int().min(0).max(64).default(1),
+    /** How often the stores are read for due timers and waiting events of functions at zero (ms). */
+    wakeupPollMs: z.number().int().min(50).default(1000),
+    /** Settings every function has unless it says otherwise. */
+    defaults: functionSettings.default({}),
+    /** Per function (a service group, or a service in a group of its own). */
+    functions: z.record(z.string().regex(/^[a-z][a-z0-9-]*$/, 'a function (service group) name'), functionSettings).default({}),
+  })
+  .strict();
+
 /** The topology file (`evolith.yaml` beside the app): the only thing that changes between architectures. */
 export const topologySchema = z
   .object({
@@ -123,6 +161,8 @@ export const topologySchema = z
     drainMs: z.number().int().positive().default(10_000),
     /** Mesh: the proxies, their certificates, the traffic policy and versions running side by side. */
     mesh: mesh.default({ mode: 'sidecar', policy: 'mesh.yaml', certificateTtlMs: 3_600_000, versions: {} }),
+    /** Serverless: the function settings, the pool of generic runtimes, wake-ups. */
+    serverless: serverless.default({ pool: 2, initialInstances: 1, wakeupPollMs: 1000, defaults: {}, functions: {} }),
   })
   .strict();
 
