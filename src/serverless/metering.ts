@@ -161,6 +161,21 @@ export class Meter {
     if (coldStart) l.coldStarts++;
   }
 
+  /**
+   * Several invocations of `fn` at once, already billed: `billedMs` is the sum of their
+   * durations each rounded up to the price model's granularity (as an instance reports them).
+   */
+  invocations(fn: string, settings: FunctionSettings, count: number, billedMs: number, coldStarts: number): void {
+    for (const [name, v] of [['count', count], ['billedMs', billedMs], ['coldStarts', coldStarts]] as const) {
+      if (!Number.isInteger(v) || v < 0) throw new RangeError(`function ${fn}: ${name} must be a whole number >= 0, got ${v}`);
+    }
+    if (coldStarts > count) throw new RangeError(`function ${fn}: ${coldStarts} cold starts among ${count} invocations`);
+    const l = this.ledger(fn, settings);
+    l.invocations += count;
+    l.billedMs += billedMs;
+    l.coldStarts += coldStarts;
+  }
+
   /** Brings instance time up to `at`: every running instance accrues the time since the last event. */
   private advance(fn: string, l: Ledger, at: number): void {
     if (!Number.isFinite(at) || at < l.lastAt) throw new RangeError(`function ${fn}: instance event at ${at} is before the previous one at ${l.lastAt}`);
