@@ -22,7 +22,9 @@ import type { PolicyTable } from '../../kernel/policy-table.js';
 import type { Runtime } from '../../kernel/runtime.js';
 import { Resilience } from '../../resilience/resilience.js';
 import { rpcHttpPlugin } from '../../rpc/http-transport.js';
-import { hostResolver, RpcServer } from '../../rpc/tcp-server.js';
+import { hostResolver, RpcServer, type RpcResolver } from '../../rpc/tcp-server.js';
+import type { Link } from '../../kernel/placement.js';
+import type { InstanceInfo } from '../../discovery/registry.js';
 import { TcpTerminal } from '../../rpc/terminals.js';
 import { TcpTransport } from '../../rpc/tcp-transport.js';
 import type { Envelope, Offer } from '../../worker/worker.js';
@@ -37,6 +39,30 @@ export interface MicroservicesWorkerOptions {
   /** The service group this worker hosts, or the edge. */
   readonly role: { kind: 'group'; group: string } | { kind: 'edge' };
   readonly replica: number;
+  /** How a variant of this architecture (serverless) differs: its own links, readiness, serving. */
+  readonly variant?: EnvelopeVariant;
+}
+
+/** What a variant of the microservices envelope changes, each part optional. */
+export interface EnvelopeVariant {
+  /** The chain to `service`, given the client library's resilience links. */
+  links?(service: string, resilience: readonly Link[], registry: RegistryClient): Link[];
+  /** Whether a service hosted elsewhere can take calls now (default: it has a registered instance). */
+  ready?(service: string, registry: RegistryClient): boolean;
+  /** Wraps what the hosted services answer with (limits, accounting). */
+  resolver?(resolve: RpcResolver): RpcResolver;
+  /** The worker is offered to the deployment (registered, listening). */
+  served?(): void;
+  /**
+   * Announces the hosted instances itself instead of registering them over HTTP (a platform
+   * that started the worker registers what it says); then the worker opens no interop HTTP
+   * listener either: its callers are the deployment's own workers, over RPC.
+   */
+  announce?(instances: InstanceInfo[]): Promise<void>;
+  /** Start without waiting for discovery's first list (calls wait for instances in the chain anyway). */
+  lateDiscovery?: boolean;
+  /** The worker stopped (its calls finished). */
+  close?(): Promise<void> | void;
 }
 
 export function microservicesEnvelope(options: MicroservicesWorkerOptions) {
@@ -47,20 +73,32 @@ export function microservicesEnvelope(options: MicroservicesWorkerOptions) {
     const resilience = new Resilience({ discovery: registry, policies, affinity: topology.affinity, log });
     const tcp = new TcpTransport({ log, plane });
     const terminal = new TcpTerminal(tcp);
-    await registry.whenSynced(5_000);
+    // A variant whose calls wait for instances anyway (serverless) connects while it starts,
+    // and only its registration waits for the first list.
+    const synced = registry.whenSynced(5_000);
+    if (!options.variant?.lateDiscovery) await synced;
     return {
       placement: {
-        placement: (service) => ({ links: resilience.links(service), terminal }),
+        placement: (service) => ({ links: options.variant?.links?.(service, resilience.links(service), registry) ?? resilience.links(service), terminal }),
         async close() {
           await tcp.close();
           registry.close();
+          await options.variant?.close?.();
         },
       },
       reconfigure: (next) => resilience.setAffinity(next.affinity),
-      ready: (service) => registry.endpoints(service).length > 0,
-      unavailable: (service) => resilience.guards.noneAvailable(registry.endpoints(service)),
+      ready: (service) => options.variant?.ready?.(service, registry) ?? registry.endpoints(service).length > 0,
+      unavailable: (service) => {
+        const endpoints = registry.endpoints(service);
+        // A variant that serves services without instances (on demand) is not unavailable for having none.
+        return endpoints.length === 0 && options.variant?.ready ? undefined : resilience.guards.noneAvailable(endpoints);
+      },
       assertIdentity: plane.signer ? (identity) => plane.signer!.assert(identity) : undefined,
-      serve: ({ runtime, edgeUrl }) => serve(options, runtime, edgeUrl, resilience, policies, log),
+      serve: async ({ runtime, edgeUrl }) => {
+        // Registered only once it can find what it calls (a late-discovery worker's calls wait in its chain instead).
+        if (!options.variant?.lateDiscovery) await synced;
+        return serve(options, runtime, edgeUrl, resilience, policies, log);
+      },
     };
   };
 }
@@ -75,10 +113,21 @@ async function serve(
 ): Promise<Offer> {
   const { topology, registryUrl, replica, plane } = options;
   const token = () => plane.credential.token;
-  const resolve = hostResolver(runtime.hosts.values());
+  const resolve = options.variant?.resolver?.(hostResolver(runtime.hosts.values())) ?? hostResolver(runtime.hosts.values());
   const hosted = [...runtime.hosts.values()];
   const rpc = hosted.length > 0 ? new RpcServer({ resolve, log, host: topology.internalHost, drainMs: topology.drainMs, plane }) : undefined;
   if (rpc) await rpc.listen();
+  const announce = options.variant?.announce;
+  if (announce && rpc && options.role.kind === 'group') {
+    const group = options.role.group;
+    const metadata = { pid: String(process.pid), replica: String(replica), group };
+    await announce(hosted.map((h) => ({ id: `${h.name}-${replica}`, service: h.name, version: h.definition.contract.version, address: rpc.address, metadata })));
+    return {
+      address: rpc.address,
+      // The platform has withdrawn it from the registry before asking it to stop.
+      withdraw: () => rpc.close(),
+    };
+  }
   // The internal HTTP listener: the same methods as RPC over HTTP (interop, debugging) and
   // this worker's view of the endpoints it calls.
   const http: FastifyInstance = Fastify({ logger: false });
@@ -99,6 +148,7 @@ async function serve(
   const metadata = { pid: String(process.pid), http: httpUrl, replica: String(replica) };
   const agents = registrationAgents({ registryUrl, token, role: options.role, replica, runtime, edgeUrl, address: rpc?.address, metadata, log });
   await Promise.all(agents.map((a) => a.start()));
+  options.variant?.served?.();
   return {
     address: rpc?.address ?? httpUrl,
     async withdraw() {

@@ -14,6 +14,8 @@ import { onRenewal, receiveCredentials } from './credentials-channel.js';
 import { microservicesEnvelope } from './envelope.js';
 import { meshEnvelope, meshInstanceFromEnv } from '../mesh/envelope.js';
 import { serviceGroups } from './groups.js';
+import type { CredentialBundle } from '../../auth/credentials.js';
+import { serverlessFromEnv, serverlessVariant } from '../serverless/instance.js';
 
 export interface WorkerArgs {
   registry: string;
@@ -27,8 +29,13 @@ export async function runMicroservicesWorker(
   appDir: string,
   overrides: TopologyOverrides,
   args: WorkerArgs,
+  /** A pool runtime's credentials and the moment it took its role on (else they come by IPC, and the process start). */
+  given?: { credentials: CredentialBundle; startedAt: number },
 ): Promise<{ label: string; worker: RunningWorker; log: Logger }> {
+  const startedAt = given?.startedAt ?? Date.now() - process.uptime() * 1000;
   const loaded = loadTopology(appDir, overrides);
+  // Serverless: the function this instance runs (its limits), or the edge's activators.
+  const serverless = serverlessFromEnv();
   // In a mesh, the control plane says where this worker's proxy is, and which version it runs.
   const mesh = meshInstanceFromEnv();
   const topology = mesh && args.group ? withVersionConfig(loaded, args.group, mesh.version) : loaded;
@@ -40,7 +47,7 @@ export async function runMicroservicesWorker(
     if (!group) throw new ConfigError(`no service group named ${args.group}`);
     services = group.services;
   }
-  const plane = new InternalPlane(await receiveCredentials());
+  const plane = new InternalPlane(given?.credentials ?? (await receiveCredentials()));
   onRenewal((token) => {
     try {
       plane.credential.renewed(token);
@@ -54,7 +61,7 @@ export async function runMicroservicesWorker(
     topology,
     overrides,
     log,
-    architecture: mesh ? 'mesh' : 'microservices',
+    architecture: mesh ? 'mesh' : serverless ? 'serverless' : 'microservices',
     services,
     edge: args.edge === true,
     crossProcess: true,
@@ -66,6 +73,7 @@ export async function runMicroservicesWorker(
       role: args.edge ? { kind: 'edge' } : { kind: 'group', group: args.group! },
       replica: args.replica,
       mesh: mesh!,
+      variant: serverless && serverlessVariant(serverless, startedAt, log),
     }),
   });
   return { label, worker, log };

@@ -24,13 +24,22 @@ export async function main(app: AppDefinition): Promise<void> {
     .option('--group <name>', 'the service group this process hosts')
     .option('--edge', 'run the HTTP edge instead of a service group')
     .option('--replica <n>', 'replica number', replica, 0)
+    .option('--pool', 'serverless: start ahead, load the app, and wait to be told which function to run')
     .exitOverride();
   program.parse(process.argv);
-  const o = program.opts<WorkerArgs & { appDir: string }>();
+  const o = program.opts<WorkerArgs & { appDir: string; pool?: boolean }>();
   const overrides = JSON.parse(process.env.EVOLITH_TOPOLOGY_OVERRIDES ?? '{}') as TopologyOverrides;
   let started: Awaited<ReturnType<typeof runMicroservicesWorker>>;
   try {
-    started = await runMicroservicesWorker(app, o.appDir, overrides, o);
+    if (o.pool) {
+      // A generic runtime: the app is loaded (this bundle), the backends' code too; it holds no
+      // credential and serves nothing until the platform gives it a function to run.
+      const { takeOn } = await import('../serverless/pool-runtime.js');
+      const role = await takeOn(o.appDir, overrides);
+      started = await runMicroservicesWorker(app, o.appDir, overrides, { registry: o.registry, group: role.group, replica: role.replica }, role);
+    } else {
+      started = await runMicroservicesWorker(app, o.appDir, overrides, o);
+    }
   } catch (err) {
     // One line that says why, and an exit code that tells the supervisor not to try again.
     process.stderr.write(`evolith: ${(err as Error).message ?? String(err)}\n`);
