@@ -34,6 +34,7 @@ export async function run(appDirArg: string, opts: RunOptions): Promise<void> {
     monolith: async () => (await import('../deploy/monolith.js')).runMonolith,
     microservices: async () => (await import('../deploy/microservices/control-plane.js')).runMicroservices,
     mesh: async () => (await import('../deploy/mesh/deployer.js')).runMesh,
+    serverless: async () => (await import('../deploy/serverless/deployer.js')).runServerless,
   };
   const available = Object.keys(deployers);
   const load = deployers[topology.architecture];

@@ -7,6 +7,7 @@
 import { ConfigError } from '../kernel/errors.js';
 import { findDeployments, type DeploymentRecord } from './deployment-record.js';
 import { eventBacklog } from './event-backlog.js';
+import type { FunctionsStatus } from './serverless/platform.js';
 
 interface StatusInstance {
   id: string;
@@ -96,6 +97,42 @@ async function meshProxies(record: DeploymentRecord): Promise<string> {
   return `${head}\n${table(rows)}`;
 }
 
+/** The functions: their instances coming and going, the autoscaler's last decision, kills. */
+async function functionsStatus(record: DeploymentRecord): Promise<string> {
+  let st: FunctionsStatus;
+  try {
+    const res = await fetch(`${record.registryUrl}/functions`, { headers: { authorization: `Bearer ${record.operatorToken}` } });
+    if (res.status !== 200) throw new Error(`it answered HTTP ${res.status}`);
+    st = (await res.json()) as FunctionsStatus;
+  } catch (err) {
+    return `functions: the control plane does not say: ${(err as Error).message}`;
+  }
+  const rows = [['function', 'instances', 'desired', 'in flight', 'held', 'memory', 'max conc.', 'scale', 'last decision']];
+  const lines: string[] = [];
+  for (const f of st.functions) {
+    const ready = f.instances.filter((i) => i.state === 'ready').length;
+    const other = f.instances.length - ready;
+    const s = f.settings;
+    rows.push([
+      f.name,
+      `${ready} ready${other ? `, ${other} starting/stopping` : ''}`,
+      String(f.desired),
+      String(f.concurrency),
+      String(f.held),
+      `${s.memoryMb} MB`,
+      String(s.maxConcurrency),
+      `${s.minInstances}..${s.maxInstances}, target ${s.targetConcurrency}`,
+      f.broken ? `cannot start: ${f.broken}` : f.lastDecision ? `${since(f.lastDecision.at)} ago: ${f.lastDecision.desired}${f.lastDecision.panic ? ' (panic)' : ''}` : '-',
+    ]);
+    for (const i of f.instances) {
+      lines.push(`  ${i.name}  ${i.state}, up ${since(i.startedAt)}, ${i.cause}${i.fromPool ? ' from the pool' : ' as a new process'}${i.initMs !== undefined ? `, init ${i.initMs} ms` : ''}, ${i.inFlight} in flight`);
+    }
+    if (f.lastKill) lines.push(`  ${f.lastKill.instance} ${since(f.lastKill.at)} ago: ${f.lastKill.reason}`);
+  }
+  const pool = `pool: ${st.pool.waiting.length} of ${st.pool.size} runtimes waiting${st.pool.waiting.length ? ` (${st.pool.waiting.map((r) => `pool#${r}`).join(', ')})` : ''}`;
+  return ['functions', table(rows), ...lines, pool].join('\n');
+}
+
 /** One line on how far behind its events are (read from the stores, so any architecture). */
 async function eventsLine(record: DeploymentRecord): Promise<string> {
   if (!record.events) return '';
@@ -120,8 +157,10 @@ export async function deploymentStatus(appDir: string, dataDir?: string): Promis
   for (const r of records) {
     const head = `${r.architecture} at ${r.url || '(starting)'}, pid ${r.pid}, up ${since(r.startedAt)}, data ${r.dataDir}`;
     const body =
-      r.architecture === 'microservices' || r.architecture === 'mesh'
-        ? (await processes(r)) + (r.architecture === 'mesh' ? `\n${await meshProxies(r)}` : '')
+      r.architecture === 'microservices' || r.architecture === 'mesh' || r.architecture === 'serverless'
+        ? (await processes(r)) +
+          (r.architecture === 'mesh' ? `\n${await meshProxies(r)}` : '') +
+          (r.architecture === 'serverless' ? `\n${await functionsStatus(r)}` : '')
         : table([['service', 'database'], ...r.services.map((s) => [s.name, s.location])]);
     parts.push(`${head}\n${body}${await eventsLine(r)}`);
   }

@@ -22,7 +22,7 @@ import { SqliteStorage } from '../storage/sqlite.js';
 import { dataPlugins } from '../worker/backends.js';
 
 /** The architectures `evolith run` can start in this version. */
-export const availableArchitectures: readonly string[] = ['monolith', 'microservices', 'mesh'];
+export const availableArchitectures: readonly string[] = ['monolith', 'microservices', 'mesh', 'serverless'];
 
 const cli = fileURLToPath(new URL('../../bin/evolith.mjs', import.meta.url));
 

@@ -17,6 +17,11 @@ import { prettyLineFormatter, prettyLogs } from '../../observe/logger.js';
 import { watchTopology, type Topology, type TopologyOverrides, type TopologyWatch } from '../topology.js';
 import { MESH_INSTANCE_ENV } from '../mesh/envelope.js';
 import type { MeshControl } from '../mesh/mesh-control.js';
+import type { ServerlessPlatform } from '../serverless/platform.js';
+import { SERVERLESS_ENV, TAKE_ON, type TakeOnMessage } from '../serverless/instance.js';
+
+/** A function instance reports four times a second; one silent this long is taken out of discovery. */
+const SERVERLESS_INSTANCE_TTL_MS = 10_000;
 
 /** The worker process's entry, bundled with the app before any worker starts. */
 const here = fileURLToPath(import.meta.url);
@@ -28,6 +33,8 @@ export interface ControlPlaneOptions {
   readyTimeoutMs?: number;
   /** Mesh: the proxies, certificates and traffic policy beside the workers. */
   mesh?: MeshControl;
+  /** Serverless: instances on demand, the pool, the autoscaler, wake-ups and metering. */
+  serverless?: ServerlessPlatform;
 }
 
 /**
@@ -43,8 +50,9 @@ export async function runMicroservices(
   log: Logger,
   options: ControlPlaneOptions = {},
 ): Promise<RunningDeployment & { readonly registryUrl: string }> {
-  const architecture = options.mesh ? 'mesh' : 'microservices';
-  const groups = options.mesh ? options.mesh.groups(serviceGroups(app, topology)) : serviceGroups(app, topology);
+  const architecture = options.mesh ? 'mesh' : options.serverless ? 'serverless' : 'microservices';
+  const base = serviceGroups(app, topology);
+  const groups = options.mesh ? options.mesh.groups(base) : options.serverless ? options.serverless.groups(base) : base;
   // Refused at once, naming the cause, rather than after a worker tried and failed.
   await assertPortFree(topology.host, topology.port);
   const claim = claimDataDir({
@@ -73,7 +81,8 @@ async function start(
 ): Promise<RunningDeployment & { readonly registryUrl: string }> {
   let groups = initialGroups;
   const mesh = options.mesh;
-  const architecture = mesh ? 'mesh' : 'microservices';
+  const serverless = options.serverless;
+  const architecture = mesh ? 'mesh' : serverless ? 'serverless' : 'microservices';
   const bundle = await buildBundle(appDir, workerEntry, 'worker', { loadFailureExit: FATAL_EXIT });
   const proxyBundle = mesh ? await buildBundle(appDir, proxyEntry, 'mesh-proxy', { withApp: false }) : undefined;
   // The deployment's authority: every process gets a credential signed by it, and nothing on
@@ -88,20 +97,47 @@ async function start(
     // Workers always log JSON to their pipe; a terminal sees it as readable lines.
     formatLine: prettyLogs() ? prettyLineFormatter() : undefined,
     onChange: (p) => {
-      if (p.state === 'stopped' || p.state === 'failed') tokens.delete(Supervisor.key(p.name, p.replica));
+      if (p.state === 'stopped' || p.state === 'failed' || p.state === 'exited') tokens.delete(Supervisor.key(p.name, p.replica));
+      serverless?.onChange(p);
       if (p.state === 'failed') {
         failed ??= p;
         log.error({ process: Supervisor.key(p.name, p.replica), output: p.lastLines }, 'a worker cannot start and is not restarted');
       }
     },
-    onMessage: mesh ? (name, replica, message) => mesh.onMessage(name, replica, message) : undefined,
+    onMessage: mesh
+      ? (name, replica, message) => mesh.onMessage(name, replica, message)
+      : serverless
+        ? (name, replica, message) => serverless.onMessage(name, replica, message)
+        : undefined,
   });
-  const registry = new RegistryServer({ trust: authority.trust, log: log.child({ component: 'registry' }) });
+  const registry = new RegistryServer({
+    trust: authority.trust,
+    log: log.child({ component: 'registry' }),
+    // A registry that restarts under running instances merges what it hears for a while; this
+    // one starts with its deployment, and serverless instances go within seconds of starting:
+    // their removal must reach callers at once.
+    ...(serverless && { warmupMs: 0 }),
+  });
   // The control plane's own view beside the registry's: processes, pids, restarts (operators only).
   registry.app.get('/processes', async (req) => {
     requireOperator(req);
     return { processes: supervisor.status() };
   });
+  if (serverless) {
+    // The functions: instances coming and going, decisions, kills; and what they cost.
+    registry.app.get('/functions', async (req) => {
+      requireOperator(req);
+      return serverless.status();
+    });
+    registry.app.get('/metering', async (req) => {
+      requireOperator(req);
+      return serverless.metering();
+    });
+    registry.app.get('/metrics', async (req, reply) => {
+      requireOperator(req);
+      return reply.type('text/plain; version=0.0.4').send(await serverless.metrics());
+    });
+  }
   if (mesh) {
     // The mesh's view: each proxy's identities, certificate expiry and policy version.
     registry.app.get('/mesh', async (req) => {
@@ -113,38 +149,42 @@ async function start(
   const registryUrl = registry.url!;
   const env = { EVOLITH_TOPOLOGY_OVERRIDES: JSON.stringify(overrides), EVOLITH_LOG_FORMAT: 'json' };
   const servicesOf = (group: string) => groups.find((g) => g.name === group)?.services ?? [];
+  /** Issues a process's credential (at each start) and remembers it for renewal. */
+  const credentialsFor = (group: string, replica: number) => {
+    const key = Supervisor.key(group, replica);
+    const svc = group === 'edge' ? [] : servicesOf(group);
+    const bundle = authority.issue(
+      { sub: Supervisor.key(group, replica), svc, ins: group === 'edge' ? [`edge-${replica}`] : svc.map((s) => `${s}-${replica}`), edge: group === 'edge' },
+      CREDENTIAL_TTL_MS,
+    );
+    tokens.set(key, bundle.token);
+    return bundle;
+  };
+  const workerArgs = (role: string[]) => [
+    // A small young generation: an idle worker keeps tens of MB less (see the README's figures).
+    '--max-semi-space-size=2',
+    bundle,
+    '--app-dir',
+    appDir,
+    '--registry',
+    registryUrl,
+    ...role,
+  ];
   // In a mesh, each worker is told where its proxy is (and its proxy is started) first.
-  const spawnWorker = async (group: string, replica: number) => {
+  const spawnWorker = async (group: string, replica: number, extra: { env?: Record<string, string>; memoryLimitMb?: number; restart?: boolean } = {}) => {
     const own = group === 'edge' ? 'edge' : groups.find((g) => g.name === group)!;
     const placeInMesh: Record<string, string> = mesh ? { [MESH_INSTANCE_ENV]: JSON.stringify(await mesh.addInstance(own, replica)) } : {};
+    const inServerless: Record<string, string> = serverless && group === 'edge' ? { [SERVERLESS_ENV]: JSON.stringify(serverless.role()) } : {};
     supervisor.start({
       name: group,
       replica,
       command: process.execPath,
-      args: [
-        // A small young generation: an idle worker keeps tens of MB less (see the README's figures).
-        '--max-semi-space-size=2',
-        bundle,
-        '--app-dir',
-        appDir,
-        '--registry',
-        registryUrl,
-        ...(group === 'edge' ? ['--edge'] : ['--group', group]),
-        '--replica',
-        String(replica),
-      ],
-      env: { ...env, ...placeInMesh },
+      args: workerArgs([...(group === 'edge' ? ['--edge'] : ['--group', group]), '--replica', String(replica)]),
+      env: { ...env, ...placeInMesh, ...inServerless, ...extra.env },
       fatalExitCode: FATAL_EXIT,
-      message: (): CredentialsMessage => {
-        const key = Supervisor.key(group, replica);
-        const svc = group === 'edge' ? [] : servicesOf(group);
-        const bundle = authority.issue(
-          { sub: key, svc, ins: group === 'edge' ? [`edge-${replica}`] : svc.map((s) => `${s}-${replica}`), edge: group === 'edge' },
-          CREDENTIAL_TTL_MS,
-        );
-        tokens.set(key, bundle.token);
-        return { type: CREDENTIALS, bundle };
-      },
+      ...(extra.memoryLimitMb !== undefined && { memoryLimitMb: extra.memoryLimitMb }),
+      ...(extra.restart !== undefined && { restart: extra.restart }),
+      message: (): CredentialsMessage => ({ type: CREDENTIALS, bundle: credentialsFor(group, replica) }),
     });
   };
   const stopWorker = async (group: string, replica: number) => {
@@ -171,7 +211,39 @@ async function start(
     },
     registryUrl,
   );
-  for (const g of groups) for (let r = 0; r < g.replicas; r++) await spawnWorker(g.name, r);
+  if (serverless) {
+    // The platform starts the functions' instances (and its pool) itself, now and on demand.
+    serverless.begin({
+      spawnInstance: (group, replica, instanceEnv, memoryLimitMb) => void spawnWorker(group, replica, { env: instanceEnv, memoryLimitMb, restart: false }),
+      spawnPool: (replica) =>
+        supervisor.start({
+          name: 'pool',
+          replica,
+          command: process.execPath,
+          args: workerArgs(['--pool']),
+          env,
+          fatalExitCode: FATAL_EXIT,
+          restart: false,
+        }),
+      takeOn: (poolReplica, group, replica, role, memoryLimitMb) => {
+        supervisor.reassign({ name: 'pool', replica: poolReplica }, { name: group, replica, memoryLimitMb });
+        const credentials = credentialsFor(group, replica);
+        supervisor.send(group, replica, { type: TAKE_ON, group, replica, credentials, serverless: role } satisfies TakeOnMessage);
+      },
+      stop: (name, replica) => supervisor.stop(name, replica),
+      send: (name, replica, message) => supervisor.send(name, replica, message),
+      register: (owner, instances) => {
+        for (const i of instances) {
+          if (!registry.registry.heartbeat(i.id, owner)) registry.registry.register({ ...i, owner, ttlMs: SERVERLESS_INSTANCE_TTL_MS, ready: true });
+        }
+      },
+      deregister: (owner, ids) => {
+        for (const id of ids) registry.registry.deregister(id, owner);
+      },
+    });
+  } else {
+    for (const g of groups) for (let r = 0; r < g.replicas; r++) await spawnWorker(g.name, r);
+  }
   await spawnWorker('edge', 0);
   // Renew every running process's credential long before it lapses.
   const renewals = setInterval(() => {
@@ -193,6 +265,7 @@ async function start(
     await supervisor.stopAll();
     await registry.close();
     await mesh?.stop();
+    await serverless?.stop();
     claim.release();
   };
 
@@ -203,6 +276,7 @@ async function start(
     await stopAll();
     throw err;
   }
+  serverless?.serve();
 
   // Live topology: replica counts are reconciled here; timeouts and retries reach the running
   // processes through their own watch of the same file.
@@ -211,6 +285,15 @@ async function start(
     overrides,
     (next) => {
       let nextGroups: ServiceGroup[];
+      if (serverless) {
+        // Instances follow demand; what changes is each function's settings.
+        try {
+          serverless.reconfigure(next, serviceGroups(app, next));
+        } catch (err) {
+          log.error({ err: (err as Error).message }, 'topology change refused');
+        }
+        return;
+      }
       try {
         nextGroups = serviceGroups(app, next);
         // A mesh's versions are fixed at start (each replica's label and config).
@@ -233,7 +316,9 @@ async function start(
   // What `evolith status` (and an operator's tools) need: where the control plane is, and an
   // operator credential. Readable by this user only.
   const operator = authority.issue({ sub: 'operator', op: true }, 30 * 24 * 60 * 60 * 1000);
-  const services = groups.map((g) => ({ name: g.name, location: `${g.replicas} process${g.replicas === 1 ? '' : 'es'}: ${g.services.join(', ')}` }));
+  const services = serverless
+    ? groups.map((g) => ({ name: g.name, location: `function on demand: ${g.services.join(', ')}` }))
+    : groups.map((g) => ({ name: g.name, location: `${g.replicas} process${g.replicas === 1 ? '' : 'es'}: ${g.services.join(', ')}` }));
   claim.update({ url, registryUrl, operatorToken: operator.token, services });
 
   return { url, architecture, registryUrl, services, stop: stopAll };
