@@ -85,6 +85,16 @@ program
   });
 
 program
+  .command('metering')
+  .description("a serverless deployment's usage per function and its cost, beside what always-on processes would cost")
+  .argument('<appDir>', 'directory holding app.ts and evolith.yaml')
+  .option('-d, --data <dir>', 'only the deployment on this data directory')
+  .option('--json', 'print the report as JSON')
+  .action(async (appDir, o) => {
+    await (await commands()).metering(appDirectory(appDir), { data: o.data, json: o.json === true });
+  });
+
+program
   .command('contracts')
   .description("summarise every service's methods and events (or print their JSON Schema, or the edge as OpenAPI 3.1)")
   .argument('<appDir>', 'directory holding app.ts')

@@ -68,6 +68,12 @@ export async function status(appDirArg: string, opts: { data?: string }): Promis
   process.stdout.write(await deploymentStatus(resolve(appDirArg), opts.data === undefined ? undefined : resolve(opts.data)));
 }
 
+/** `evolith metering`: usage and cost per function of the app's running serverless deployment(s). */
+export async function metering(appDirArg: string, opts: { data?: string; json: boolean }): Promise<void> {
+  const { deploymentMetering } = await import('../deploy/serverless/metering-report.js');
+  process.stdout.write(await deploymentMetering(resolve(appDirArg), opts.data === undefined ? undefined : resolve(opts.data), opts.json));
+}
+
 /** `evolith contracts`: a readable summary (default), the JSON Schema of everything (`json`), or the edge as OpenAPI. */
 export async function contracts(appDirArg: string, format: 'summary' | 'json' | 'openapi'): Promise<void> {
   const { loadApp } = await import('../app/load.js');

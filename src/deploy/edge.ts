@@ -27,6 +27,8 @@ export async function startEdge(
     assertIdentity?: (identity: Identity) => Identity;
     ready?: (service: string) => boolean;
     health?: () => Promise<HealthReport>;
+    /** More series for /metrics, from outside this process (a serverless platform's meter). */
+    metrics?: () => Promise<string>;
   } = {},
 ): Promise<{ gateway: FastifyInstance; port: number }> {
   const { assertIdentity } = options;
@@ -51,7 +53,10 @@ export async function startEdge(
     ready: options.ready,
     health: options.health,
     extras: (server) => {
-      server.get('/metrics', async (_req, reply) => reply.type('text/plain; version=0.0.4').send(await telemetry.metrics()));
+      server.get('/metrics', async (_req, reply) => {
+        const [own, more] = await Promise.all([telemetry.metrics(), options.metrics?.()]);
+        return reply.type('text/plain; version=0.0.4').send(more ? `${own}${own.endsWith('\n') ? '' : '\n'}${more}` : own);
+      });
       server.get('/openapi.json', async () => openApiDocument(app));
     },
   });

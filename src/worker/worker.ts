@@ -41,6 +41,8 @@ export interface Envelope {
    * calls now (every endpoint's circuit open, say); undefined when it can.
    */
   unavailable?(service: string): string | undefined;
+  /** More series for the edge's /metrics, from elsewhere in the deployment. */
+  metrics?(): Promise<string>;
   /** Releases what the envelope holds, after the runtime stopped. */
   close?(): Promise<void>;
 }
@@ -145,6 +147,7 @@ export async function startWorker(env: WorkerEnvironment): Promise<RunningWorker
       };
       const edge = await edgeModule.startEdge(app, env.appDir, topology, runtime, telemetry, log, {
         assertIdentity: envelope.assertIdentity,
+        metrics: envelope.metrics ? () => envelope.metrics!() : undefined,
         ready,
         health: () => healthReport(app, env.architecture, runtime, (service) => {
           if (!ready(service)) return { ready: false, detail: 'not ready' };

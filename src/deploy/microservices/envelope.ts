@@ -59,6 +59,8 @@ export interface EnvelopeVariant {
    * listener either: its callers are the deployment's own workers, over RPC.
    */
   announce?(instances: InstanceInfo[]): Promise<void>;
+  /** More series for the edge's /metrics. */
+  metrics?(): Promise<string>;
   /** Start without waiting for discovery's first list (calls wait for instances in the chain anyway). */
   lateDiscovery?: boolean;
   /** The worker stopped (its calls finished). */
@@ -94,6 +96,7 @@ export function microservicesEnvelope(options: MicroservicesWorkerOptions) {
         return endpoints.length === 0 && options.variant?.ready ? undefined : resilience.guards.noneAvailable(endpoints);
       },
       assertIdentity: plane.signer ? (identity) => plane.signer!.assert(identity) : undefined,
+      metrics: options.variant?.metrics,
       serve: async ({ runtime, edgeUrl }) => {
         // Registered only once it can find what it calls (a late-discovery worker's calls wait in its chain instead).
         if (!options.variant?.lateDiscovery) await synced;

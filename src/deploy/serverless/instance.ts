@@ -37,6 +37,14 @@ export const ACTIVATED = 'evolith:activated';
 export const REPORT = 'evolith:function-report';
 export const SERVING = 'evolith:function-serving';
 export const TAKE_ON = 'evolith:take-on';
+export const METRICS = 'evolith:metrics';
+
+/** The edge asks for the platform's series (id), and gets them back as Prometheus text. */
+export interface MetricsMessage {
+  type: typeof METRICS;
+  id: number;
+  text?: string;
+}
 
 export interface ActivateMessage {
   type: typeof ACTIVATE;
@@ -82,7 +90,14 @@ const REPORT_MS = 250;
 class IpcActivator implements Activator {
   private next = 1;
   private readonly pending = new Map<number, { resolve: () => void; reject: (err: unknown) => void }>();
+  private readonly metricsWaiting = new Map<number, (text: string) => void>();
   private readonly listener = (m: unknown) => {
+    const x = m as MetricsMessage | undefined;
+    if (x?.type === METRICS) {
+      this.metricsWaiting.get(x.id)?.(x.text ?? '');
+      this.metricsWaiting.delete(x.id);
+      return;
+    }
     const a = m as ActivatedMessage | undefined;
     if (a?.type !== ACTIVATED) return;
     const p = this.pending.get(a.id);
@@ -101,6 +116,22 @@ class IpcActivator implements Activator {
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
       process.send!({ type: ACTIVATE, id, service } satisfies ActivateMessage);
+    });
+  }
+
+  /** The platform's own series (the meter's), or nothing if it does not answer within a second. */
+  metrics(): Promise<string> {
+    const id = this.next++;
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.metricsWaiting.delete(id);
+        resolve('');
+      }, 1000);
+      this.metricsWaiting.set(id, (text) => {
+        clearTimeout(timer);
+        resolve(text);
+      });
+      process.send!({ type: METRICS, id } satisfies MetricsMessage);
     });
   }
 
@@ -141,6 +172,8 @@ export function serverlessVariant(env: ServerlessWorkerEnv, startedAt: number, l
     },
     ready: () => true,
     lateDiscovery: true,
+    // The edge's /metrics carries the platform's metering series too.
+    metrics: env.fn ? undefined : () => activator.metrics(),
     resolver: gate ? (resolve) => gate.resolver(resolve) : undefined,
     // A function instance is registered by the platform that started it, from what it says
     // here over its private channel: no registration round trip on the way to its first call.

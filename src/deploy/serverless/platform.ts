@@ -33,10 +33,12 @@ import type { Topology } from '../topology.js';
 import {
   ACTIVATE,
   ACTIVATED,
+  METRICS,
   REPORT,
   SERVING,
   type ActivatedMessage,
   type ActivateMessage,
+  type MetricsMessage,
   type ReportMessage,
   type ServerlessWorkerEnv,
   type ServingMessage,
@@ -357,6 +359,9 @@ export class ServerlessPlatform {
         this.log.info({ instance: key, initMs: instance.initMs, pool: instance.fromPool, cause: instance.cause }, 'function instance ready');
         this.refill(key);
       }
+    } else if (m?.type === METRICS) {
+      const id = (m as MetricsMessage).id;
+      void this.metrics().then((text) => this.hooks?.send(name, replica, { type: METRICS, id, text } satisfies MetricsMessage));
     } else if (m?.type === ACTIVATE) {
       const a = m as ActivateMessage;
       const answer: ActivatedMessage = { type: ACTIVATED, id: a.id };
