@@ -20,6 +20,7 @@ import { sql } from 'kysely';
 import type { HealthReport } from '../edge/gateway.js';
 import { withDeadline } from '../kernel/deadline.js';
 import { dataPlugins, eventBusFor, storageFor } from './backends.js';
+import type { PreparedBackends } from './prepared-backends.js';
 
 /** What a deployer provides for one worker: how it reaches, and is reached by, the rest. */
 export interface Envelope {
@@ -82,6 +83,8 @@ export interface WorkerEnvironment {
    * edit; this worker then notes it at debug level, so one typo is reported once, not per process.
    */
   readonly topologyErrorsReportedElsewhere?: boolean;
+  /** Backends opened ahead (a pool runtime's): used instead of opening the topology's now. */
+  readonly backends?: PreparedBackends;
   /** The deployer's envelope, made with the worker's live policy table. */
   envelope?(context: { policies: PolicyTable; log: Logger }): Envelope | Promise<Envelope>;
 }
@@ -108,11 +111,14 @@ export async function startWorker(env: WorkerEnvironment): Promise<RunningWorker
   // the edge itself: a worker carries no HTTP framework it does not serve.)
   const edgeModule = env.edge ? await import('../deploy/edge.js') : undefined;
   const telemetry = env.edge ? new (await import('../observe/telemetry.js')).PrometheusTelemetry({ collectDefault: true }) : undefined;
+  const prepared = env.backends;
+  await prepared?.release(env.services);
   const runtime = new Runtime({
     services,
-    storage: await storageFor(topology, undefined, log),
-    bus: env.crossProcess ? await eventBusFor(topology, log) : new MemoryEventBus(),
-    ...dataPlugins,
+    storage: prepared?.storage ?? (await storageFor(topology, undefined, log)),
+    bus: prepared?.bus ?? (env.crossProcess ? await eventBusFor(topology, log) : new MemoryEventBus()),
+    outbox: prepared?.outbox ?? dataPlugins.outbox,
+    migrator: prepared?.migrator ?? dataPlugins.migrator,
     telemetry,
     log,
     config: topology.config,

@@ -15,6 +15,7 @@ import { microservicesEnvelope } from './envelope.js';
 import { meshEnvelope, meshInstanceFromEnv } from '../mesh/envelope.js';
 import { serviceGroups } from './groups.js';
 import type { CredentialBundle } from '../../auth/credentials.js';
+import type { PreparedBackends } from '../../worker/prepared-backends.js';
 import { serverlessFromEnv, serverlessVariant } from '../serverless/instance.js';
 
 export interface WorkerArgs {
@@ -30,7 +31,7 @@ export async function runMicroservicesWorker(
   overrides: TopologyOverrides,
   args: WorkerArgs,
   /** A pool runtime's credentials and the moment it took its role on (else they come by IPC, and the process start). */
-  given?: { credentials: CredentialBundle; startedAt: number },
+  given?: { credentials: CredentialBundle; startedAt: number; backends?: PreparedBackends },
 ): Promise<{ label: string; worker: RunningWorker; log: Logger }> {
   const startedAt = given?.startedAt ?? Date.now() - process.uptime() * 1000;
   const loaded = loadTopology(appDir, overrides);
@@ -65,6 +66,7 @@ export async function runMicroservicesWorker(
     services,
     edge: args.edge === true,
     crossProcess: true,
+    backends: given?.backends,
     topologyErrorsReportedElsewhere: true,
     envelope: (mesh ? meshEnvelope : microservicesEnvelope)({
       topology,

@@ -35,7 +35,7 @@ export async function main(app: AppDefinition): Promise<void> {
       // A generic runtime: the app is loaded (this bundle), the backends' code too; it holds no
       // credential and serves nothing until the platform gives it a function to run.
       const { takeOn } = await import('../serverless/pool-runtime.js');
-      const role = await takeOn(o.appDir, overrides);
+      const role = await takeOn(app, o.appDir, overrides);
       started = await runMicroservicesWorker(app, o.appDir, overrides, { registry: o.registry, group: role.group, replica: role.replica }, role);
     } else {
       started = await runMicroservicesWorker(app, o.appDir, overrides, o);

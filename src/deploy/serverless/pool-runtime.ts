@@ -7,6 +7,9 @@
 import { loadTopology, type TopologyOverrides } from '../topology.js';
 import { SERVERLESS_ENV, TAKE_ON, type TakeOnMessage } from './instance.js';
 import type { CredentialBundle } from '../../auth/credentials.js';
+import type { AppDefinition } from '../../app/define.js';
+import { createLogger } from '../../observe/logger.js';
+import { prepareBackends, type PreparedBackends } from '../../worker/prepared-backends.js';
 
 export interface Role {
   readonly group: string;
@@ -14,15 +17,17 @@ export interface Role {
   readonly credentials: CredentialBundle;
   /** When the role arrived: the instance's initialisation is counted from here. */
   readonly startedAt: number;
+  /** Every service's store opened, prepared and migrated, and the event bus open. */
+  readonly backends: PreparedBackends;
 }
 
-export async function takeOn(appDir: string, overrides: TopologyOverrides): Promise<Role> {
+export async function takeOn(app: AppDefinition, appDir: string, overrides: TopologyOverrides): Promise<Role> {
   const message = waitForRole();
-  await warmUp(appDir, overrides);
+  const backends = await warmUp(app, appDir, overrides);
   const m = await message;
   const startedAt = Date.now();
   process.env[SERVERLESS_ENV] = JSON.stringify(m.serverless);
-  return { group: m.group, replica: m.replica, credentials: m.credentials, startedAt };
+  return { group: m.group, replica: m.replica, credentials: m.credentials, startedAt, backends };
 }
 
 function waitForRole(): Promise<TakeOnMessage> {
@@ -36,8 +41,11 @@ function waitForRole(): Promise<TakeOnMessage> {
   });
 }
 
-/** Imports now what a start would import then: the store and bus drivers the topology names. */
-async function warmUp(appDir: string, overrides: TopologyOverrides): Promise<void> {
+/**
+ * Does now what a start would do then and what does not depend on the function: imports the
+ * drivers, opens, prepares and migrates every service's store, opens the bus.
+ */
+async function warmUp(app: AppDefinition, appDir: string, overrides: TopologyOverrides): Promise<PreparedBackends> {
   const topology = loadTopology(appDir, overrides);
   const sqliteStorage = topology.storage === 'sqlite' || topology.storage.driver === 'sqlite';
   const sqliteEvents = topology.events === 'sqlite' || (typeof topology.events === 'object' && topology.events.driver === 'sqlite');
@@ -55,4 +63,5 @@ async function warmUp(appDir: string, overrides: TopologyOverrides): Promise<voi
   await http.inject({ method: 'GET', url: '/' });
   await http.close();
   await (await fetch('data:application/json,{}')).json();
+  return prepareBackends(app, topology, createLogger({ app: app.name, process: 'pool' }));
 }
