@@ -204,9 +204,15 @@ export class ServerlessPlatform {
   reconfigure(next: Topology, groups: ServiceGroup[]): void {
     const configs = functionConfigs(groups, next);
     this.topology = next;
-    for (const c of configs) {
-      const fn = this.fns.get(c.name);
+    for (const next of configs) {
+      const fn = this.fns.get(next.name);
       if (!fn) continue;
+      // The meter prices a function's whole period at one memory size: a new size needs a new deployment.
+      let c = next;
+      if (next.memoryMb !== fn.config.memoryMb) {
+        this.log.warn({ function: next.name, running: fn.config.memoryMb, edited: next.memoryMb }, 'memoryMb applies from the next start; the running deployment keeps its size');
+        c = { ...next, memoryMb: fn.config.memoryMb };
+      }
       fn.config = c;
       fn.autoscaler.configure(c);
       fn.broken = undefined;
@@ -324,8 +330,16 @@ export class ServerlessPlatform {
     void this.hooks?.stop(p.name, p.replica);
   }
 
-  /** A message from a supervised process (reports, activation requests). */
+  /** A message from a supervised process (reports, activation requests); a bad one is logged, never thrown. */
   onMessage(name: string, replica: number, message: unknown): void {
+    try {
+      this.handle(name, replica, message);
+    } catch (err) {
+      this.log.error({ process: Supervisor.key(name, replica), err: (err as Error).message }, 'a message from a process could not be handled');
+    }
+  }
+
+  private handle(name: string, replica: number, message: unknown): void {
     const m = message as { type?: string } | undefined;
     const key = Supervisor.key(name, replica);
     if (m?.type === REPORT) {
