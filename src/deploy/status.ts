@@ -122,7 +122,7 @@ async function functionsStatus(record: DeploymentRecord): Promise<string> {
       `${s.memoryMb} MB`,
       String(s.maxConcurrency),
       `${s.minInstances}..${s.maxInstances}, target ${s.targetConcurrency}`,
-      f.broken ? `cannot start: ${f.broken}` : f.lastDecision ? `${since(f.lastDecision.at)} ago: ${f.lastDecision.desired}${f.lastDecision.panic ? ' (panic)' : ''}` : '-',
+      f.broken ? `cannot start: ${f.broken}` : f.lastDecision ? `→ ${f.lastDecision.desired}${f.lastDecision.panic ? ' (panic)' : ''} ${since(f.lastDecision.at)} ago: ${f.lastDecision.reason.split(';').at(-1)!.trim()}` : '-',
     ]);
     for (const i of f.instances) {
       lines.push(`  ${i.name}  ${i.state}, up ${since(i.startedAt)}, ${i.cause}${i.fromPool ? ' from the pool' : ' as a new process'}${i.initMs !== undefined ? `, init ${i.initMs} ms` : ''}, ${i.inFlight} in flight`);

@@ -50,7 +50,10 @@ export function functionConfigs(groups: readonly ServiceGroup[], topology: Topol
       minInstances: own.minInstances ?? FUNCTION_DEFAULTS.minInstances,
       maxInstances: own.maxInstances ?? Math.max(FUNCTION_DEFAULTS.maxInstances, own.minInstances ?? 0),
       ...(own.stableWindowMs !== undefined && { stableWindowMs: own.stableWindowMs }),
-      ...(own.panicWindowMs !== undefined && { panicWindowMs: own.panicWindowMs }),
+      // Unset, the burst window is a tenth of the stable one (Knative's panic-window-percentage), at least a second.
+      ...(own.panicWindowMs !== undefined
+        ? { panicWindowMs: own.panicWindowMs }
+        : own.stableWindowMs !== undefined && { panicWindowMs: Math.max(1000, Math.round(own.stableWindowMs / 10)) }),
       ...(own.panicThreshold !== undefined && { panicThreshold: own.panicThreshold }),
       ...(own.scaleToZeroGraceMs !== undefined && { scaleToZeroGraceMs: own.scaleToZeroGraceMs }),
     };

@@ -395,6 +395,7 @@ export class ServerlessPlatform {
     if (fn.active().length === 0) {
       this.log.info({ function: fn.config.name, caller }, 'activation: a call waits for an instance');
       fn.desired = Math.max(fn.desired, 1);
+      fn.last = { desired: fn.desired, panic: false, stableConcurrency: 0, panicConcurrency: 0, reason: `activation: ${caller} holds a call`, at: now };
       this.startInstance(fn, 'activation');
     }
     return undefined;
@@ -456,6 +457,7 @@ export class ServerlessPlatform {
         this.log.info({ function: fn.config.name, service: w.service, why: w.why, waiting: w.count }, 'wake-up: work is due for a function with no instance');
         fn.autoscaler.requestArrived(Date.now());
         fn.desired = Math.max(fn.desired, 1);
+        fn.last = { desired: fn.desired, panic: false, stableConcurrency: 0, panicConcurrency: 0, reason: `wake-up: ${w.why} due for ${w.service}`, at: Date.now() };
         this.startInstance(fn, 'wake-up');
       }
     } catch (err) {
