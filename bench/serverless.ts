@@ -43,7 +43,7 @@ import { randomBytes } from 'node:crypto';
 import { availableParallelism, loadavg } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import type { FunctionsStatus } from '../src/deploy/serverless/platform.js';
-import { formatReport, type alwaysOnCost, type MeteringReport } from '../src/serverless/metering.js';
+import { ALWAYS_ON_VM, formatReport, type alwaysOnCost, type MeteringReport } from '../src/serverless/metering.js';
 import { bookstoreArgs, call, loginQuery, PRODUCTS, PURCHASE, send, type Reply } from './support/bookstore.js';
 import { controlPlaneOf, Deployments, fail, runBench, type Deployment } from './support/deployments.js';
 import { openLoop, type OpenLoopResult } from './support/open-loop.js';
@@ -195,6 +195,10 @@ interface ColdSample {
   warmMs: number;
   initMs: number;
   fromPool: boolean;
+  /** Wall-clock ms from sending the cold call to the platform starting the instance (the activation request's way). */
+  callToStartMs: number;
+  /** Wall-clock ms from the instance serving (start + initMs) to the cold call's answer (registration, the edge learning of it, the call itself). */
+  readyToAnswerMs: number;
 }
 
 interface ColdSubject {
@@ -206,7 +210,9 @@ interface ColdSubject {
 }
 
 async function coldSample(s: ColdSubject): Promise<ColdSample> {
+  const sentAt = Date.now();
   const coldMs = await timedGet(s.agent, s.base, s.label);
+  const answeredAt = Date.now();
   const warmMs = await timedGet(s.agent, s.base, s.label);
   const fn = fnOf(await functionsOf(s.d), FUNCTION, s.d);
   // The instance the cold call started: the one instance there is (another start is a bug to report).
@@ -215,7 +221,7 @@ async function coldSample(s: ColdSubject): Promise<ColdSample> {
   const i = live[0]!;
   if (i.cause !== 'activation') fail(`${s.label}: the instance after a cold call was started for "${i.cause}", not by the call's activation`);
   if (i.initMs === undefined) fail(`${s.label}: ${i.name} answered but reports no initMs`);
-  return { coldMs, warmMs, initMs: i.initMs!, fromPool: i.fromPool };
+  return { coldMs, warmMs, initMs: i.initMs!, fromPool: i.fromPool, callToStartMs: i.startedAt - sentAt, readyToAnswerMs: answeredAt - (i.startedAt + i.initMs!) };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -341,7 +347,7 @@ async function main(): Promise<void> {
       console.log(`  ${i + 1}/${COLD_SAMPLES}  ` + subjects.map((s) => `${s.label}: cold p50 ${f1(median(s.samples.map((c) => c.coldMs)))} ms`).join('  ') + `  load average ${load()}`);
     }
   }
-  const coldRows: string[][] = [['deployment', 'cold p50 ms', 'cold p99 ms', 'warm p50 ms', 'cold−warm p50 ms', `target ≤ ${TARGET_COLD_MS} ms`, 'initMs p50', 'initMs p99', 'cold−warm−init p50', 'from pool']];
+  const coldRows: string[][] = [['deployment', 'cold p50 ms', 'cold p99 ms', 'warm p50 ms', 'cold−warm p50 ms', `target ≤ ${TARGET_COLD_MS} ms`, 'initMs p50', 'initMs p99', 'cold−warm−init p50', 'call→start p50', 'ready→answer p50', 'from pool']];
   for (const s of subjects) {
     const cold = sortedOf(s.samples.map((c) => c.coldMs));
     const delta = median(s.samples.map((c) => c.coldMs - c.warmMs));
@@ -350,11 +356,13 @@ async function main(): Promise<void> {
       s.label, f1(percentile(cold, 50)), f1(percentile(cold, 99)), f2(median(s.samples.map((c) => c.warmMs))), f1(delta),
       delta <= TARGET_COLD_MS ? 'meets' : 'MISSES', f1(percentile(init, 50)), f1(percentile(init, 99)),
       f1(median(s.samples.map((c) => c.coldMs - c.warmMs - c.initMs))),
+      f1(median(s.samples.map((c) => c.callToStartMs))),
+      f1(median(s.samples.map((c) => c.readyToAnswerMs))),
       `${s.samples.filter((c) => c.fromPool).length}/${s.samples.length}`,
     ]);
   }
   printTable(`cold start — a call to ${FUNCTION} at zero instances, ${COLD_SAMPLES} samples each (differences per sample, then the median)`, coldRows);
-  console.log("initMs: the instance's own start (role taken or process started → serving); cold−warm−init: the rest (activation request, registration, the edge learning of it)");
+  console.log("initMs: the instance's own start (role taken or process started → serving); cold−warm−init: the rest, of which call→start (the call reaching the edge, its activator asking the control plane) and ready→answer (registration, the edge learning of it, the call itself) are wall-clock readings in whole ms");
   const poolDelta = median(subjects[0]!.samples.map((c) => c.coldMs - c.warmMs));
   const freshDelta = median(subjects[1]!.samples.map((c) => c.coldMs - c.warmMs));
   console.log(`the pool makes a cold start ${x(freshDelta / poolDelta)} shorter than a fresh process (${f1(freshDelta)} → ${f1(poolDelta)} ms)`);
@@ -470,6 +478,13 @@ async function main(): Promise<void> {
       `\nper 1000 checkouts: $${per1000.toFixed(6)} serverless (${f1(report.total.invocations / completed)} invocations and ` +
         `${f1(report.functions.reduce((n, f) => n + f.billedMs, 0) / completed)} billed ms each); always on over the same period $${alwaysPer1000.toFixed(6)}` +
         ` — at this rate (${f1(completed / wallS)} checkouts/s over ${f1(wallS)} s, the rest of the period idle)`,
+    );
+    // The always-on side costs the same every hour whatever the load: serverless is cheaper below this rate.
+    const alwaysOnPerHour = alwaysOn.vms * ALWAYS_ON_VM.perHour;
+    const breakEven = alwaysOnPerHour / (report.total.cost / completed);
+    console.log(
+      `break-even: always on costs $${alwaysOnPerHour.toFixed(4)}/h (${alwaysOn.vms} × ${ALWAYS_ON_VM.name}); serverless costs less below ` +
+        `${breakEven.toFixed(0)} checkouts/h (${f2(breakEven / 3600)}/s) at this flow's cost`,
     );
   }
   console.log(`instances at the end: ${fnsAfter.functions.map((f) => `${f.name} ${f.instances.filter((i) => i.state === 'ready').length}`).join(', ')}`);
