@@ -151,22 +151,19 @@ export class Deployments {
 
   /** Stops every deployment (SIGTERM, SIGKILL after 10 s), then kills whatever of them is left. */
   async stopAll(): Promise<void> {
-    await Promise.all(
-      this.children.map(
-        (child) =>
-          new Promise<void>((done) => {
-            if (child.exitCode !== null || child.signalCode !== null) return done();
-            const force = setTimeout(() => child.kill('SIGKILL'), 10_000);
-            child.once('exit', () => {
-              clearTimeout(force);
-              done();
-            });
-            child.kill('SIGTERM');
-          }),
-      ),
-    );
+    await Promise.all(this.children.map(stopChild));
     // The control plane stops its workers; should one outlive it, it goes now.
     this.killLeftovers();
+  }
+
+  /**
+   * Stops one deployment before the bench ends (so that the next phase does not share the cores
+   * with it): SIGTERM, SIGKILL after 10 s, then its process group. Workers in groups of their
+   * own that outlive it are killed with the rest when the bench ends.
+   */
+  async stop(deployment: Deployment): Promise<void> {
+    await stopChild(deployment.child);
+    if (deployment.child.pid) killQuietly(-deployment.child.pid, 'SIGKILL');
   }
 
   /** Stops them all and removes the work directory. */
@@ -185,6 +182,19 @@ export class Deployments {
     this.cleaned = true;
     rmSync(this.workDir, { recursive: true, force: true });
   }
+}
+
+/** SIGTERM, and SIGKILL should it not exit within 10 s; resolves once it has exited. */
+function stopChild(child: ChildProcess): Promise<void> {
+  return new Promise<void>((done) => {
+    if (child.exitCode !== null || child.signalCode !== null) return done();
+    const force = setTimeout(() => child.kill('SIGKILL'), 10_000);
+    child.once('exit', () => {
+      clearTimeout(force);
+      done();
+    });
+    child.kill('SIGTERM');
+  });
 }
 
 function killQuietly(pid: number, signal: NodeJS.Signals): void {
