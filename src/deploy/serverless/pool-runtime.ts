@@ -8,6 +8,14 @@ import { loadTopology, type TopologyOverrides } from '../topology.js';
 import { SERVERLESS_ENV, TAKE_ON, type TakeOnMessage } from './instance.js';
 import type { CredentialBundle } from '../../auth/credentials.js';
 import type { AppDefinition } from '../../app/define.js';
+import type { Logger } from 'pino';
+import { z } from 'zod';
+import { DeploymentAuthority } from '../../auth/credentials.js';
+import { InternalPlane } from '../../auth/internal-plane.js';
+import { defineContract } from '../../contract/define.js';
+import { newTrace } from '../../kernel/trace.js';
+import { RpcServer } from '../../rpc/tcp-server.js';
+import { TcpTransport } from '../../rpc/tcp-transport.js';
 import { createLogger } from '../../observe/logger.js';
 import { prepareBackends, type PreparedBackends } from '../../worker/prepared-backends.js';
 
@@ -63,5 +71,38 @@ async function warmUp(app: AppDefinition, appDir: string, overrides: TopologyOve
   await http.inject({ method: 'GET', url: '/' });
   await http.close();
   await (await fetch('data:application/json,{}')).json();
-  return prepareBackends(app, topology, createLogger({ app: app.name, process: 'pool' }));
+  const log = createLogger({ app: app.name, process: 'pool' });
+  await warmRpc(log);
+  return prepareBackends(app, topology, log);
+}
+
+const warmContract = defineContract({
+  name: 'warm',
+  version: '1.0.0',
+  methods: { up: { input: z.object({ n: z.number() }), output: z.object({ n: z.number() }) } },
+});
+
+/**
+ * One RPC connection and a few calls to itself over loopback, so that the first real caller
+ * finds the accepting, handshake and framing code compiled. Both ends hold credentials of an
+ * authority made here and dropped after, so nothing outside this process can use the listener
+ * in the milliseconds it is open.
+ */
+async function warmRpc(log: Logger): Promise<void> {
+  const authority = new DeploymentAuthority('pool-warm-up');
+  const method = warmContract.methods.up;
+  const server = new RpcServer({
+    resolve: (service, name) => (service === 'warm' && name === 'up' ? { method, host: { handle: async (_m, input) => input } } : undefined),
+    log: log.child({ level: 'warn' }),
+    host: '127.0.0.1',
+    plane: new InternalPlane(authority.issue({ sub: 'warm#0', svc: ['warm'], ins: ['warm-0'] })),
+  });
+  await server.listen();
+  const tcp = new TcpTransport({ log, plane: new InternalPlane(authority.issue({ sub: 'edge#0', edge: true })) });
+  try {
+    for (let i = 0; i < 20; i++) await tcp.send(server.address!, method, { n: i }, { deadline: Date.now() + 1000, trace: newTrace() });
+  } finally {
+    await tcp.close();
+    await server.close();
+  }
 }
