@@ -42,7 +42,7 @@ describe('FunctionGate', () => {
     const started: string[] = [];
     let running = 0;
     let peak = 0;
-    const pending = new Map<string, ReturnType<typeof deferred>>();
+    const pending = new Map<string, ReturnType<typeof deferred<void>>>();
     const call = (name: string) => {
       const d = deferred();
       pending.set(name, d);
