@@ -201,4 +201,33 @@ describe('ServerlessPlatform', () => {
     // In flight now: from the latest report.
     expect(p.status().functions.find((f) => f.name === 'orders')!.concurrency).toBe(3);
   });
+  it('meters a function resized by a topology change apart, without failing on the reports of either size', () => {
+    const { p, hooks } = setUp();
+    activate(p, 1, 'orders');
+    p.onMessage('orders', 0, { type: SERVING, initMs: 5, instances: [info('orders', 'orders-0')] });
+    p.onMessage('orders', 0, { type: REPORT, held: {}, gate: gate({ invocations: 100, billedMs: 1_000 }) });
+    const resized = loadTopology(dir, {
+      architecture: 'serverless',
+      set: ['serverless.initialInstances=0', 'serverless.pool=2', 'serverless.functions.shop.minInstances=2', 'serverless.functions.shop.memoryMb=512', 'serverless.functions.orders.memoryMb=1024'],
+    });
+    p.reconfigure(resized, groups);
+    // The instance started at 256 MB keeps reporting; it is billed at its own size.
+    p.onMessage('orders', 0, { type: REPORT, held: {}, gate: gate({ invocations: 50, billedMs: 500 }) });
+    // It is killed over the limit it runs under (256 MB, not the new size); the next one
+    // starts at the new size and is billed at it.
+    p.onChange(status('orders', 0, { state: 'exited', lastExit: { code: null, signal: 'SIGKILL', at: 1, reason: 'memory', memoryMb: 300 } }));
+    expect(p.status().functions.find((f) => f.name === 'orders')!.lastKill?.reason).toBe('resident memory 300 MB over its limit of 256 MB');
+    activate(p, 2, 'orders');
+    expect(hooks.of('takeOn').at(-1)).toEqual([1, 'orders', 1, p.role('orders'), 1024]);
+    p.onMessage('orders', 1, { type: SERVING, initMs: 5, instances: [info('orders', 'orders-1')] });
+    p.onMessage('orders', 1, { type: REPORT, held: {}, gate: gate({ invocations: 10, billedMs: 200, coldStarts: 1 }) });
+
+    const { report } = p.metering();
+    const rows = report.functions.filter((f) => f.fn.startsWith('orders'));
+    expect(rows.map((f) => [f.fn, f.memoryMb, f.invocations, f.billedMs, f.coldStarts])).toEqual([
+      ['orders', 256, 150, 1_500, 0],
+      ['orders@1024MB', 1024, 10, 200, 1],
+    ]);
+    expect(report.total.invocations).toBe(160);
+  });
 });

@@ -68,6 +68,9 @@ interface Instance {
   readonly startedAt: number;
   readonly fromPool: boolean;
   readonly cause: Cause;
+  /** The memory it was started with (its limit), and the meter row it is billed on. */
+  readonly memoryMb: number;
+  readonly meterAs: string;
   initMs?: number;
   /** What it announced, registered for it while it reports. */
   registered: readonly InstanceInfo[];
@@ -91,8 +94,19 @@ class Fn {
   /** Why it cannot start (a start that failed for good), until the topology changes. */
   broken: string | undefined;
   lastKill: Kill | undefined;
+  /** The memory size its first instance was metered at. */
+  private meteredMb: number | undefined;
   constructor(public config: FunctionConfig) {
     this.autoscaler = new Autoscaler(config);
+  }
+  /**
+   * The meter row for instances of `memoryMb`: the function's name for the size it was first
+   * metered at, `name@<size>MB` for a size a topology change gave it later. The meter prices a
+   * row at one size, and an instance keeps the size it was started with until it goes.
+   */
+  meterRow(memoryMb: number): string {
+    this.meteredMb ??= memoryMb;
+    return memoryMb === this.meteredMb ? this.config.name : `${this.config.name}@${memoryMb}MB`;
   }
   active(): Instance[] {
     return [...this.instances.values()].filter((i) => i.state !== 'stopping');
@@ -254,8 +268,10 @@ export class ServerlessPlatform {
       hooks.spawnInstance(fn.config.name, replica, { EVOLITH_SERVERLESS: JSON.stringify(role) }, fn.config.memoryMb);
     }
     const now = Date.now();
-    fn.instances.set(replica, { replica, state: 'starting', startedAt: now, fromPool: poolReplica !== undefined, cause, registered: [], concurrency: 0, inFlight: 0 });
-    this.meter.instanceStarted(fn.config.name, this.meterAt(), { memoryMb: fn.config.memoryMb });
+    const memoryMb = fn.config.memoryMb;
+    const meterAs = fn.meterRow(memoryMb);
+    fn.instances.set(replica, { replica, state: 'starting', startedAt: now, fromPool: poolReplica !== undefined, cause, memoryMb, meterAs, registered: [], concurrency: 0, inFlight: 0 });
+    this.meter.instanceStarted(meterAs, this.meterAt(), { memoryMb });
     this.log.info({ function: fn.config.name, instance: Supervisor.key(fn.config.name, replica), cause, pool: poolReplica !== undefined }, 'function instance starting');
   }
 
@@ -284,7 +300,7 @@ export class ServerlessPlatform {
     if (!instance) return;
     fn.instances.delete(replica);
     this.hooks!.deregister(Supervisor.key(fn.config.name, replica), instance.registered.map((i) => i.id));
-    this.meter.instanceStopped(fn.config.name, this.meterAt());
+    this.meter.instanceStopped(instance.meterAs, this.meterAt());
     this.held.delete(Supervisor.key(fn.config.name, replica));
   }
 
@@ -308,8 +324,8 @@ export class ServerlessPlatform {
     if (p.state !== 'exited' && p.state !== 'failed') return;
     const key = Supervisor.key(p.name, p.replica);
     if (p.lastExit?.reason === 'memory') {
-      fn.lastKill = { at: p.lastExit.at, instance: key, reason: `resident memory ${p.lastExit.memoryMb} MB over its limit of ${fn.config.memoryMb} MB` };
-      this.log.warn({ function: fn.config.name, instance: key, memoryMb: p.lastExit.memoryMb, limitMb: fn.config.memoryMb }, 'function instance killed: over its memory limit');
+      fn.lastKill = { at: p.lastExit.at, instance: key, reason: `resident memory ${p.lastExit.memoryMb} MB over its limit of ${instance.memoryMb} MB` };
+      this.log.warn({ function: fn.config.name, instance: key, memoryMb: p.lastExit.memoryMb, limitMb: instance.memoryMb }, 'function instance killed: over its memory limit');
     } else if (p.state === 'failed') {
       const why = [...p.lastLines].reverse().find((l) => l.startsWith('evolith: ')) ?? p.lastLines.at(-1) ?? `exit code ${p.lastExit?.code}`;
       fn.broken = why.replace(/^evolith: /, '');
@@ -336,7 +352,7 @@ export class ServerlessPlatform {
       if (fn && instance && r.gate) {
         instance.concurrency = r.gate.concurrency;
         instance.inFlight = r.gate.inFlight;
-        if (r.gate.invocations > 0) this.meter.invocations(fn.config.name, { memoryMb: fn.config.memoryMb }, r.gate.invocations, r.gate.billedMs, r.gate.coldStarts);
+        if (r.gate.invocations > 0) this.meter.invocations(instance.meterAs, { memoryMb: instance.memoryMb }, r.gate.invocations, r.gate.billedMs, r.gate.coldStarts);
       }
     } else if (m?.type === SERVING) {
       const fn = this.fns.get(name);
