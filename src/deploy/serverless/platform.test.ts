@@ -230,4 +230,33 @@ describe('ServerlessPlatform', () => {
     ]);
     expect(report.total.invocations).toBe(160);
   });
+  it('ignores malformed reports instead of failing on them, and keeps its figures sound', () => {
+    const { p } = setUp();
+    activate(p, 1, 'orders');
+    p.onMessage('orders', 0, { type: SERVING, initMs: 5, instances: [info('orders', 'orders-0')] });
+    const bad: unknown[] = [
+      { type: REPORT },
+      { type: REPORT, held: null },
+      { type: REPORT, held: { orders: 'many' } },
+      { type: REPORT, held: { orders: -5 } },
+      { type: REPORT, held: {}, gate: gate({ invocations: 1.5, billedMs: 2 }) },
+      { type: REPORT, held: {}, gate: gate({ invocations: 1, billedMs: -100 }) },
+      { type: REPORT, held: {}, gate: gate({ invocations: 1, billedMs: 5, coldStarts: 2 }) },
+      { type: REPORT, held: {}, gate: { ...gate({}), inFlight: 'x' } },
+      { type: REPORT, held: {}, gate: 'nothing' },
+    ];
+    for (const m of bad) {
+      expect(() => p.onMessage('orders', 0, m)).not.toThrow();
+      expect(() => p.onMessage('edge', 0, m)).not.toThrow();
+    }
+    const orders = p.status().functions.find((f) => f.name === 'orders')!;
+    expect(orders.held).toBe(0);
+    expect(orders.concurrency).toBe(0);
+    expect(p.metering().report.functions.find((f) => f.fn === 'orders')).toMatchObject({ invocations: 0, billedMs: 0 });
+    // A sound report after them is taken as usual.
+    p.onMessage('edge', 0, { type: REPORT, held: { orders: 4 } });
+    p.onMessage('orders', 0, { type: REPORT, held: {}, gate: gate({ invocations: 3, billedMs: 30, inFlight: 2 }) });
+    expect(p.status().functions.find((f) => f.name === 'orders')).toMatchObject({ held: 4, concurrency: 2 });
+    expect(p.metering().report.functions.find((f) => f.fn === 'orders')).toMatchObject({ invocations: 3, billedMs: 30 });
+  });
 });

@@ -113,6 +113,22 @@ class Fn {
   }
 }
 
+const isCount = (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v) && v >= 0;
+const isAmount = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v) && v >= 0;
+
+/** Why a REPORT message cannot be taken, or undefined when it can. */
+function reportProblem(r: ReportMessage): string | undefined {
+  if (typeof r.held !== 'object' || r.held === null || Array.isArray(r.held)) return 'held is not a mapping';
+  for (const [service, n] of Object.entries(r.held)) if (!isCount(n)) return `held.${service} is not a whole number >= 0`;
+  if (r.gate === undefined) return undefined;
+  const g = r.gate as unknown as Record<string, unknown>;
+  if (typeof g !== 'object' || g === null) return 'gate is not a mapping';
+  for (const f of ['invocations', 'billedMs', 'coldStarts', 'refused', 'inFlight']) if (!isCount(g[f])) return `gate.${f} is not a whole number >= 0`;
+  if (!isAmount(g.concurrency)) return 'gate.concurrency is not a number >= 0';
+  if ((g.coldStarts as number) > (g.invocations as number)) return 'gate.coldStarts is above gate.invocations';
+  return undefined;
+}
+
 /** `evolith status`'s view of the functions (registry `GET /functions`). */
 export interface FunctionsStatus {
   pool: { size: number; waiting: number[] };
@@ -344,6 +360,13 @@ export class ServerlessPlatform {
     const key = Supervisor.key(name, replica);
     if (m?.type === REPORT) {
       const r = m as ReportMessage;
+      // A process's report is its own word: one that makes no sense is not taken (a throw here
+      // would end the control plane, and nonsense would skew scaling and billing).
+      const problem = reportProblem(r);
+      if (problem) {
+        this.log.error({ instance: key, problem }, 'a process sent a report that makes no sense; ignored');
+        return;
+      }
       if (Object.keys(r.held).length > 0) this.held.set(key, r.held);
       else this.held.delete(key);
       const fn = this.fns.get(name);
