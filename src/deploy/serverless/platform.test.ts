@@ -259,4 +259,22 @@ describe('ServerlessPlatform', () => {
     expect(p.status().functions.find((f) => f.name === 'orders')).toMatchObject({ held: 4, concurrency: 2 });
     expect(p.metering().report.functions.find((f) => f.fn === 'orders')).toMatchObject({ invocations: 3, billedMs: 30 });
   });
+  it('refuses and stops an instance whose announcement is malformed, without failing on it', () => {
+    const { p, hooks } = setUp();
+    const malformed: unknown[] = [
+      { type: SERVING, initMs: 5 },
+      { type: SERVING, initMs: 5, instances: 'catalog-0' },
+      { type: SERVING, initMs: 5, instances: [null] },
+    ];
+    expect(() => p.onMessage('shop', 0, malformed[0])).not.toThrow();
+    expect(() => p.onMessage('shop', 1, malformed[1])).not.toThrow();
+    activate(p, 1, 'orders');
+    expect(() => p.onMessage('orders', 0, malformed[2])).not.toThrow();
+    expect(hooks.of('register')).toEqual([]);
+    expect(hooks.of('stop')).toEqual([
+      ['shop', 0],
+      ['shop', 1],
+      ['orders', 0],
+    ]);
+  });
 });

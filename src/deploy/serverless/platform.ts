@@ -383,9 +383,13 @@ export class ServerlessPlatform {
       if (fn && instance) {
         const s = m as ServingMessage;
         // It may announce only what it was started for: its function's services, as this slot.
-        const wrong = s.instances.filter((i) => !fn.config.services.includes(i.service) || i.id !== `${i.service}-${replica}`);
-        if (wrong.length > 0 || s.instances.length === 0) {
-          this.log.error({ instance: key, announced: s.instances.map((i) => i.id) }, 'a function instance announced instances it does not run; stopping it');
+        const announced: unknown[] = Array.isArray(s.instances) ? s.instances : [];
+        const own = (i: unknown): boolean => {
+          const x = i as Partial<InstanceInfo> | null;
+          return typeof x === 'object' && x !== null && typeof x.service === 'string' && typeof x.address === 'string' && fn.config.services.includes(x.service) && x.id === `${x.service}-${replica}`;
+        };
+        if (announced.length === 0 || !announced.every(own)) {
+          this.log.error({ instance: key, announced: announced.map((i) => (i as { id?: unknown } | null)?.id) }, 'a function instance announced instances it does not run; stopping it');
           this.stopInstance(fn, instance);
           return;
         }
