@@ -17,6 +17,10 @@
  *   due durable timers, unsent events and events waiting for it (serverless/wakeups.ts); one that
  *   is due starts an instance, which handles them and idles out after the grace period.
  * - Metering: instance reports feed the meter (serverless/metering.ts); instance lifetimes too.
+ *   An instance is billed at the memory it was started with: after a topology change resizes a
+ *   function, its instances at the new size are metered apart, as `name@<size>MB`.
+ * - Reports and announcements are a process's own word: one that makes no sense is ignored (a
+ *   report) or refused with the instance stopped (an announcement), never trusted or thrown on.
  */
 import type { Logger } from 'pino';
 import client from 'prom-client';
