@@ -129,4 +129,100 @@ describe('Supervisor', () => {
     await until(() => !alive(grandchild));
     await sup.stopAll();
   }, 20_000);
+  it('leaves a one-shot process down when it exits by itself, keeps its last exit, and forgets it on stop', async () => {
+    const changes: ProcessStatus[] = [];
+    const lines: string[] = [];
+    const sup = new Supervisor({ write: (l) => lines.push(l), onChange: (s) => changes.push(s), initialBackoffMs: 20 });
+    sup.start({ name: 'once', replica: 0, command: node, args: ['-e', "console.log('done'); process.exit(5)"], restart: false });
+    await until(() => changes.some((c) => c.state === 'exited'));
+    expect(changes.find((c) => c.state === 'exited')).toMatchObject({ name: 'once', replica: 0, restarts: 0, lastExit: { code: 5, signal: null } });
+    // Many initial backoffs later it is still down, not restarted.
+    await new Promise((r) => setTimeout(r, 300));
+    expect(sup.status()).toMatchObject([{ name: 'once', state: 'exited', restarts: 0, pid: undefined, lastExit: { code: 5 }, lastLines: ['done'] }]);
+    expect(changes.filter((c) => c.state === 'running')).toHaveLength(1);
+    expect(lines).toContain('[once#0] exited (code 5)');
+    expect(lines.filter((l) => l.includes('restarting'))).toEqual([]);
+    await sup.stop('once', 0);
+    expect(sup.status()).toEqual([]);
+  });
+
+  it('still reports a one-shot process that exits with its fatal code as failed', async () => {
+    const changes: ProcessStatus[] = [];
+    const sup = new Supervisor({ write: () => undefined, onChange: (s) => changes.push(s), initialBackoffMs: 20 });
+    sup.start({ name: 'broken', replica: 0, command: node, args: ['-e', 'process.exit(78)'], restart: false, fatalExitCode: 78 });
+    await until(() => changes.some((c) => c.state === 'failed' || c.state === 'exited'));
+    expect(changes.at(-1)).toMatchObject({ state: 'failed', restarts: 0, lastExit: { code: 78 } });
+    await sup.stopAll();
+  });
+
+  /** Answers `say` by printing the text and sending it back; `grow` makes it take about 200 MB. */
+  const role = [
+    "process.on('message', (m) => {",
+    "  if (m.type === 'say') { console.log(m.text); process.send({ echo: m.text }); }",
+    "  if (m.type === 'grow') { const held = []; const g = setInterval(() => { held.push(Buffer.alloc(1 << 20, 1)); if (held.length >= 200) clearInterval(g); }, 2); }",
+    '});',
+    "console.log('waiting');",
+  ].join('\n');
+
+  it('hands a running process a new name: its lines, messages, status, send and stop follow the new name', async () => {
+    const lines: string[] = [];
+    const changes: ProcessStatus[] = [];
+    const messages: [string, number, unknown][] = [];
+    const sup = new Supervisor({ write: (l) => lines.push(l), onChange: (s) => changes.push(s), onMessage: (n, r, m) => messages.push([n, r, m]) });
+    sup.start({ name: 'pool', replica: 0, command: node, args: ['-e', role] });
+    await until(() => lines.includes('[pool#0] waiting'));
+    const pid = sup.status()[0]!.pid;
+    expect(sup.send('pool', 0, { type: 'say', text: 'before' })).toBe(true);
+    await until(() => messages.length === 1);
+    expect(messages[0]).toEqual(['pool', 0, { echo: 'before' }]);
+    expect(lines).toContain('[pool#0] before');
+
+    sup.reassign({ name: 'pool', replica: 0 }, { name: 'fn', replica: 3, memoryLimitMb: 80 });
+    expect(changes.at(-1)).toMatchObject({ name: 'fn', replica: 3, state: 'running', pid });
+    expect(sup.status()).toMatchObject([{ name: 'fn', replica: 3, pid, state: 'running' }]);
+    expect(sup.status()).toHaveLength(1);
+    expect(sup.send('pool', 0, { type: 'say', text: 'lost' })).toBe(false);
+    expect(sup.send('fn', 3, { type: 'say', text: 'after' })).toBe(true);
+    await until(() => messages.length === 2);
+    expect(messages[1]).toEqual(['fn', 3, { echo: 'after' }]);
+    expect(lines).toContain('[fn#3] after');
+    expect(lines.some((l) => l.startsWith('[pool#0] after') || l.includes('lost'))).toBe(false);
+
+    await sup.stop('pool', 0);
+    expect(sup.status()).toHaveLength(1);
+    await sup.stop('fn', 3);
+    expect(changes.at(-1)).toMatchObject({ name: 'fn', replica: 3, state: 'stopped' });
+    expect(sup.status()).toEqual([]);
+    expect(() => process.kill(pid!, 0)).toThrow();
+  });
+
+  it('refuses to reassign to a name in use or from one it does not supervise', async () => {
+    const sup = new Supervisor({ write: () => undefined });
+    sup.start({ name: 'pool', replica: 0, command: node, args: ['-e', idle] });
+    sup.start({ name: 'fn', replica: 1, command: node, args: ['-e', idle] });
+    expect(() => sup.reassign({ name: 'pool', replica: 0 }, { name: 'fn', replica: 1 })).toThrow('fn#1 is already supervised');
+    expect(() => sup.reassign({ name: 'pool', replica: 9 }, { name: 'fn', replica: 2 })).toThrow('pool#9 is not supervised');
+    // Both keep their names.
+    expect(sup.status().map((s) => `${s.name}#${s.replica}`).sort()).toEqual(['fn#1', 'pool#0']);
+    await sup.stopAll();
+  });
+
+  it('applies the memory limit given on reassign', async () => {
+    const lines: string[] = [];
+    const changes: ProcessStatus[] = [];
+    const sup = new Supervisor({ write: (l) => lines.push(l), onChange: (s) => changes.push(s), memoryCheckMs: 50 });
+    sup.start({ name: 'pool', replica: 0, command: node, args: ['-e', role], restart: false });
+    await until(() => lines.includes('[pool#0] waiting'));
+    sup.reassign({ name: 'pool', replica: 0 }, { name: 'fn', replica: 3, memoryLimitMb: 80 });
+    sup.send('fn', 3, { type: 'grow' });
+    await until(() => sup.status()[0]!.lastExit !== undefined, 10_000);
+    const s = sup.status()[0]!;
+    expect(s).toMatchObject({ name: 'fn', replica: 3, state: 'exited', restarts: 0, lastExit: { signal: 'SIGKILL', reason: 'memory' } });
+    expect(s.lastExit!.memoryMb).toBeGreaterThan(80);
+    expect(lines).toContain(`[fn#3] killed: resident memory ${s.lastExit!.memoryMb} MB over its limit of 80 MB`);
+    expect(lines).toContain('[fn#3] exited (SIGKILL) after using more memory than its limit');
+    expect(changes.at(-1)).toMatchObject({ name: 'fn', state: 'exited' });
+    await sup.stop('fn', 3);
+    expect(sup.status()).toEqual([]);
+  }, 15_000);
 });

@@ -17,6 +17,10 @@
  *   due durable timers, unsent events and events waiting for it (serverless/wakeups.ts); one that
  *   is due starts an instance, which handles them and idles out after the grace period.
  * - Metering: instance reports feed the meter (serverless/metering.ts); instance lifetimes too.
+ *   An instance is billed at the memory it was started with: after a topology change resizes a
+ *   function, its instances at the new size are metered apart, as `name@<size>MB`.
+ * - Reports and announcements are a process's own word: one that makes no sense is ignored (a
+ *   report) or refused with the instance stopped (an announcement), never trusted or thrown on.
  */
 import type { Logger } from 'pino';
 import client from 'prom-client';
@@ -70,6 +74,9 @@ interface Instance {
   readonly startedAt: number;
   readonly fromPool: boolean;
   readonly cause: Cause;
+  /** The memory it was started with (its limit), and the meter row it is billed on. */
+  readonly memoryMb: number;
+  readonly meterAs: string;
   initMs?: number;
   /** What it announced, registered for it while it reports. */
   registered: readonly InstanceInfo[];
@@ -93,12 +100,39 @@ class Fn {
   /** Why it cannot start (a start that failed for good), until the topology changes. */
   broken: string | undefined;
   lastKill: Kill | undefined;
+  /** The memory size its first instance was metered at. */
+  private meteredMb: number | undefined;
   constructor(public config: FunctionConfig) {
     this.autoscaler = new Autoscaler(config);
+  }
+  /**
+   * The meter row for instances of `memoryMb`: the function's name for the size it was first
+   * metered at, `name@<size>MB` for a size a topology change gave it later. The meter prices a
+   * row at one size, and an instance keeps the size it was started with until it goes.
+   */
+  meterRow(memoryMb: number): string {
+    this.meteredMb ??= memoryMb;
+    return memoryMb === this.meteredMb ? this.config.name : `${this.config.name}@${memoryMb}MB`;
   }
   active(): Instance[] {
     return [...this.instances.values()].filter((i) => i.state !== 'stopping');
   }
+}
+
+const isCount = (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v) && v >= 0;
+const isAmount = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v) && v >= 0;
+
+/** Why a REPORT message cannot be taken, or undefined when it can. */
+function reportProblem(r: ReportMessage): string | undefined {
+  if (typeof r.held !== 'object' || r.held === null || Array.isArray(r.held)) return 'held is not a mapping';
+  for (const [service, n] of Object.entries(r.held)) if (!isCount(n)) return `held.${service} is not a whole number >= 0`;
+  if (r.gate === undefined) return undefined;
+  const g = r.gate as unknown as Record<string, unknown>;
+  if (typeof g !== 'object' || g === null) return 'gate is not a mapping';
+  for (const f of ['invocations', 'billedMs', 'coldStarts', 'refused', 'inFlight']) if (!isCount(g[f])) return `gate.${f} is not a whole number >= 0`;
+  if (!isAmount(g.concurrency)) return 'gate.concurrency is not a number >= 0';
+  if ((g.coldStarts as number) > (g.invocations as number)) return 'gate.coldStarts is above gate.invocations';
+  return undefined;
 }
 
 /** `evolith status`'s view of the functions (registry `GET /functions`). */
@@ -262,8 +296,10 @@ export class ServerlessPlatform {
       hooks.spawnInstance(fn.config.name, replica, { EVOLITH_SERVERLESS: JSON.stringify(role) }, fn.config.memoryMb);
     }
     const now = Date.now();
-    fn.instances.set(replica, { replica, state: 'starting', startedAt: now, fromPool: poolReplica !== undefined, cause, registered: [], concurrency: 0, inFlight: 0 });
-    this.meter.instanceStarted(fn.config.name, this.meterAt(), { memoryMb: fn.config.memoryMb });
+    const memoryMb = fn.config.memoryMb;
+    const meterAs = fn.meterRow(memoryMb);
+    fn.instances.set(replica, { replica, state: 'starting', startedAt: now, fromPool: poolReplica !== undefined, cause, memoryMb, meterAs, registered: [], concurrency: 0, inFlight: 0 });
+    this.meter.instanceStarted(meterAs, this.meterAt(), { memoryMb });
     this.log.info({ function: fn.config.name, instance: Supervisor.key(fn.config.name, replica), cause, pool: poolReplica !== undefined }, 'function instance starting');
   }
 
@@ -292,7 +328,7 @@ export class ServerlessPlatform {
     if (!instance) return;
     fn.instances.delete(replica);
     this.hooks!.deregister(Supervisor.key(fn.config.name, replica), instance.registered.map((i) => i.id));
-    this.meter.instanceStopped(fn.config.name, this.meterAt());
+    this.meter.instanceStopped(instance.meterAs, this.meterAt());
     this.held.delete(Supervisor.key(fn.config.name, replica));
   }
 
@@ -316,8 +352,8 @@ export class ServerlessPlatform {
     if (p.state !== 'exited' && p.state !== 'failed') return;
     const key = Supervisor.key(p.name, p.replica);
     if (p.lastExit?.reason === 'memory') {
-      fn.lastKill = { at: p.lastExit.at, instance: key, reason: `resident memory ${p.lastExit.memoryMb} MB over its limit of ${fn.config.memoryMb} MB` };
-      this.log.warn({ function: fn.config.name, instance: key, memoryMb: p.lastExit.memoryMb, limitMb: fn.config.memoryMb }, 'function instance killed: over its memory limit');
+      fn.lastKill = { at: p.lastExit.at, instance: key, reason: `resident memory ${p.lastExit.memoryMb} MB over its limit of ${instance.memoryMb} MB` };
+      this.log.warn({ function: fn.config.name, instance: key, memoryMb: p.lastExit.memoryMb, limitMb: instance.memoryMb }, 'function instance killed: over its memory limit');
     } else if (p.state === 'failed') {
       const why = [...p.lastLines].reverse().find((l) => l.startsWith('evolith: ')) ?? p.lastLines.at(-1) ?? `exit code ${p.lastExit?.code}`;
       fn.broken = why.replace(/^evolith: /, '');
@@ -344,6 +380,13 @@ export class ServerlessPlatform {
     const key = Supervisor.key(name, replica);
     if (m?.type === REPORT) {
       const r = m as ReportMessage;
+      // A process's report is its own word: one that makes no sense is not taken (a throw here
+      // would end the control plane, and nonsense would skew scaling and billing).
+      const problem = reportProblem(r);
+      if (problem) {
+        this.log.error({ instance: key, problem }, 'a process sent a report that makes no sense; ignored');
+        return;
+      }
       if (Object.keys(r.held).length > 0) this.held.set(key, r.held);
       else this.held.delete(key);
       const fn = this.fns.get(name);
@@ -352,7 +395,7 @@ export class ServerlessPlatform {
       if (fn && instance && r.gate) {
         instance.concurrency = r.gate.concurrency;
         instance.inFlight = r.gate.inFlight;
-        if (r.gate.invocations > 0) this.meter.invocations(fn.config.name, { memoryMb: fn.config.memoryMb }, r.gate.invocations, r.gate.billedMs, r.gate.coldStarts);
+        if (r.gate.invocations > 0) this.meter.invocations(instance.meterAs, { memoryMb: instance.memoryMb }, r.gate.invocations, r.gate.billedMs, r.gate.coldStarts);
       }
     } else if (m?.type === SERVING) {
       const fn = this.fns.get(name);
@@ -360,9 +403,13 @@ export class ServerlessPlatform {
       if (fn && instance) {
         const s = m as ServingMessage;
         // It may announce only what it was started for: its function's services, as this slot.
-        const wrong = s.instances.filter((i) => !fn.config.services.includes(i.service) || i.id !== `${i.service}-${replica}`);
-        if (wrong.length > 0 || s.instances.length === 0) {
-          this.log.error({ instance: key, announced: s.instances.map((i) => i.id) }, 'a function instance announced instances it does not run; stopping it');
+        const announced: unknown[] = Array.isArray(s.instances) ? s.instances : [];
+        const own = (i: unknown): boolean => {
+          const x = i as Partial<InstanceInfo> | null;
+          return typeof x === 'object' && x !== null && typeof x.service === 'string' && typeof x.address === 'string' && fn.config.services.includes(x.service) && x.id === `${x.service}-${replica}`;
+        };
+        if (announced.length === 0 || !announced.every(own)) {
+          this.log.error({ instance: key, announced: announced.map((i) => (i as { id?: unknown } | null)?.id) }, 'a function instance announced instances it does not run; stopping it');
           this.stopInstance(fn, instance);
           return;
         }
