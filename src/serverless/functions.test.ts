@@ -74,7 +74,8 @@ describe('functionConfigs', () => {
       timeoutMs: 2000,
       minInstances: 0,
       stableWindowMs: 20_000,
-      panicWindowMs: DEFAULT_SCALING.panicWindowMs,
+      // Not set anywhere: a tenth of the stable window, as Knative's panic-window-percentage.
+      panicWindowMs: 2000,
     });
   });
 

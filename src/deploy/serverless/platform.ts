@@ -238,15 +238,9 @@ export class ServerlessPlatform {
   reconfigure(next: Topology, groups: ServiceGroup[]): void {
     const configs = functionConfigs(groups, next);
     this.topology = next;
-    for (const next of configs) {
-      const fn = this.fns.get(next.name);
+    for (const c of configs) {
+      const fn = this.fns.get(c.name);
       if (!fn) continue;
-      // The meter prices a function's whole period at one memory size: a new size needs a new deployment.
-      let c = next;
-      if (next.memoryMb !== fn.config.memoryMb) {
-        this.log.warn({ function: next.name, running: fn.config.memoryMb, edited: next.memoryMb }, 'memoryMb applies from the next start; the running deployment keeps its size');
-        c = { ...next, memoryMb: fn.config.memoryMb };
-      }
       fn.config = c;
       fn.autoscaler.configure(c);
       fn.broken = undefined;
