@@ -334,7 +334,7 @@ export class ServerlessPlatform {
         const at = this.pool.indexOf(p.replica);
         if (at >= 0) this.pool.splice(at, 1);
         void this.hooks?.stop('pool', p.replica);
-        // A runtime that cannot even wait is not started again and again.
+        // A runtime that cannot even wait is not started again and again (five exits in a row, none serving between).
         if (++this.poolFailures <= 5) setTimeout(() => this.addPool(), 1000).unref();
         else this.log.error({ output: p.lastLines }, 'pool runtimes keep exiting; instances start as fresh processes');
       }
@@ -410,6 +410,8 @@ export class ServerlessPlatform {
         instance.registered = s.instances;
         if (instance.state === 'starting') this.hooks?.register(key, s.instances);
         instance.initMs = Math.round(s.initMs);
+        // A runtime from the pool served: the pool works, whatever exits came before.
+        if (instance.fromPool) this.poolFailures = 0;
         if (instance.state === 'starting') instance.state = 'ready';
         this.log.info({ instance: key, initMs: instance.initMs, pool: instance.fromPool, cause: instance.cause }, 'function instance ready');
         this.refill(key);
