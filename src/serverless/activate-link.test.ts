@@ -120,4 +120,44 @@ describe('the activate link', () => {
     await sleep(120);
     expect(asked).toBe(before);
   });
+
+  it('with a capacity, lets through at most capacity × instances calls at once; the rest are held (as demand) and go, in order, as calls end or instances appear', async () => {
+    const d = new FakeDiscovery();
+    d.list = [instance];
+    let asked = 0;
+    const link = new ActivateLink('thumbs', d, { activate: async () => void asked++ }, { capacity: 3 });
+    const release: (() => void)[] = [];
+    const started: number[] = [];
+    const terminal = {
+      name: 'slow',
+      send: (c: Call) =>
+        new Promise((resolve) => {
+          started.push((c.input as { n: number }).n);
+          release.push(() => resolve({ n: (c.input as { n: number }).n }));
+        }),
+    };
+    const next = assemble({ links: [link], terminal });
+    const calls = Array.from({ length: 10 }, (_, i) => next(call(i)));
+    await sleep(20);
+    expect(started).toEqual([0, 1, 2]);
+    expect(link.held).toBe(7);
+    release.shift()!();
+    await sleep(20);
+    expect(started).toEqual([0, 1, 2, 3]);
+    expect(link.held).toBe(6);
+    // A second instance: room for three more at once.
+    d.set([instance, { ...instance, id: 'thumbs-1', address: '127.0.0.1:7002' }]);
+    await sleep(20);
+    expect(started).toEqual([0, 1, 2, 3, 4, 5, 6]);
+    expect(link.held).toBe(3);
+    while (started.length < 10 || release.length > 0) {
+      release.shift()?.();
+      await sleep(5);
+    }
+    expect((await Promise.all(calls)).map((a) => (a as { n: number }).n)).toEqual(Array.from({ length: 10 }, (_, i) => i));
+    expect(link.held).toBe(0);
+    // Waiting for room is not waiting for an instance: the platform was never asked.
+    expect(asked).toBe(0);
+    expect(d.watchers).toBe(0);
+  });
 });

@@ -9,8 +9,14 @@
  * still no instance shows, the platform is asked again every `reaskMs` (an instance that crashed
  * while starting is replaced).
  *
- * `held` is what the autoscaler counts as demand while there is no instance: calls waiting here
- * are concurrency like calls in flight.
+ * Given the callee's `capacity` (the calls one instance runs at once), the link also holds calls
+ * beyond what the instances it sees can take: at most `capacity` × instances of its calls are on
+ * their way at once; the rest wait here, in order, and go on as calls finish or instances appear.
+ * Without it, a burst held while a function was at zero would all land on its first instance,
+ * overflow that instance's queue and be refused, while the platform was about to scale out.
+ *
+ * `held` is what the autoscaler counts as demand: calls waiting here (for a first instance, or
+ * for room on the instances there are) are concurrency like calls in flight.
  */
 import { DeadlineEntry, unwatch, watch } from '../kernel/deadline.js';
 import { TimeoutError, UnavailableError, type EvolithError } from '../kernel/errors.js';
@@ -34,6 +40,8 @@ export interface ActivateLinkOptions {
   readonly maxHeld?: number;
   /** While calls wait and no instance shows, ask the platform again this often (ms). Default 1000. */
   readonly reaskMs?: number;
+  /** Calls one instance of the callee runs at once; when given, no more than this per instance are let through. */
+  readonly capacity?: number;
 }
 
 export class ActivateLink implements Link {
@@ -43,6 +51,9 @@ export class ActivateLink implements Link {
   private reask: NodeJS.Timeout | undefined;
   private readonly maxHeld: number;
   private readonly reaskMs: number;
+  private readonly capacity: number | undefined;
+  /** Calls of this link on their way to an instance now (let through and not yet answered). */
+  private inFlight = 0;
   /** Activations asked for, since the link was made. */
   activations = 0;
 
@@ -54,6 +65,7 @@ export class ActivateLink implements Link {
   ) {
     this.maxHeld = options.maxHeld ?? 1000;
     this.reaskMs = options.reaskMs ?? 1000;
+    this.capacity = options.capacity;
   }
 
   /** Calls waiting for an instance now. */
@@ -62,7 +74,37 @@ export class ActivateLink implements Link {
   }
 
   wrap(next: Next): Next {
-    return (call) => (this.discovery.endpoints(this.service).length > 0 ? next(call) : this.hold(call).then(() => next(call)));
+    return (call) => {
+      // Calls already waiting go first: a new one waits behind them.
+      if (this.waiting.size === 0 && this.hasRoom()) {
+        this.inFlight++;
+        return this.pass(next, call);
+      }
+      return this.hold(call).then(() => this.pass(next, call));
+    };
+  }
+
+  /** Runs a call let through (already counted in `inFlight`), and lets the next one go when it ends. */
+  private pass(next: Next, call: Call): Promise<unknown> {
+    let p: Promise<unknown>;
+    try {
+      p = next(call);
+    } catch (err) {
+      this.done();
+      throw err;
+    }
+    return p.finally(() => this.done());
+  }
+
+  private done(): void {
+    this.inFlight--;
+    if (this.waiting.size > 0) this.drain();
+  }
+
+  /** Whether a call may go on now: some instance shows, and (with a capacity) has room. */
+  private hasRoom(): boolean {
+    const n = this.discovery.endpoints(this.service).length;
+    return n > 0 && (this.capacity === undefined || this.inFlight < n * this.capacity);
   }
 
   private hold(call: Call): Promise<void> {
@@ -82,14 +124,33 @@ export class ActivateLink implements Link {
   }
 
   private startWaiting(): void {
-    this.unwatchDiscovery = this.discovery.watch(this.service, (endpoints) => {
-      if (endpoints.length > 0) this.releaseAll();
-    });
+    this.unwatchDiscovery ??= this.discovery.watch(this.service, () => this.drain());
     // It may have come up between the check and the watch.
-    if (this.discovery.endpoints(this.service).length > 0) return this.releaseAll();
-    this.ask();
-    this.reask = setInterval(() => this.ask(), this.reaskMs);
-    this.reask.unref();
+    this.drain();
+  }
+
+  /**
+   * Lets waiting calls go, oldest first, while there is room; asks the platform for an instance
+   * while calls wait and none shows (not when they wait for room only: the platform hears of
+   * them through `held` and scales out).
+   */
+  private drain(): void {
+    for (const h of this.waiting) {
+      if (!this.hasRoom()) break;
+      this.waiting.delete(h);
+      if (!unwatch(h)) continue;
+      this.inFlight++;
+      h.resolve();
+    }
+    if (this.waiting.size === 0) return this.stopWaiting();
+    if (this.discovery.endpoints(this.service).length > 0) {
+      clearInterval(this.reask);
+      this.reask = undefined;
+    } else if (!this.reask) {
+      this.ask();
+      this.reask = setInterval(() => this.ask(), this.reaskMs);
+      this.reask.unref();
+    }
   }
 
   private ask(): void {
@@ -102,13 +163,6 @@ export class ActivateLink implements Link {
     this.reask = undefined;
     this.unwatchDiscovery?.();
     this.unwatchDiscovery = undefined;
-  }
-
-  private releaseAll(): void {
-    const all = [...this.waiting];
-    this.waiting.clear();
-    this.stopWaiting();
-    for (const h of all) if (unwatch(h)) h.resolve();
   }
 
   private failAll(err: EvolithError): void {

@@ -30,6 +30,8 @@ export interface ServerlessWorkerEnv {
   readonly fn?: GateSettings;
   /** Calls held at once per callee while it has no instance. */
   readonly maxHeld: number;
+  /** Per callee service: the calls one of its instances runs at once (its function's maxConcurrency); more are held. */
+  readonly capacity?: Readonly<Record<string, number>>;
 }
 
 export const ACTIVATE = 'evolith:activate';
@@ -164,7 +166,7 @@ export function serverlessVariant(env: ServerlessWorkerEnv, startedAt: number, l
     links(service, resilience, registry) {
       let link = links.get(service);
       if (!link) {
-        link = new ActivateLink(service, registry, activator, { maxHeld: env.maxHeld });
+        link = new ActivateLink(service, registry, activator, { maxHeld: env.maxHeld, capacity: env.capacity?.[service] });
         links.set(service, link);
       }
       const at = resilience.findIndex((l) => l.name === 'choose endpoint');

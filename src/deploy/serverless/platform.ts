@@ -205,6 +205,8 @@ export class ServerlessPlatform {
     return {
       ...(c && { fn: { name: c.name, maxConcurrency: c.maxConcurrency, queueLimit: c.queueLimit, timeoutMs: c.timeoutMs } }),
       maxHeld: 1000,
+      // Callers let through only what the instances they see can run; the rest wait as demand.
+      capacity: Object.fromEntries([...this.fnOf].map(([service, f]) => [service, f.config.maxConcurrency])),
     };
   }
 
