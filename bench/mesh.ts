@@ -48,16 +48,9 @@ import { BenchError, controlPlaneOf, cpuByPid, Deployments, fail, runBench, type
 import { closedLoop, openLoop, type OpenLoopResult } from './support/open-loop.js';
 import { CLK_TCK, rssKb } from './support/procfs.js';
 import { median, percentile, printTable } from './support/stats.js';
+import { envNumber as readEnvNumber } from './support/env.js';
 
-function envNumber(name: string, fallback: number, integer: boolean, allowZero = false): number {
-  const raw = process.env[name];
-  const v = raw === undefined || raw === '' ? fallback : Number(raw);
-  if (!Number.isFinite(v) || v < 0 || (!allowZero && v === 0) || (integer && !Number.isInteger(v))) {
-    console.error(`bench:mesh: ${name} must be a positive ${integer ? 'integer' : 'number'}, got ${String(raw)}`);
-    process.exit(2);
-  }
-  return v;
-}
+const envNumber = (name: string, fallback: number, integer: boolean, allowZero = false) => readEnvNumber('bench:mesh', name, fallback, integer, allowZero);
 
 const RATE = envNumber('BENCH_RATE', 1000, false);
 const DURATION = envNumber('BENCH_DURATION', 10, false);

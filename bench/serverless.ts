@@ -49,16 +49,9 @@ import { controlPlaneOf, Deployments, fail, runBench, type Deployment } from './
 import { openLoop, type OpenLoopResult } from './support/open-loop.js';
 import { rssKb } from './support/procfs.js';
 import { median, percentile, printTable } from './support/stats.js';
+import { envNumber as readEnvNumber } from './support/env.js';
 
-function envNumber(name: string, fallback: number, integer: boolean, allowZero = false): number {
-  const raw = process.env[name];
-  const v = raw === undefined || raw === '' ? fallback : Number(raw);
-  if (!Number.isFinite(v) || v < 0 || (!allowZero && v === 0) || (integer && !Number.isInteger(v))) {
-    console.error(`bench:serverless: ${name} must be a positive ${integer ? 'integer' : 'number'}, got ${String(raw)}`);
-    process.exit(2);
-  }
-  return v;
-}
+const envNumber = (name: string, fallback: number, integer: boolean, allowZero = false) => readEnvNumber('bench:serverless', name, fallback, integer, allowZero);
 
 const COLD_SAMPLES = envNumber('BENCH_COLD_SAMPLES', 20, true);
 const RATE = envNumber('BENCH_RATE', 300, false);
