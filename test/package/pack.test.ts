@@ -175,8 +175,8 @@ console.log(JSON.stringify({ first, second, invalid: invalid instanceof Validati
 
     // Its dependencies are the project's (installed above): the installed evolith from the tarball, and vitest.
     const tested = await sh(npm, ['test'], app, 300_000);
-    // One in-process test, and two over HTTP in each architecture (monolith, microservices, mesh).
-    expect(tested.stdout).toMatch(/Tests\s+7 passed/);
+    // One in-process test, and two over HTTP in each architecture (monolith, microservices, mesh, serverless).
+    expect(tested.stdout).toMatch(/Tests\s+9 passed/);
     expect(tested.stdout).toContain('app.test.ts');
 
     const data = join(dir, 'hello-data');
