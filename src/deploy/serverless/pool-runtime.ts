@@ -93,7 +93,7 @@ async function warmRpc(log: Logger): Promise<void> {
   const method = warmContract.methods.up;
   const server = new RpcServer({
     resolve: (service, name) => (service === 'warm' && name === 'up' ? { method, host: { handle: async (_m, input) => input } } : undefined),
-    log: log.child({ level: 'warn' }),
+    log: log.child({ component: 'warm-up' }, { level: 'warn' }),
     host: '127.0.0.1',
     plane: new InternalPlane(authority.issue({ sub: 'warm#0', svc: ['warm'], ins: ['warm-0'] })),
   });
