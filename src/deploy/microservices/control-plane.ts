@@ -154,7 +154,7 @@ async function start(
     const key = Supervisor.key(group, replica);
     const svc = group === 'edge' ? [] : servicesOf(group);
     const bundle = authority.issue(
-      { sub: Supervisor.key(group, replica), svc, ins: group === 'edge' ? [`edge-${replica}`] : svc.map((s) => `${s}-${replica}`), edge: group === 'edge' },
+      { sub: key, svc, ins: group === 'edge' ? [`edge-${replica}`] : svc.map((s) => `${s}-${replica}`), edge: group === 'edge' },
       CREDENTIAL_TTL_MS,
     );
     tokens.set(key, bundle.token);

@@ -51,8 +51,6 @@ export interface EnvelopeVariant {
   ready?(service: string, registry: RegistryClient): boolean;
   /** Wraps what the hosted services answer with (limits, accounting). */
   resolver?(resolve: RpcResolver): RpcResolver;
-  /** The worker is offered to the deployment (registered, listening). */
-  served?(): void;
   /**
    * Announces the hosted instances itself instead of registering them over HTTP (a platform
    * that started the worker registers what it says); then the worker opens no interop HTTP
@@ -116,7 +114,8 @@ async function serve(
 ): Promise<Offer> {
   const { topology, registryUrl, replica, plane } = options;
   const token = () => plane.credential.token;
-  const resolve = options.variant?.resolver?.(hostResolver(runtime.hosts.values())) ?? hostResolver(runtime.hosts.values());
+  const hosts = hostResolver(runtime.hosts.values());
+  const resolve = options.variant?.resolver?.(hosts) ?? hosts;
   const hosted = [...runtime.hosts.values()];
   const rpc = hosted.length > 0 ? new RpcServer({ resolve, log, host: topology.internalHost, drainMs: topology.drainMs, plane }) : undefined;
   if (rpc) await rpc.listen();
@@ -151,7 +150,6 @@ async function serve(
   const metadata = { pid: String(process.pid), http: httpUrl, replica: String(replica) };
   const agents = registrationAgents({ registryUrl, token, role: options.role, replica, runtime, edgeUrl, address: rpc?.address, metadata, log });
   await Promise.all(agents.map((a) => a.start()));
-  options.variant?.served?.();
   return {
     address: rpc?.address ?? httpUrl,
     async withdraw() {

@@ -20,6 +20,6 @@ export async function runServerless(
   log: Logger,
   options: { readyTimeoutMs?: number } = {},
 ): Promise<RunningDeployment & { readonly registryUrl: string }> {
-  const serverless = ServerlessPlatform.create(app, serviceGroups(app, topology), topology, log);
+  const serverless = ServerlessPlatform.create(serviceGroups(app, topology), topology, log);
   return runMicroservices(app, appDir, topology, overrides, log, { ...options, serverless });
 }

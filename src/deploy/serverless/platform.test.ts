@@ -7,7 +7,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import type { AppDefinition } from '../../app/define.js';
 import type { InstanceInfo } from '../../discovery/registry.js';
 import type { GateReport } from '../../serverless/gate.js';
 import type { ServiceGroup } from '../microservices/groups.js';
@@ -70,7 +69,7 @@ function setUp() {
     architecture: 'serverless',
     set: ['serverless.initialInstances=0', 'serverless.pool=2', 'serverless.functions.shop.minInstances=2', 'serverless.functions.shop.memoryMb=512'],
   });
-  platform = ServerlessPlatform.create({} as AppDefinition, groups, topology, pino({ level: 'silent' }));
+  platform = ServerlessPlatform.create(groups, topology, pino({ level: 'silent' }));
   const hooks = fakeHooks();
   platform.begin(hooks);
   return { p: platform, hooks };

@@ -24,7 +24,6 @@
  */
 import type { Logger } from 'pino';
 import client from 'prom-client';
-import type { AppDefinition } from '../../app/define.js';
 import { serializeError, UnavailableError } from '../../kernel/errors.js';
 import { Autoscaler, type Decision } from '../../serverless/autoscaler.js';
 import { functionConfigs, type FunctionConfig } from '../../serverless/functions.js';
@@ -39,6 +38,7 @@ import {
   ACTIVATED,
   METRICS,
   REPORT,
+  SERVERLESS_ENV,
   SERVING,
   type ActivatedMessage,
   type ActivateMessage,
@@ -185,8 +185,7 @@ export class ServerlessPlatform {
   }
 
   /** Checks the function settings against the app's groups; a ConfigError lists every problem. */
-  static create(app: AppDefinition, groups: ServiceGroup[], topology: Topology, log: Logger): ServerlessPlatform {
-    void app;
+  static create(groups: ServiceGroup[], topology: Topology, log: Logger): ServerlessPlatform {
     return new ServerlessPlatform(topology, functionConfigs(groups, topology), log.child({ component: 'serverless' }));
   }
 
@@ -287,9 +286,10 @@ export class ServerlessPlatform {
       hooks.takeOn(poolReplica, fn.config.name, replica, role, fn.config.memoryMb);
       // The runtime behind it starts once this instance serves (or in a second): starting a
       // process takes a core for a while, which the instance needs now.
-      this.refills.set(Supervisor.key(fn.config.name, replica), setTimeout(() => this.refill(Supervisor.key(fn.config.name, replica)), 1000).unref());
+      const key = Supervisor.key(fn.config.name, replica);
+      this.refills.set(key, setTimeout(() => this.refill(key), 1000).unref());
     } else {
-      hooks.spawnInstance(fn.config.name, replica, { EVOLITH_SERVERLESS: JSON.stringify(role) }, fn.config.memoryMb);
+      hooks.spawnInstance(fn.config.name, replica, { [SERVERLESS_ENV]: JSON.stringify(role) }, fn.config.memoryMb);
     }
     const now = Date.now();
     const memoryMb = fn.config.memoryMb;
