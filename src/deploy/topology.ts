@@ -1,5 +1,5 @@
 import { existsSync, readFileSync, watch } from 'node:fs';
-import { isAbsolute, join, resolve } from 'node:path';
+import { dirname, isAbsolute, join, resolve } from 'node:path';
 import YAML from 'yaml';
 import { z } from 'zod';
 import { ConfigError } from '../kernel/errors.js';
@@ -180,9 +180,25 @@ export interface TopologyOverrides {
   set?: string[];
 }
 
-/** Reads `<appDir>/evolith.yaml` (if any), applies overrides, and validates the result. */
-export function loadTopology(appDir: string, overrides: TopologyOverrides = {}): Topology {
-  const file = join(appDir, 'evolith.yaml');
+/** Where a topology is read from, when not `<appDir>/evolith.yaml`, and what is filled in before it is checked. */
+export interface TopologySource {
+  /**
+   * The topology file (e.g. one mounted from a ConfigMap); relative paths in it (`data`) still
+   * resolve from the app directory. Unlike `<appDir>/evolith.yaml`, it must exist.
+   */
+  readonly file?: string;
+  /**
+   * Adjusts the file's contents before overrides and validation: a runtime that takes some
+   * values from elsewhere (backend URLs from its environment) fills them in, or refuses the
+   * file with a ConfigError naming every problem.
+   */
+  readonly prepare?: (raw: Record<string, unknown>, file: string) => void;
+}
+
+/** Reads `<appDir>/evolith.yaml` (if any; or `source.file`), applies overrides, and validates the result. */
+export function loadTopology(appDir: string, overrides: TopologyOverrides = {}, source: TopologySource = {}): Topology {
+  const file = source.file ?? join(appDir, 'evolith.yaml');
+  if (source.file !== undefined && !existsSync(file)) throw new ConfigError(`topology file ${file} does not exist`);
   let raw: Record<string, unknown> = {};
   if (existsSync(file)) {
     const doc = YAML.parseDocument(readFileSync(file, 'utf8'));
@@ -193,6 +209,7 @@ export function loadTopology(appDir: string, overrides: TopologyOverrides = {}):
     if (value !== null && (typeof value !== 'object' || Array.isArray(value))) throw new ConfigError(`${file} must hold a mapping at its top level`);
     raw = (value ?? {}) as Record<string, unknown>;
   }
+  source.prepare?.(raw, file);
   if (overrides.architecture !== undefined) raw.architecture = overrides.architecture;
   if (overrides.port !== undefined) raw.port = overrides.port;
   if (overrides.host !== undefined) raw.host = overrides.host;
@@ -248,14 +265,33 @@ export function watchTopology(
   onChange: (topology: Topology) => void,
   onError: (err: Error) => void,
   debounceMs = 100,
+  source: TopologySource = {},
 ): TopologyWatch {
-  let current = JSON.stringify(loadTopology(appDir, overrides));
+  const load = () => loadTopology(appDir, overrides, source);
+  if (source.file !== undefined) {
+    // A mounted ConfigMap is a directory of symlinks into a `..data` directory that Kubernetes
+    // swaps on an edit: the file itself never changes, so any change in its directory counts.
+    return watchDirectory(dirname(resolve(source.file)), () => true, load, onChange, onError, debounceMs);
+  }
+  return watchDirectory(appDir, (name) => name === 'evolith.yaml', load, onChange, onError, debounceMs);
+}
+
+/** Rereads with `load` after a change in `dir` that `relevant` accepts; hands on each new valid result. */
+function watchDirectory(
+  dir: string,
+  relevant: (name: string) => boolean,
+  load: () => Topology,
+  onChange: (topology: Topology) => void,
+  onError: (err: Error) => void,
+  debounceMs: number,
+): TopologyWatch {
+  let current = JSON.stringify(load());
   let timer: NodeJS.Timeout | undefined;
   const reread = () => {
     timer = undefined;
     let next: Topology;
     try {
-      next = loadTopology(appDir, overrides);
+      next = load();
     } catch (err) {
       onError(err as Error);
       return;
@@ -266,8 +302,8 @@ export function watchTopology(
     onChange(next);
   };
   // Watch the directory, not the file: many editors save by writing a new file and renaming it.
-  const watcher = watch(appDir, (_event, name) => {
-    if (name !== null && name !== 'evolith.yaml') return;
+  const watcher = watch(dir, (_event, name) => {
+    if (name !== null && !relevant(name)) return;
     clearTimeout(timer);
     timer = setTimeout(reread, debounceMs);
   });

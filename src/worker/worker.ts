@@ -9,7 +9,7 @@
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import type { AppDefinition } from '../app/define.js';
-import { watchTopology, type Topology, type TopologyOverrides, type TopologyWatch } from '../deploy/topology.js';
+import { watchTopology, type Topology, type TopologyOverrides, type TopologySource, type TopologyWatch } from '../deploy/topology.js';
 import { MemoryEventBus } from '../events/memory-bus.js';
 import { ConfigError } from '../kernel/errors.js';
 import type { PlacementProvider } from '../kernel/placement.js';
@@ -69,6 +69,8 @@ export interface WorkerEnvironment {
   readonly topology: Topology;
   /** The command-line overrides the topology was loaded with, applied again on every reload. */
   readonly overrides: TopologyOverrides;
+  /** Where the topology is read from on every reload, when not `<appDir>/evolith.yaml` (a mounted ConfigMap). */
+  readonly topologySource?: TopologySource;
   readonly log: Logger;
   /** The architecture, as /health reports it. */
   readonly architecture: string;
@@ -184,6 +186,8 @@ export async function startWorker(env: WorkerEnvironment): Promise<RunningWorker
         env.topologyErrorsReportedElsewhere
           ? log.debug({ err: err.message }, 'topology change ignored: the file is invalid')
           : log.error({ err: err.message }, 'topology change ignored: the file is invalid'),
+      100,
+      env.topologySource,
     );
   } catch (err) {
     await stop().catch((e) => log.error({ err: e }, 'stop after a failed start failed'));
