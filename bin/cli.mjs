@@ -106,6 +106,15 @@ program
   });
 
 program
+  .command('build')
+  .description('bundle the app, Evolith and the pod entry into <dir>/pod.mjs (+ chunks), as a container image runs them')
+  .argument('<appDir>', 'directory holding app.ts and evolith.yaml')
+  .requiredOption('-o, --out <dir>', 'where pod.mjs and its chunks are written')
+  .action(async (appDir, o) => {
+    await (await commands()).build(appDirectory(appDir), { out: resolve(o.out) });
+  });
+
+program
   .command('init')
   .description('create a new app with one service, its HTTP route, evolith.yaml and a test')
   .argument('<dir>', 'a new or empty directory')

@@ -94,6 +94,14 @@ export async function contracts(appDirArg: string, format: 'summary' | 'json' | 
   process.stdout.write(contractsSummary(app.name, docs, descriptions));
 }
 
+/** `evolith build`: the bundle a container image runs (`node pod.mjs`), written to `opts.out`. */
+export async function build(appDirArg: string, opts: { out: string }): Promise<void> {
+  const [{ buildPod }, { relative }] = await Promise.all([import('../deploy/kubernetes/build.js'), import('node:path')]);
+  const bundle = await buildPod(resolve(appDirArg), resolve(opts.out));
+  const shown = relative(process.cwd(), bundle);
+  process.stdout.write(`evolith: built ${shown.startsWith('..') ? bundle : shown}\n`);
+}
+
 /** `evolith init`: a new one-service app in `dir`, and what to do next. */
 export async function init(dirArg: string, options: { name?: string; evolithVersion?: string }): Promise<void> {
   const [{ init: write }, { readFileSync }, { relative }] = await Promise.all([import('./init.js'), import('node:fs'), import('node:path')]);

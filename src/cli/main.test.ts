@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -178,6 +178,33 @@ describe.concurrent('evolith CLI', () => {
     expect(doc.info.title).toBe('mini');
     expect(Object.keys(doc.paths).sort()).toEqual(['/boom', '/hello/{name}', '/slow']);
     expect(doc.paths['/hello/{name}'].get.operationId).toBe('greeter.hello');
+  });
+
+  test('build writes pod.mjs and its chunks, portable: packages by name, no path of this machine', async () => {
+    const out = tmp();
+    const r = await cli(['build', greeter, '--out', out]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain(`built ${join(out, 'pod.mjs')}`);
+    const files = readdirSync(out).filter((f) => f.endsWith('.mjs'));
+    expect(files).toContain('pod.mjs');
+    for (const f of files) expect(readFileSync(join(out, f), 'utf8')).not.toContain(root);
+    // With the packages beside it, as in the image, the bundle runs: without its arguments and
+    // environment it names what is missing and exits with 2.
+    symlinkSync(join(root, 'node_modules'), join(out, 'node_modules'));
+    const run = await new Promise<Result>((done) => {
+      const child = spawn(process.execPath, [join(out, 'pod.mjs')], { env: { PATH: process.env.PATH ?? '' }, stdio: ['ignore', 'pipe', 'pipe'] });
+      let stdout = '';
+      let stderr = '';
+      child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+      child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+      child.on('exit', (code, signal) => done({ code, signal, stdout, stderr }));
+    });
+    expect(run.code).toBe(2);
+    expect(run.stderr).toContain('--app-dir is required');
+    expect(run.stderr).toContain('EVOLITH_NAMESPACE is not set');
+    const missing = await cli(['build', greeter]);
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toContain("required option '-o, --out <dir>'");
   });
 
   test('contracts --json prints the JSON Schema of every method and event', async () => {

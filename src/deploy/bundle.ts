@@ -50,28 +50,47 @@ function evolithDependency(specifier: string): string | undefined {
  * directory: with a linked Evolith (a file: dependency, npm link) they are beside it, not in
  * the app's node_modules.
  */
-const bundleEvolith: Plugin = {
-  name: 'evolith',
-  setup(b) {
-    b.onResolve({ filter: /^evolith$/ }, () => ({ path: evolithEntry }));
-    b.onResolve({ filter: /^[^./]/ }, (args) => {
-      if (isBuiltin(args.path) || !args.importer.startsWith(evolithCode + sep)) return undefined;
-      const path = evolithDependency(args.path);
-      return path ? { path, external: true } : undefined;
-    });
-  },
-};
+function bundleEvolith(portable: boolean): Plugin {
+  return {
+    name: 'evolith',
+    setup(b) {
+      b.onResolve({ filter: /^evolith$/ }, () => ({ path: evolithEntry }));
+      // A portable bundle (an image's) names packages only: they resolve from the
+      // node_modules beside it, wherever it is copied to.
+      if (portable) return;
+      b.onResolve({ filter: /^[^./]/ }, (args) => {
+        if (isBuiltin(args.path) || !args.importer.startsWith(evolithCode + sep)) return undefined;
+        const path = evolithDependency(args.path);
+        return path ? { path, external: true } : undefined;
+      });
+    },
+  };
+}
 
 /**
  * Writes (or reuses) the bundle that runs `entryModule`'s `main(app)` for the app in `appDir`;
  * returns the path of its entry file. Code that is imported dynamically (the edge, drivers a
  * topology may not use) goes to chunks of its own, loaded only when a process needs it.
  */
-export async function buildBundle(appDir: string, entryModule: string, name: string, options: { loadFailureExit?: number; withApp?: boolean } = {}): Promise<string> {
-  // A process of Evolith's own (a mesh proxy) runs `main()` without the app.
+export interface BundleOptions {
+  /** The exit code of a process whose app cannot be loaded (default 1). */
+  loadFailureExit?: number;
+  /** Bundle the app (default); a process of Evolith's own (a mesh proxy) runs `main()` without it. */
+  withApp?: boolean;
+  /**
+   * Write a portable bundle to this directory instead, as `<name>.mjs` and its chunks, for an
+   * image: packages are imported by name (from the node_modules beside or above the bundle,
+   * wherever it is copied), and Evolith's code directory is the bundle's own. Files of an
+   * earlier build in the directory (`.mjs` and their maps) are replaced.
+   */
+  outDir?: string;
+}
+
+export async function buildBundle(appDir: string, entryModule: string, name: string, options: BundleOptions = {}): Promise<string> {
   const withApp = options.withApp ?? true;
   const entry = withApp ? appEntry(appDir) : undefined;
-  const dir = join(appDir, '.evolith', 'build');
+  const portable = options.outDir !== undefined;
+  const dir = options.outDir !== undefined ? resolve(options.outDir) : join(appDir, '.evolith', 'build');
   mkdirSync(dir, { recursive: true });
   const work = join(dir, `.${name}-${process.pid}-${randomBytes(4).toString('hex')}`);
   mkdirSync(work);
@@ -84,7 +103,9 @@ export async function buildBundle(appDir: string, entryModule: string, name: str
     writeFileSync(
       entryFile,
       [
-        `(globalThis as any)[Symbol.for('evolith.codeDir')] = ${JSON.stringify(evolithCode)};`,
+        ...(portable
+          ? ["import { fileURLToPath as evolithPath } from 'node:url';", "(globalThis as any)[Symbol.for('evolith.codeDir')] = evolithPath(new URL('.', import.meta.url));"]
+          : [`(globalThis as any)[Symbol.for('evolith.codeDir')] = ${JSON.stringify(evolithCode)};`]),
         'let app: any;',
         'let main: (app: any) => Promise<void>;',
         'try {',
@@ -111,7 +132,7 @@ export async function buildBundle(appDir: string, entryModule: string, name: str
         outExtension: { '.js': '.mjs' },
         chunkNames: '[name]-[hash]',
         packages: 'external',
-        plugins: [bundleEvolith],
+        plugins: [bundleEvolith(portable)],
         sourcemap: 'linked',
         sourcesContent: false,
         keepNames: true,
@@ -127,6 +148,7 @@ export async function buildBundle(appDir: string, entryModule: string, name: str
     }
     // esbuild keeps a compiler process alive for the next build; a deployment builds once.
     stopEsbuild();
+    if (portable) return writePortable(dir, files.map((f) => ({ path: relative(join(work, 'out'), f.path), contents: f.contents })), name);
     const hash = createHash('sha256');
     for (const f of [...files].sort((a, b) => a.path.localeCompare(b.path))) hash.update(relative(work, f.path)).update(f.contents);
     const target = join(dir, `${name}-${hash.digest('hex').slice(0, 16)}`);
@@ -150,6 +172,25 @@ export async function buildBundle(appDir: string, entryModule: string, name: str
     rmSync(work, { recursive: true, force: true });
   }
 }
+/**
+ * Writes a portable bundle's files into `dir` (each by a rename, so a process starting from the
+ * directory never reads half a file) and removes the bundle files of an earlier build.
+ */
+function writePortable(dir: string, files: readonly { path: string; contents: Uint8Array }[], name: string): string {
+  const keep = new Set(files.map((f) => f.path));
+  for (const f of files) {
+    const path = join(dir, f.path);
+    mkdirSync(dirname(path), { recursive: true });
+    const staged = `${path}.${process.pid}.tmp`;
+    writeFileSync(staged, f.contents);
+    renameSync(staged, path);
+  }
+  for (const f of readdirSync(dir)) {
+    if (!keep.has(f) && /\.mjs(\.map)?$/.test(f)) rmSync(join(dir, f), { force: true });
+  }
+  return join(dir, `${name}.mjs`);
+}
+
 /** Removes bundles not built for a week (a bundle built again is touched). */
 function removeStale(dir: string, keep: string): void {
   const now = Date.now();

@@ -8,6 +8,9 @@ import { resolve } from 'node:path';
 import { Command, CommanderError } from 'commander';
 import type { PodTransport } from './pod-envelope.js';
 
+/** The exit code of a pod that cannot start as configured (Kubernetes shows its last line in the pod's status). */
+export const CONFIG_EXIT = 2;
+
 export type PodRoleArg = { readonly kind: 'group'; readonly group: string } | { readonly kind: 'edge' } | { readonly kind: 'wakeups'; readonly group: string };
 
 export interface PodArgs {

@@ -18,13 +18,12 @@ import { serviceGroups } from '../microservices/groups.js';
 import { stopOnSignals } from '../process-signals.js';
 import type { Topology, TopologyOverrides } from '../topology.js';
 import { resolverFromEnv } from './dns-discovery.js';
-import { parsePodArgs, type PodArgs } from './pod-args.js';
+import { CONFIG_EXIT, parsePodArgs, type PodArgs } from './pod-args.js';
 import { readCredentialBundle, watchCredentials } from './pod-credentials.js';
 import { defaultCalleePort, kubernetesEnvelope, type ClusterArchitecture, type PodTransport } from './pod-envelope.js';
 import { loadPodTopology, podTopologySource } from './pod-topology.js';
 
-/** The exit code of a pod that cannot start as configured. */
-export const CONFIG_EXIT = 2;
+export { CONFIG_EXIT };
 
 /** The cluster architecture a topology names: Istio for `mesh`, Knative for `serverless`, else plain Kubernetes. */
 export function clusterArchitecture(topology: Topology): ClusterArchitecture {
