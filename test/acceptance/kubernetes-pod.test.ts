@@ -1,0 +1,294 @@
+/**
+ * The pod runtime as a container runs it: `node <image>/pod.mjs` from an image directory laid
+ * out as the image is (buildPodImage), with the arguments and environment the generated
+ * manifests give, a credential bundle and a topology file mounted as Kubernetes mounts a Secret
+ * and a ConfigMap, PostgreSQL and NATS as backends, and a small DNS server standing in for the
+ * cluster's (the group's headless Service name answers with the group pod's address).
+ *
+ * The group pod listens on a loopback address of its own (127.0.0.0/8 is all loopback on
+ * Linux), on the ports the manifests give it (rpc 7000, probes 8081), as a pod has its own IP.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { createSocket, type Socket } from 'node:dgram';
+import { mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { createServer, type AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { jetstreamManager } from '@nats-io/jetstream';
+import { connect } from '@nats-io/transport-node';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DeploymentAuthority } from '../../src/auth/credentials.js';
+import { buildPodImage } from '../../src/deploy/kubernetes/build.js';
+import { eventually, sleep } from '../support/eventually.js';
+import { dropSchemas, postgresAvailable, postgresUrl } from '../support/postgres.js';
+
+const NAME = 'kubernetes pod runtime';
+const NATS = '127.0.0.1:4222';
+const repoRoot = resolve(import.meta.dirname, '../..');
+
+async function natsUnavailable(): Promise<string | undefined> {
+  try {
+    const nc = await connect({ servers: NATS, timeout: 2_000, maxReconnectAttempts: 0 });
+    try {
+      await (await jetstreamManager(nc)).getAccountInfo();
+    } finally {
+      await nc.close();
+    }
+    return undefined;
+  } catch (err) {
+    return `NATS JetStream at ${NATS} is not reachable: ${(err as Error).message}`;
+  }
+}
+
+/** The part of dns-packet this test uses (the package ships no types). */
+interface DnsPacket {
+  decode(buf: Buffer): { id: number; questions: { type: string; name: string; class: string }[] };
+  encode(packet: object): Buffer;
+  AUTHORITATIVE_ANSWER: number;
+}
+const dnsPacket = createRequire(import.meta.url)('dns-packet') as DnsPacket;
+
+/** A DNS server answering A queries from `records`; any other name is NXDOMAIN. */
+async function dnsServer(records: Map<string, string[]>): Promise<{ address: string; close(): void }> {
+  const socket: Socket = createSocket('udp4');
+  socket.on('message', (msg, from) => {
+    let query;
+    try {
+      query = dnsPacket.decode(msg);
+    } catch {
+      return;
+    }
+    const q = query.questions[0];
+    const ips = q && q.type === 'A' ? records.get(q.name.toLowerCase()) : undefined;
+    const nxdomain = q !== undefined && !records.has(q.name.toLowerCase());
+    const reply = dnsPacket.encode({
+      type: 'response',
+      id: query.id,
+      // rcode 3 (NXDOMAIN) in the low bits of the flags.
+      flags: dnsPacket.AUTHORITATIVE_ANSWER | (nxdomain ? 3 : 0),
+      questions: query.questions,
+      answers: (ips ?? []).map((ip) => ({ type: 'A', class: 'IN', name: q!.name, ttl: 1, data: ip })),
+    });
+    socket.send(reply, from.port, from.address);
+  });
+  await new Promise<void>((r) => socket.bind(0, '127.0.0.1', r));
+  return { address: `127.0.0.1:${socket.address().port}`, close: () => socket.close() };
+}
+
+interface Pod {
+  readonly child: ChildProcess;
+  output(): string;
+  exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+const pods: Pod[] = [];
+
+function startPod(image: string, args: string[], env: Record<string, string>): Pod {
+  const child = spawn(process.execPath, [join(image, 'pod.mjs'), ...args], {
+    // Only what a container has: no inherited variables that could help it along.
+    env: { PATH: process.env.PATH ?? '', NODE_ENV: 'production', EVOLITH_LOG_FORMAT: 'json', EVOLITH_LOG_LEVEL: 'info', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  child.stdout!.on('data', (c: Buffer) => (out += c.toString()));
+  child.stderr!.on('data', (c: Buffer) => (out += c.toString()));
+  const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => child.on('exit', (code, signal) => r({ code, signal })));
+  const pod = { child, output: () => out, exit };
+  pods.push(pod);
+  return pod;
+}
+
+async function get(url: string): Promise<{ status: number; body: string }> {
+  try {
+    const res = await fetch(url, { signal: AbortSignal.timeout(5_000) });
+    return { status: res.status, body: await res.text() };
+  } catch (err) {
+    return { status: 0, body: (err as Error).message };
+  }
+}
+
+const pgUnavailable = await postgresAvailable();
+const natsMissing = await natsUnavailable();
+const reason = pgUnavailable ?? natsMissing;
+
+if (reason) {
+  console.warn(`[acceptance] skipping "${NAME}": ${reason}`);
+  describe.skip(NAME, () => {
+    it(`needs PostgreSQL and NATS: ${reason}`, () => {});
+  });
+} else {
+  describe(NAME, () => {
+    const run = randomBytes(4).toString('hex');
+    const namespace = `shop-${run}`;
+    const domain = 'cluster.test';
+    const stream = `EVOK8S_${run}`;
+    const schemaPrefix = `k8s_${run}_`;
+    // A loopback address of the group pod's own, as a pod has its own IP.
+    const groupIp = `127.${10 + (parseInt(run.slice(0, 2), 16) % 200)}.${parseInt(run.slice(2, 4), 16)}.${1 + (parseInt(run.slice(4, 6), 16) % 250)}`;
+    const dir = mkdtempSync(join(tmpdir(), 'evolith-k8s-pod-'));
+    const image = join(dir, 'image');
+    const configMap = join(dir, 'etc-evolith');
+    const records = new Map<string, string[]>();
+    let dns: { address: string; close(): void };
+    let version = 0;
+    let edgePort = 0;
+
+    /** Writes the topology as Kubernetes updates a mounted ConfigMap: a new `..data` directory swapped in by a rename. */
+    const writeTopology = (text: string) => {
+      const next = join(configMap, `..v${++version}`);
+      mkdirSync(next, { recursive: true });
+      writeFileSync(join(next, 'evolith.yaml'), text);
+      symlinkSync(`..v${version}`, join(configMap, '..data_tmp'));
+      renameSync(join(configMap, '..data_tmp'), join(configMap, '..data'));
+      if (version === 1) symlinkSync('..data/evolith.yaml', join(configMap, 'evolith.yaml'));
+    };
+    const topology = (slowTimeoutMs?: number) =>
+      [
+        'architecture: microservices',
+        'host: 127.0.0.1',
+        `internalHost: ${groupIp}`,
+        `storage: { driver: postgres, schemaPrefix: ${schemaPrefix} }`,
+        `events: { driver: nats, stream: ${stream} }`,
+        'drainMs: 5000',
+        ...(slowTimeoutMs ? [`policies: { greeter.slow: { timeoutMs: ${slowTimeoutMs} } }`] : []),
+        '',
+      ].join('\n');
+
+    const authority = new DeploymentAuthority(namespace);
+    const secret = (workload: string, bundle: object): string => {
+      const d = join(dir, `secret-${workload}`);
+      mkdirSync(d, { recursive: true });
+      writeFileSync(join(d, 'bundle.json'), JSON.stringify(bundle), { mode: 0o600 });
+      return join(d, 'bundle.json');
+    };
+    const env = () => ({
+      EVOLITH_NAMESPACE: namespace,
+      EVOLITH_CLUSTER_DOMAIN: domain,
+      EVOLITH_POSTGRES_URL: postgresUrl(),
+      EVOLITH_NATS_URL: `nats://${NATS}`,
+      EVOLITH_DNS_SERVER: dns.address,
+    });
+    const common = (credentials: string) => ['--app-dir', join(image, 'app'), '--topology', join(configMap, 'evolith.yaml'), '--credentials', credentials];
+
+    let group: Pod;
+    let edge: Pod;
+
+    beforeAll(async () => {
+      await buildPodImage(join(repoRoot, 'test/fixtures/greeter'), image);
+      writeTopology(topology());
+      dns = await dnsServer(records);
+      records.set(`greeter.${namespace}.svc.${domain}`, [groupIp]);
+      const groupCredentials = secret('greeter', authority.issue({ sub: 'greeter', svc: ['greeter'] }, 365 * 24 * 3600_000));
+      const edgeCredentials = secret('edge', authority.issue({ sub: 'edge', edge: true }, 365 * 24 * 3600_000));
+      group = startPod(image, [...common(groupCredentials), '--group', 'greeter', '--transport', 'tcp', '--rpc-port', '7000', '--probe-port', '8081'], {
+        ...env(),
+        EVOLITH_POD_NAME: 'greeter-0',
+        EVOLITH_POD_IP: groupIp,
+      });
+      edgePort = await new Promise<number>((r) => {
+        const s = createServer().listen(0, '127.0.0.1', () => {
+          const p = (s.address() as AddressInfo).port;
+          s.close(() => r(p));
+        });
+      });
+      edge = startPod(image, [...common(edgeCredentials), '--edge', '--port', String(edgePort)], { ...env(), EVOLITH_POD_NAME: 'edge-0', EVOLITH_POD_IP: '127.0.0.1' });
+      await eventually(
+        async () => {
+          if (group.child.exitCode !== null || edge.child.exitCode !== null) throw new Error(`a pod exited:\n${group.output()}\n${edge.output()}`);
+          expect((await get(`http://${groupIp}:8081/ready`)).status).toBe(200);
+          expect((await get(`http://127.0.0.1:${edgePort}/ready`)).status).toBe(200);
+        },
+        { timeoutMs: 30_000, intervalMs: 200 },
+      ).catch((err: Error) => {
+        throw new Error(`${err.message}\n--- group ---\n${group.output()}\n--- edge ---\n${edge.output()}`);
+      });
+    }, 60_000);
+
+    afterAll(async () => {
+      for (const p of pods) if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGKILL');
+      dns?.close();
+      await dropSchemas(schemaPrefix).catch(() => undefined);
+      const nc = await connect({ servers: NATS });
+      try {
+        await (await jetstreamManager(nc)).streams.delete(stream).catch(() => undefined);
+      } finally {
+        await nc.close();
+      }
+      rmSync(dir, { recursive: true, force: true });
+    }, 30_000);
+
+    it('probes answer: /health and /ready of the group, /ready of the edge', async () => {
+      expect(await get(`http://${groupIp}:8081/health`)).toMatchObject({ status: 200 });
+      const ready = await get(`http://${groupIp}:8081/ready`);
+      expect(ready.status).toBe(200);
+      expect(JSON.parse(ready.body)).toEqual({ status: 'ready' });
+      expect((await get(`http://127.0.0.1:${edgePort}/health`)).status).toBe(200);
+      expect((await get(`http://${groupIp}:8081/nothing`)).status).toBe(404);
+    });
+
+    it('a call through the edge reaches the group pod found by DNS, over TCP RPC with the pods’ credentials', async () => {
+      const r = await get(`http://127.0.0.1:${edgePort}/hello/kube`);
+      expect(r.status, r.body).toBe(200);
+      expect(JSON.parse(r.body)).toEqual({ text: 'hello kube', n: 1 });
+      // Its event went out through the outbox and NATS, and came back to the group's subscriber.
+      await eventually(() => expect(group.output()).toContain('"msg":"greeted event"'), { timeoutMs: 10_000 });
+    });
+
+    it('an edit of the mounted topology applies live', async () => {
+      // The contract gives slow 200 ms: a 400 ms call times out until the topology allows more.
+      expect((await get(`http://127.0.0.1:${edgePort}/slow?ms=400`)).status).toBe(504);
+      writeTopology(topology(3_000));
+      await eventually(async () => expect((await get(`http://127.0.0.1:${edgePort}/slow?ms=400`)).status).toBeLessThan(300), { timeoutMs: 10_000, intervalMs: 200 });
+      expect(edge.output()).toContain('policies updated from the topology');
+      expect(group.output()).toContain('policies updated from the topology');
+    });
+
+    it('SIGTERM: the group pod stops being ready at once, finishes the call in flight, and exits 0', async () => {
+      const inFlight = get(`http://127.0.0.1:${edgePort}/slow?ms=1500`);
+      await sleep(300);
+      group.child.kill('SIGTERM');
+      await eventually(async () => expect((await get(`http://${groupIp}:8081/ready`)).status).toBe(503), { timeoutMs: 1_000, intervalMs: 20 });
+      const answered = await inFlight;
+      expect(answered.status, answered.body).toBeLessThan(300);
+      expect(await group.exit).toEqual({ code: 0, signal: null });
+      // With its only pod gone from DNS, the edge is no longer ready.
+      records.set(`greeter.${namespace}.svc.${domain}`, []);
+      await eventually(async () => expect((await get(`http://127.0.0.1:${edgePort}/ready`)).status).toBe(503), { timeoutMs: 10_000, intervalMs: 200 });
+      edge.child.kill('SIGTERM');
+      expect(await edge.exit).toEqual({ code: 0, signal: null });
+    }, 30_000);
+
+    it('wrong arguments and a missing environment: exit 2, every problem named on one line', async () => {
+      const pod = startPod(image, ['--app-dir', join(image, 'app'), '--group', 'greeter', '--edge', '--transport', 'udp', '--probe-port', 'x'], { EVOLITH_POSTGRES_URL: postgresUrl() });
+      expect((await pod.exit).code).toBe(2);
+      const lines = pod.output().trim().split('\n');
+      expect(lines).toHaveLength(1);
+      for (const problem of [
+        '--topology is required',
+        '--credentials is required',
+        '--group and --edge exclude each other',
+        '--transport must be tcp or http2, got "udp"',
+        '--probe-port must be a port number',
+        'EVOLITH_NAMESPACE is not set',
+        'EVOLITH_NATS_URL is not set',
+      ]) {
+        expect(lines[0]).toContain(problem);
+      }
+    });
+
+    it('a topology a pod cannot run (embedded SQLite) and an unknown group: exit 2 saying why', async () => {
+      const sqlite = join(dir, 'sqlite-topology');
+      mkdirSync(sqlite);
+      writeFileSync(join(sqlite, 'evolith.yaml'), 'architecture: microservices\n');
+      const credentials = secret('other', authority.issue({ sub: 'greeter', svc: ['greeter'] }));
+      const refused = startPod(image, ['--app-dir', join(image, 'app'), '--topology', join(sqlite, 'evolith.yaml'), '--credentials', credentials, '--group', 'greeter'], env());
+      expect((await refused.exit).code).toBe(2);
+      expect(refused.output()).toContain('embedded SQLite cannot be shared by pods on different machines');
+      const unknown = startPod(image, [...common(credentials), '--group', 'warehouse'], env());
+      expect((await unknown.exit).code).toBe(2);
+      expect(unknown.output()).toContain('mini has no service group named warehouse; its groups: greeter');
+    });
+  });
+}
