@@ -85,6 +85,34 @@ interface Pod {
 
 const pods: Pod[] = [];
 
+/** Writes a topology as Kubernetes updates a mounted ConfigMap: a new `..data` directory swapped in by a rename. */
+function configMapWriter(configMap: string): (text: string) => void {
+  let version = 0;
+  return (text) => {
+    const next = join(configMap, `..v${++version}`);
+    mkdirSync(next, { recursive: true });
+    writeFileSync(join(next, 'evolith.yaml'), text);
+    symlinkSync(`..v${version}`, join(configMap, '..data_tmp'));
+    renameSync(join(configMap, '..data_tmp'), join(configMap, '..data'));
+    if (version === 1) symlinkSync('..data/evolith.yaml', join(configMap, 'evolith.yaml'));
+  };
+}
+
+/** A loopback address of a pod's own (127.0.0.0/8 is all loopback on Linux), as a pod has its own IP. */
+function podAddress(): string {
+  const b = randomBytes(3);
+  return `127.${10 + (b[0]! % 200)}.${b[1]!}.${1 + (b[2]! % 250)}`;
+}
+
+async function freePort(): Promise<number> {
+  return new Promise<number>((r) => {
+    const s = createServer().listen(0, '127.0.0.1', () => {
+      const p = (s.address() as AddressInfo).port;
+      s.close(() => r(p));
+    });
+  });
+}
+
 function startPod(image: string, args: string[], env: Record<string, string>): Pod {
   const child = spawn(process.execPath, [join(image, 'pod.mjs'), ...args], {
     // Only what a container has: no inherited variables that could help it along.
@@ -125,25 +153,15 @@ if (reason) {
     const domain = 'cluster.test';
     const stream = `EVOK8S_${run}`;
     const schemaPrefix = `k8s_${run}_`;
-    // A loopback address of the group pod's own, as a pod has its own IP.
-    const groupIp = `127.${10 + (parseInt(run.slice(0, 2), 16) % 200)}.${parseInt(run.slice(2, 4), 16)}.${1 + (parseInt(run.slice(4, 6), 16) % 250)}`;
+    const groupIp = podAddress();
     const dir = mkdtempSync(join(tmpdir(), 'evolith-k8s-pod-'));
     const image = join(dir, 'image');
     const configMap = join(dir, 'etc-evolith');
     const records = new Map<string, string[]>();
     let dns: { address: string; close(): void };
-    let version = 0;
     let edgePort = 0;
 
-    /** Writes the topology as Kubernetes updates a mounted ConfigMap: a new `..data` directory swapped in by a rename. */
-    const writeTopology = (text: string) => {
-      const next = join(configMap, `..v${++version}`);
-      mkdirSync(next, { recursive: true });
-      writeFileSync(join(next, 'evolith.yaml'), text);
-      symlinkSync(`..v${version}`, join(configMap, '..data_tmp'));
-      renameSync(join(configMap, '..data_tmp'), join(configMap, '..data'));
-      if (version === 1) symlinkSync('..data/evolith.yaml', join(configMap, 'evolith.yaml'));
-    };
+    const writeTopology = configMapWriter(configMap);
     const topology = (slowTimeoutMs?: number) =>
       [
         'architecture: microservices',
@@ -187,12 +205,7 @@ if (reason) {
         EVOLITH_POD_NAME: 'greeter-0',
         EVOLITH_POD_IP: groupIp,
       });
-      edgePort = await new Promise<number>((r) => {
-        const s = createServer().listen(0, '127.0.0.1', () => {
-          const p = (s.address() as AddressInfo).port;
-          s.close(() => r(p));
-        });
-      });
+      edgePort = await freePort();
       edge = startPod(image, [...common(edgeCredentials), '--edge', '--port', String(edgePort)], { ...env(), EVOLITH_POD_NAME: 'edge-0', EVOLITH_POD_IP: '127.0.0.1' });
       await eventually(
         async () => {
@@ -290,5 +303,121 @@ if (reason) {
       expect((await unknown.exit).code).toBe(2);
       expect(unknown.output()).toContain('mini has no service group named warehouse; its groups: greeter');
     });
+  });
+
+  describe(`${NAME}: RPC over HTTP (Istio, Knative)`, () => {
+    const run = randomBytes(4).toString('hex');
+    const namespace = `mesh-${run}`;
+    const domain = 'cluster.test';
+    const stream = `EVOK8SH_${run}`;
+    const schemaPrefix = `k8sh_${run}_`;
+    const groupIp = podAddress();
+    const functionIp = podAddress();
+    const dir = mkdtempSync(join(tmpdir(), 'evolith-k8s-pod-http-'));
+    const image = join(dir, 'image');
+    const records = new Map<string, string[]>();
+    let dns: { address: string; close(): void };
+    let edgePort = 0;
+    let group: Pod;
+    let edge: Pod;
+    const authority = new DeploymentAuthority(namespace);
+
+    const configMap = (name: string, architecture: string, internalHost: string): string => {
+      const mount = join(dir, name);
+      configMapWriter(mount)(
+        [`architecture: ${architecture}`, 'host: 127.0.0.1', `internalHost: ${internalHost}`, `storage: { driver: postgres, schemaPrefix: ${schemaPrefix} }`, `events: { driver: nats, stream: ${stream} }`, 'drainMs: 5000', ''].join('\n'),
+      );
+      return join(mount, 'evolith.yaml');
+    };
+    const secret = (workload: string, bundle: object): string => {
+      const d = join(dir, `secret-${workload}`);
+      mkdirSync(d, { recursive: true });
+      writeFileSync(join(d, 'bundle.json'), JSON.stringify(bundle), { mode: 0o600 });
+      return join(d, 'bundle.json');
+    };
+    const env = () => ({
+      EVOLITH_NAMESPACE: namespace,
+      EVOLITH_CLUSTER_DOMAIN: domain,
+      EVOLITH_POSTGRES_URL: postgresUrl(),
+      EVOLITH_NATS_URL: `nats://${NATS}`,
+      EVOLITH_DNS_SERVER: dns.address,
+    });
+
+    beforeAll(async () => {
+      await buildPodImage(join(repoRoot, 'test/fixtures/greeter'), image);
+      dns = await dnsServer(records);
+      records.set(`greeter.${namespace}.svc.${domain}`, [groupIp]);
+      const topology = configMap('etc-mesh', 'mesh', groupIp);
+      const groupCredentials = secret('greeter', authority.issue({ sub: 'greeter', svc: ['greeter'] }));
+      const edgeCredentials = secret('edge', authority.issue({ sub: 'edge', edge: true }));
+      const common = (credentials: string) => ['--app-dir', join(image, 'app'), '--topology', topology, '--credentials', credentials];
+      group = startPod(image, [...common(groupCredentials), '--group', 'greeter', '--transport', 'http2', '--rpc-port', '7000', '--probe-port', '7000'], { ...env(), EVOLITH_POD_IP: groupIp });
+      edgePort = await freePort();
+      edge = startPod(image, [...common(edgeCredentials), '--edge', '--port', String(edgePort)], env());
+      await eventually(
+        async () => {
+          if (group.child.exitCode !== null || edge.child.exitCode !== null) throw new Error('a pod exited');
+          expect((await get(`http://${groupIp}:7000/ready`)).status).toBe(200);
+          expect((await get(`http://127.0.0.1:${edgePort}/ready`)).status).toBe(200);
+        },
+        { timeoutMs: 30_000, intervalMs: 200 },
+      ).catch((err: Error) => {
+        throw new Error(`${err.message}\n--- group ---\n${group.output()}\n--- edge ---\n${edge.output()}`);
+      });
+    }, 60_000);
+
+    afterAll(async () => {
+      for (const p of pods) if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGKILL');
+      dns?.close();
+      await dropSchemas(schemaPrefix).catch(() => undefined);
+      const nc = await connect({ servers: NATS });
+      try {
+        await (await jetstreamManager(nc)).streams.delete(stream).catch(() => undefined);
+      } finally {
+        await nc.close();
+      }
+      rmSync(dir, { recursive: true, force: true });
+    }, 30_000);
+
+    it('one port answers the probes and RPC over HTTP; a call without a credential is refused', async () => {
+      expect((await get(`http://${groupIp}:7000/health`)).status).toBe(200);
+      const anonymous = await fetch(`http://${groupIp}:7000/rpc/greeter/hello`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"name":"x"}' });
+      expect(anonymous.status).toBe(401);
+    });
+
+    it('a call through the edge reaches the group through its Service’s name', async () => {
+      const r = await get(`http://127.0.0.1:${edgePort}/hello/mesh`);
+      expect(r.status, r.body).toBe(200);
+      expect(JSON.parse(r.body)).toEqual({ text: 'hello mesh', n: 1 });
+    });
+
+    it('a function answers the waker’s POST /evolith/wake with 202', async () => {
+      const topology = configMap('etc-serverless', 'serverless', functionIp);
+      const credentials = secret('function', authority.issue({ sub: 'greeter', svc: ['greeter'] }));
+      // Knative gives the port in PORT.
+      const fn = startPod(image, ['--app-dir', join(image, 'app'), '--topology', topology, '--credentials', credentials, '--group', 'greeter', '--transport', 'http2'], { ...env(), PORT: '8080' });
+      await eventually(async () => expect((await get(`http://${functionIp}:8080/ready`)).status).toBe(200), { timeoutMs: 30_000, intervalMs: 200 }).catch((err: Error) => {
+        throw new Error(`${err.message}\n${fn.output()}`);
+      });
+      const res = await fetch(`http://${functionIp}:8080/evolith/wake`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'ce-specversion': '1.0', 'ce-type': 'dev.evolith.wakeup', 'ce-source': '/evolith/mini/greeter', 'ce-id': '1' },
+        body: JSON.stringify({ function: 'greeter', reasons: [{ service: 'greeter', why: 'event', waiting: 1 }] }),
+      });
+      expect(res.status).toBe(202);
+      fn.child.kill('SIGTERM');
+      expect(await fn.exit).toEqual({ code: 0, signal: null });
+    }, 45_000);
+
+    it('SIGTERM: not ready at once, the call in flight finishes, exit 0', async () => {
+      const inFlight = get(`http://127.0.0.1:${edgePort}/slow?ms=150`);
+      await sleep(50);
+      group.child.kill('SIGTERM');
+      await eventually(async () => expect((await get(`http://${groupIp}:7000/ready`)).status).toBe(503), { timeoutMs: 1_000, intervalMs: 10 });
+      expect((await inFlight).status).toBeLessThan(300);
+      expect(await group.exit).toEqual({ code: 0, signal: null });
+      edge.child.kill('SIGTERM');
+      expect(await edge.exit).toEqual({ code: 0, signal: null });
+    }, 30_000);
   });
 }

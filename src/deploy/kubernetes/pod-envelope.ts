@@ -118,7 +118,7 @@ export function kubernetesEnvelope(options: KubernetesEnvelopeOptions) {
       terminal = new TcpTerminal(tcp);
       if (role.kind === 'group') probeListener = await listenProbes(probes, topology.internalHost, options.probePort, log);
     } else {
-      terminal = podHttpTerminal(plane);
+      terminal = podHttpTerminal(plane, options.resolve4);
       if (role.kind === 'group') {
         http = await listenPodHttp({
           host: topology.internalHost,

@@ -7,10 +7,12 @@ import type { Logger } from 'pino';
 import type { InternalPlane } from '../../auth/internal-plane.js';
 import type { MethodDef } from '../../contract/define.js';
 import { UnavailableError } from '../../kernel/errors.js';
-import type { Terminal } from '../../kernel/placement.js';
+import { isIP } from 'node:net';
+import type { Call, Terminal } from '../../kernel/placement.js';
 import { HttpTransport, rpcHttpPlugin } from '../../rpc/http-transport.js';
 import type { RpcResolver } from '../../rpc/tcp-server.js';
 import { HttpTerminal } from '../../rpc/terminals.js';
+import type { Resolve4 } from './dns-discovery.js';
 import type { PodProbes } from './pod-probes.js';
 
 /** The path a waker posts its CloudEvent to (below the function's URL, `K_SINK`). */
@@ -36,9 +38,61 @@ export interface PodHttpListener {
   close(): Promise<void>;
 }
 
-/** The terminal a pod calls other groups' Services with over HTTP. */
-export function podHttpTerminal(plane: InternalPlane): Terminal {
-  return new HttpTerminal(new HttpTransport({ plane, format: 'msgpack' }));
+/**
+ * The terminal a pod calls other groups' Services with over HTTP. With `resolve4` (a DNS server
+ * of the pod's own, see EVOLITH_DNS_SERVER) the Service's name is resolved through it rather
+ * than the system's resolver, which knows nothing of a local cluster's names.
+ */
+export function podHttpTerminal(plane: InternalPlane, resolve4?: Resolve4): Terminal {
+  const terminal = new HttpTerminal(new HttpTransport({ plane, format: 'msgpack' }));
+  return resolve4 ? new ResolvingTerminal(terminal, resolve4) : terminal;
+}
+
+/**
+ * Sends each call to an address its endpoint's host name resolves to (one of them, at random),
+ * asking `resolve4` at most once per `ttlMs` per name. A name with no address is a failure the
+ * call was not sent for, so a retry may try again.
+ */
+export class ResolvingTerminal implements Terminal {
+  readonly name: string;
+  private readonly cache = new Map<string, { at: number; addresses: Promise<string[]> }>();
+
+  constructor(
+    private readonly inner: Terminal,
+    private readonly resolve4: Resolve4,
+    private readonly ttlMs = 2_000,
+  ) {
+    this.name = inner.name;
+  }
+
+  async send(call: Call): Promise<unknown> {
+    const endpoint = call.endpoint;
+    if (!endpoint || !endpoint.address.includes('://')) return this.inner.send(call);
+    const url = new URL(endpoint.address);
+    if (isIP(url.hostname)) return this.inner.send(call);
+    const addresses = await this.addresses(url.hostname);
+    if (addresses.length === 0) throw new UnavailableError(`${url.hostname} has no address: no pod behind it is ready`, { maybeExecuted: false });
+    url.hostname = addresses[Math.floor(Math.random() * addresses.length)]!;
+    call.endpoint = { ...endpoint, address: url.origin };
+    try {
+      return await this.inner.send(call);
+    } finally {
+      call.endpoint = endpoint;
+    }
+  }
+
+  private addresses(host: string): Promise<string[]> {
+    const now = Date.now();
+    const known = this.cache.get(host);
+    if (known && now - known.at < this.ttlMs) return known.addresses;
+    const addresses = this.resolve4(host).catch((err: NodeJS.ErrnoException) => {
+      this.cache.delete(host);
+      if (err.code === 'ENOTFOUND' || err.code === 'ENODATA') return [];
+      throw new UnavailableError(`${host} cannot be resolved: ${err.message}`, { maybeExecuted: false });
+    });
+    this.cache.set(host, { at: now, addresses });
+    return addresses;
+  }
 }
 
 export async function listenPodHttp(options: PodHttpOptions): Promise<PodHttpListener> {
