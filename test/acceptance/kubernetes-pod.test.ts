@@ -13,11 +13,13 @@ import { randomBytes } from 'node:crypto';
 import { createSocket, type Socket } from 'node:dgram';
 import { mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { createServer as createHttpServer } from 'node:http';
 import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { connect } from '@nats-io/transport-node';
+import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DeploymentAuthority } from '../../src/auth/credentials.js';
 import { buildPodImage } from '../../src/deploy/kubernetes/build.js';
@@ -419,5 +421,53 @@ if (reason) {
       edge.child.kill('SIGTERM');
       expect(await edge.exit).toEqual({ code: 0, signal: null });
     }, 30_000);
+
+    it('a waker finds work waiting for a function at zero in its store and posts a wake-up CloudEvent to K_SINK', async () => {
+      // Every pod hosting greeter has stopped (the function is at zero), with an event committed and not sent.
+      const client = new pg.Client({ connectionString: postgresUrl() });
+      await client.connect();
+      try {
+        const now = Date.now();
+        await client.query(
+          `insert into "${schemaPrefix}greeter".evolith_outbox (id, topic, payload, deliver_at, created_at, attempts) values ($1, 'greeter.greeted', '{"name":"zero"}', $2, $3, 0)`,
+          [`wake-${run}`, now - 1_000, now * 1000],
+        );
+      } finally {
+        await client.end();
+      }
+      const received: { headers: Record<string, unknown>; body: unknown; url: string }[] = [];
+      const sink = createHttpServer((req, res) => {
+        let text = '';
+        req.on('data', (c: Buffer) => (text += c.toString()));
+        req.on('end', () => {
+          received.push({ url: req.url ?? '', headers: req.headers, body: JSON.parse(text) });
+          res.writeHead(202).end();
+        });
+      });
+      await new Promise<void>((r) => sink.listen(0, '127.0.0.1', r));
+      const wakerIp = podAddress();
+      const topology = configMap('etc-waker', 'serverless', wakerIp);
+      const credentials = secret('greeter-wakeups', authority.issue({ sub: 'greeter-wakeups', svc: ['greeter'] }));
+      const waker = startPod(image, ['--app-dir', join(image, 'app'), '--topology', topology, '--credentials', credentials, '--wakeups', 'greeter'], {
+        ...env(),
+        K_SINK: `http://127.0.0.1:${(sink.address() as AddressInfo).port}`,
+      });
+      try {
+        await eventually(() => expect(received.length).toBeGreaterThan(0), { timeoutMs: 15_000 }).catch((err: Error) => {
+          throw new Error(`${err.message}\n${waker.output()}`);
+        });
+        expect(received[0]).toMatchObject({
+          url: '/evolith/wake',
+          headers: { 'ce-specversion': '1.0', 'ce-type': 'dev.evolith.wakeup', 'ce-source': '/evolith/mini/greeter' },
+          body: { function: 'greeter', reasons: [{ service: 'greeter', why: 'outbox', waiting: 1 }] },
+        });
+        expect((await get(`http://${wakerIp}:8081/health`)).status).toBe(200);
+        expect((await get(`http://${wakerIp}:8081/ready`)).status).toBe(200);
+        waker.child.kill('SIGTERM');
+        expect(await waker.exit).toEqual({ code: 0, signal: null });
+      } finally {
+        sink.close();
+      }
+    }, 45_000);
   });
 }

@@ -103,10 +103,12 @@ export function kubernetesEnvelope(options: KubernetesEnvelopeOptions) {
       discovery = serviceAddresses(others, options, calleePort);
     }
     const resilience = new Resilience({ discovery, policies, affinity: topology.affinity, log });
-    // Istio's routes retry (VirtualService retries); retrying here too would multiply attempts.
+    // Over HTTP, Istio's routes retry (VirtualService retries): retrying here too would
+    // multiply attempts. Over TCP the mesh sees only connections and retries nothing.
+    const meshRetries = options.architecture === 'mesh' && options.transport === 'http2';
     const links = (service: string): Link[] => {
       const all = resilience.links(service);
-      return options.architecture === 'mesh' ? all.filter((l) => l.name !== 'retry') : all;
+      return meshRetries ? all.filter((l) => l.name !== 'retry') : all;
     };
 
     let tcp: TcpTransport | undefined;
