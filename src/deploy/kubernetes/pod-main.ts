@@ -118,7 +118,8 @@ export async function runPod(app: AppDefinition, args: PodArgs): Promise<Running
 /** Writes why the pod cannot start and exits: 2 for what its configuration must fix, 1 otherwise. */
 function fail(err: unknown): never {
   const message = (err as Error).message ?? String(err);
-  process.stderr.write(`evolith: ${message.replace(/\n\s*/g, '; ')}\n`);
+  // One line: Kubernetes shows the last line a container wrote in the pod's status.
+  process.stderr.write(`evolith: ${message.replace(/:\n\s*/g, ': ').replace(/\n\s*/g, '; ')}\n`);
   if (!(err instanceof EvolithError)) process.stderr.write(`${(err as Error).stack ?? ''}\n`);
   process.exit(err instanceof ConfigError ? CONFIG_EXIT : 1);
 }
