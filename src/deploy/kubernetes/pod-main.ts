@@ -8,6 +8,7 @@
  * writes one line naming every problem to stderr and exits with 2: Kubernetes shows the line
  * in the pod's status and restarts it with a growing delay. SIGTERM drains and exits with 0.
  */
+import { existsSync, writeFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 import type { AppDefinition } from '../../app/define.js';
 import { InternalPlane } from '../../auth/internal-plane.js';
@@ -24,6 +25,9 @@ import { defaultCalleePort, kubernetesEnvelope, type ClusterArchitecture, type P
 import { loadPodTopology, podTopologySource } from './pod-topology.js';
 
 export { CONFIG_EXIT };
+
+/** Where Kubernetes reads a container's termination message (its default terminationMessagePath). */
+const TERMINATION_LOG = '/dev/termination-log';
 
 /** The cluster architecture a topology names: Istio for `mesh`, Knative for `serverless`, else plain Kubernetes. */
 export function clusterArchitecture(topology: Topology): ClusterArchitecture {
@@ -115,11 +119,25 @@ export async function runPod(app: AppDefinition, args: PodArgs): Promise<Running
   };
 }
 
+/**
+ * Says in one line why the pod stops: on stderr, and as the container's termination message
+ * (`/dev/termination-log`, which Kubernetes mounts in every container and shows in the pod's
+ * status) when there is one.
+ */
+function terminate(line: string): void {
+  process.stderr.write(`${line}\n`);
+  if (!existsSync(TERMINATION_LOG)) return;
+  try {
+    writeFileSync(TERMINATION_LOG, line);
+  } catch {
+    /* a read-only or foreign file: stderr says it */
+  }
+}
+
 /** Writes why the pod cannot start and exits: 2 for what its configuration must fix, 1 otherwise. */
 function fail(err: unknown): never {
   const message = (err as Error).message ?? String(err);
-  // One line: Kubernetes shows the last line a container wrote in the pod's status.
-  process.stderr.write(`evolith: ${message.replace(/:\n\s*/g, ': ').replace(/\n\s*/g, '; ')}\n`);
+  terminate(`evolith: ${message.replace(/:\n\s*/g, ': ').replace(/\n\s*/g, '; ')}`);
   if (!(err instanceof EvolithError)) process.stderr.write(`${(err as Error).stack ?? ''}\n`);
   process.exit(err instanceof ConfigError ? CONFIG_EXIT : 1);
 }
@@ -127,7 +145,7 @@ function fail(err: unknown): never {
 export async function main(app: AppDefinition): Promise<void> {
   const parsed = parsePodArgs(process.argv.slice(2), process.env);
   if (!parsed.ok) {
-    process.stderr.write(`evolith: this pod cannot start: ${parsed.problems.join('; ')}\n`);
+    terminate(`evolith: this pod cannot start: ${parsed.problems.join('; ')}`);
     process.exit(CONFIG_EXIT);
   }
   const args = parsed.args;
