@@ -20,7 +20,7 @@ import type { Logger } from 'pino';
 import type { InternalPlane } from '../../auth/internal-plane.js';
 import type { Discovery, Endpoint } from '../../kernel/plugins.js';
 import type { PolicyTable } from '../../kernel/policy-table.js';
-import type { Link } from '../../kernel/placement.js';
+import type { Link, Terminal } from '../../kernel/placement.js';
 import type { Runtime } from '../../kernel/runtime.js';
 import { Resilience } from '../../resilience/resilience.js';
 import { hostResolver, RpcServer, type RpcResolver } from '../../rpc/tcp-server.js';
@@ -114,7 +114,7 @@ export function kubernetesEnvelope(options: KubernetesEnvelopeOptions) {
     let tcp: TcpTransport | undefined;
     let http: PodHttpListener | undefined;
     let probeListener: ProbeListener | undefined;
-    let terminal;
+    let terminal: Terminal;
     if (options.transport === 'tcp') {
       tcp = new TcpTransport({ log, plane });
       terminal = new TcpTerminal(tcp);
