@@ -303,12 +303,12 @@ describe('one port for HTTP/1.1 and h2c', () => {
 
   test('garbage, half prefaces and oversized headers are dropped without harm', async () => {
     const garbage = await rawExchange(listener.address, Buffer.from([0x00, 0xff, 0x13, 0x37, 0x0d, 0x0a, 0x0d, 0x0a, 0x99]));
-    expect(garbage.toString('latin1')).toMatch(/^(HTTP\/1\.1 400|)/);
+    expect(garbage.toString('latin1')).toMatch(/^HTTP\/1\.1 400 /);
     // A preface cut short, then the connection closed.
     await rawExchange(listener.address, HTTP2_PREFACE.subarray(0, 10), true);
     // A preface that turns into something else halfway: an HTTP/1.1 request that makes no sense.
     const diverged = await rawExchange(listener.address, Buffer.concat([HTTP2_PREFACE.subarray(0, 16), Buffer.from('nonsense\r\n\r\n')]));
-    expect(diverged.toString('latin1')).toMatch(/^(HTTP\/1\.1 4\d\d|)/);
+    expect(diverged.toString('latin1')).toMatch(/^HTTP\/1\.1 400 /);
     // A full preface followed by bytes that are no HTTP/2 frames: the session ends with GOAWAY.
     await rawExchange(listener.address, Buffer.concat([HTTP2_PREFACE, Buffer.from('this is not a settings frame, not at all'.repeat(4))]));
     // Headers larger than either server takes.
