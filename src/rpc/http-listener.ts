@@ -53,6 +53,8 @@ export interface RpcHttpListener {
   /** Where it listens, "host:port" (IPv6 hosts in brackets). */
   readonly address: string;
   readonly port: number;
+  /** True from the moment `close()` is called: a readiness route answers 503 from then on. */
+  readonly closing: boolean;
   /**
    * Stops accepting connections, lets calls in flight finish within `drainMs` (HTTP/1.1
    * connections close after their current answer; HTTP/2 sessions get GOAWAY, so callers open
@@ -172,6 +174,9 @@ export async function listenRpcHttp(options: RpcHttpListenerOptions): Promise<Rp
   return {
     address: `${hostForAddress(bound.address)}:${bound.port}`,
     port: bound.port,
+    get closing() {
+      return closing !== undefined;
+    },
     close: () => (closing ??= drain()),
   };
 }

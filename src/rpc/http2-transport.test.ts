@@ -237,11 +237,13 @@ describe('HTTP/2 RPC transport, on the wire', () => {
 
   test('closing the listener lets a call in flight finish, and refuses new connections', async () => {
     const draining = await listen(0, 3_000);
+    expect(draining.closing).toBe(false);
     const t = new Http2Transport({ plane: paymentPlane });
     try {
       const call = t.send(draining.address, m.slow, { ms: 300 }, callMeta(5_000));
       await new Promise((r) => setTimeout(r, 100));
       const closed = draining.close();
+      expect(draining.closing).toBe(true);
       expect(await call).toEqual({ slept: 300 });
       await closed;
       const late = await rejection(t.send(draining.address, m.echo, { text: 'late' }, callMeta()));
@@ -250,6 +252,94 @@ describe('HTTP/2 RPC transport, on the wire', () => {
     } finally {
       await t.close();
     }
+  });
+
+  describe('against a bare HTTP/2 server that misbehaves on purpose', () => {
+    let server: http2.Http2Server;
+    let address: string;
+    let sessions = 0;
+    const open = new Set<http2.ServerHttp2Session>();
+    let behave: (stream: http2.ServerHttp2Stream) => void = () => {};
+    beforeAll(async () => {
+      server = http2.createServer();
+      server.on('session', (session) => {
+        sessions++;
+        open.add(session);
+        session.on('close', () => open.delete(session));
+      });
+      server.on('stream', (stream) => {
+        stream.on('error', () => {}); // the resets this server makes itself
+        behave(stream);
+      });
+      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+      address = `127.0.0.1:${(server.address() as net.AddressInfo).port}`;
+    });
+    afterAll(async () => {
+      for (const s of open) s.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    });
+    const answer = (stream: http2.ServerHttp2Stream) => {
+      stream.respond({ ':status': 200, 'content-type': 'application/json' });
+      stream.end(JSON.stringify({ text: 'fine', n: 1 }));
+    };
+
+    test('a stream the callee refuses never ran', async () => {
+      behave = (stream) => stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
+      const t = new Http2Transport();
+      try {
+        const err = await rejection(t.send(address, m.echo, { text: 'x' }, callMeta()));
+        expect(err).toBeInstanceOf(UnavailableError);
+        expect(err.details).toMatchObject({ maybeExecuted: false });
+      } finally {
+        await t.close();
+      }
+    });
+
+    test('a stream reset after the request went out may have run', async () => {
+      behave = (stream) => stream.on('data', () => stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR));
+      const t = new Http2Transport();
+      try {
+        const err = await rejection(t.send(address, m.echo, { text: 'x' }, callMeta()));
+        expect(err).toBeInstanceOf(UnavailableError);
+        expect(err.details).toMatchObject({ maybeExecuted: true });
+      } finally {
+        await t.close();
+      }
+    });
+
+    test('after a GOAWAY the next call opens a new session', async () => {
+      behave = (stream) => {
+        answer(stream);
+        stream.session?.goaway(http2.constants.NGHTTP2_NO_ERROR, stream.id);
+      };
+      const t = new Http2Transport();
+      try {
+        const before = sessions;
+        expect(await t.send(address, m.echo, { text: 'x' }, callMeta())).toEqual({ text: 'fine', n: 1 });
+        await expect.poll(() => t.sessionCount(address)).toBe(0);
+        behave = answer;
+        expect(await t.send(address, m.echo, { text: 'x' }, callMeta())).toEqual({ text: 'fine', n: 1 });
+        expect(sessions - before).toBe(2);
+        expect(t.sessionCount(address)).toBe(1);
+      } finally {
+        await t.close();
+      }
+    });
+
+    test('an answer that is not an Evolith answer is a typed error, not a crash', async () => {
+      behave = (stream) => {
+        stream.respond({ ':status': 502, 'content-type': 'text/plain' });
+        stream.end('bad gateway');
+      };
+      const t = new Http2Transport();
+      try {
+        const err = await rejection(t.send(address, m.echo, { text: 'x' }, callMeta()));
+        expect(err.code).toBe('EVOLITH_INTERNAL');
+        expect(err.message).toContain('502: bad gateway');
+      } finally {
+        await t.close();
+      }
+    });
   });
 
   test('a closed transport refuses calls without sending them', async () => {
