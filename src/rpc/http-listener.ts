@@ -92,6 +92,10 @@ export async function listenRpcHttp(options: RpcHttpListenerOptions): Promise<Rp
   await setup(h2app as unknown as FastifyInstance);
   const h1server = h1.server as http.Server;
   const h2server = h2app.server as Http2Server;
+  // Node's HTTP/1.1 server starts tracking its connections when it starts listening: that is
+  // what enforces its header and request timeouts and lets it tell idle connections from busy
+  // ones on close. This one never listens itself, so it is told it does.
+  h1server.emit('listening');
 
   const sessions = new Set<ServerHttp2Session>();
   h2server.on('session', (session: ServerHttp2Session) => {
@@ -168,6 +172,8 @@ export async function listenRpcHttp(options: RpcHttpListenerOptions): Promise<Rp
     }
     for (const s of sessions) s.destroy();
     for (const s of sockets) s.destroy();
+    // Stops the HTTP/1.1 server's connection checks (it reports that it was not listening).
+    h1server.close(() => {});
     await Promise.all([stopped, h1.close(), h2app.close()]);
   };
 

@@ -342,6 +342,23 @@ describe('HTTP/2 RPC transport, on the wire', () => {
     });
   });
 
+  test('closing the listener closes idle HTTP/1.1 keep-alive connections and idle HTTP/2 sessions at once', async () => {
+    const idle = await listen(0, 5_000);
+    const t = new Http2Transport({ plane: paymentPlane });
+    try {
+      const r = await fetch(`http://${idle.address}/health`); // undici keeps the connection open
+      expect(r.status).toBe(200);
+      await r.arrayBuffer();
+      expect(await t.send(idle.address, m.echo, { text: 'x' }, callMeta())).toEqual({ text: 'x', n: 0 });
+      const started = Date.now();
+      await idle.close();
+      expect(Date.now() - started).toBeLessThan(1_000);
+      await expect.poll(() => t.sessionCount(idle.address)).toBe(0);
+    } finally {
+      await t.close();
+    }
+  });
+
   test('a closed transport refuses calls without sending them', async () => {
     const t = new Http2Transport({ plane: paymentPlane });
     await t.close();

@@ -177,9 +177,6 @@ export class Http2Transport {
       entry.failure ??= new Error('the connection closed');
       this.drop(entry);
     });
-    // A session nobody uses any more is closed by the callee in time (its idle timeout); a
-    // frame error on it is not worth a crash.
-    session.on('frameError', () => {});
     return entry;
   }
 
@@ -202,13 +199,16 @@ export class Http2Transport {
         entry.end();
         fn();
       };
+      // The stream ended without an answer. It never reached the callee if no connection was
+      // made, or if the callee refused it (REFUSED_STREAM: also what a GOAWAY that excluded it
+      // leaves); otherwise the callee may have run it.
       const lost = (err: Error | undefined): void =>
         settle(() => {
           const refused = stream.rstCode === NGHTTP2_REFUSED_STREAM;
-          const neverSent = !entry.connected || refused;
-          const reason = refused ? 'the callee refused the stream' : (err ?? entry.failure)?.message ?? `the stream was reset (code ${stream.rstCode ?? 'none'})`;
-          const code = (err as NodeJS.ErrnoException | undefined)?.code ?? (entry.failure as NodeJS.ErrnoException | undefined)?.code;
-          reject(new UnavailableError(`cannot reach ${request.base}: ${code && !reason.includes(code) ? `${code}: ` : ''}${reason}`, { address: request.base, maybeExecuted: !neverSent }));
+          const cause = (err ?? entry.failure) as NodeJS.ErrnoException | undefined;
+          let reason = refused ? 'the callee refused the stream' : cause?.message ?? `the stream was reset (code ${stream.rstCode ?? 'none'})`;
+          if (!refused && cause?.code && !reason.includes(cause.code)) reason = `${cause.code}: ${reason}`;
+          reject(new UnavailableError(`cannot reach ${request.base}: ${reason}`, { address: request.base, maybeExecuted: entry.connected && !refused }));
         });
       stream.on('response', (h) => {
         headers = h;
