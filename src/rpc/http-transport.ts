@@ -196,6 +196,9 @@ function isSerializedError(v: unknown): v is SerializedError {
   return typeof v === 'object' && v !== null && typeof (v as SerializedError).code === 'string' && typeof (v as SerializedError).message === 'string';
 }
 
+/** What an HTTP header value may hold: visible ASCII, spaces and tabs. */
+const HEADER_VALUE = /^[\t\x20-\x7e]*$/;
+
 /** A call ready to go out over HTTP (either version): where, which headers, which body. */
 export interface RpcHttpRequest {
   /** The base URL of the callee, without a trailing slash: `http://host:port`. */
@@ -226,7 +229,10 @@ export function rpcHttpRequest(address: string, method: MethodDef, input: unknow
     'x-evolith-deadline': String(meta.deadline),
     traceparent: formatTraceparent(meta.trace),
   };
-  if (meta.trace.baggage !== undefined) headers.baggage = meta.trace.baggage;
+  // Baggage is percent-encoded ASCII by definition; one that is not (it can arrive over TCP,
+  // which carries any string) is dropped rather than fail the call as an invalid header.
+  const baggage = meta.trace.baggage;
+  if (baggage !== undefined && HEADER_VALUE.test(baggage)) headers.baggage = baggage;
   if (plane) {
     const caller = plane.callerField(meta);
     headers.authorization = `Bearer ${plane.credential.token}`;

@@ -147,9 +147,11 @@ export class Http2Transport {
     if (existing?.usable) {
       try {
         return { entry: existing, stream: existing.session.request(headers, options) };
-      } catch {
+      } catch (err) {
         // The session began closing between the check and the request (a GOAWAY being
-        // processed): it is dropped, and the call goes out on a new one.
+        // processed): it is dropped, and the call goes out on a new one. Any other refusal
+        // is about this request, not the session.
+        if (!existing.session.closed && !existing.session.destroyed) throw err;
         this.drop(existing);
       }
     }
