@@ -15,6 +15,7 @@ import Fastify, { type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import type { MethodDef } from '../contract/define.js';
 import type { InternalPlane } from '../auth/internal-plane.js';
+import { UnavailableError } from '../kernel/errors.js';
 import { rpcHttpPlugin } from './http-transport.js';
 import type { RpcResolver } from './tcp-server.js';
 
@@ -106,6 +107,8 @@ export async function listenRpcHttp(options: RpcHttpListenerOptions): Promise<Rp
   h2server.on('sessionError', (err: Error) => log?.debug({ err: err.message }, 'an HTTP/2 connection failed'));
 
   const sockets = new Set<Socket>();
+  /** Connections that have not yet sent enough to tell their protocol: no call of theirs is in flight. */
+  const undecided = new Set<Socket>();
   const accept = (socket: Socket): void => {
     sockets.add(socket);
     socket.once('close', () => sockets.delete(socket));
@@ -113,8 +116,10 @@ export async function listenRpcHttp(options: RpcHttpListenerOptions): Promise<Rp
       socket.destroy();
       return;
     }
+    undecided.add(socket);
     let seen: Buffer = Buffer.alloc(0);
     const give = (): void => {
+      undecided.delete(socket);
       socket.removeListener('data', onData);
       socket.removeListener('end', onEnd);
       socket.removeListener('error', onError);
@@ -151,13 +156,19 @@ export async function listenRpcHttp(options: RpcHttpListenerOptions): Promise<Rp
   };
 
   const server = net.createServer(accept);
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(options.port, options.host, () => {
-      server.removeListener('error', reject);
-      resolve();
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(options.port, options.host, () => {
+        server.removeListener('error', reject);
+        resolve();
+      });
     });
-  });
+  } catch (err) {
+    h1server.close(() => {});
+    await Promise.all([h1.close(), h2app.close()]);
+    throw new UnavailableError(`the RPC listener cannot listen on ${hostForAddress(options.host)}:${options.port}: ${(err as Error).message}`, { maybeExecuted: false });
+  }
   server.on('error', (err) => log?.error({ err }, 'the RPC listener failed'));
   const bound = server.address() as AddressInfo;
 
@@ -165,6 +176,7 @@ export async function listenRpcHttp(options: RpcHttpListenerOptions): Promise<Rp
     // Its callback would wait for every connection to end; new ones are refused from now on.
     const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
     for (const s of sessions) s.close();
+    for (const s of undecided) s.destroy();
     const until = Date.now() + drainMs;
     while (sockets.size > 0 && Date.now() < until) {
       h1server.closeIdleConnections();

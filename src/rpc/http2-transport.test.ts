@@ -364,6 +364,21 @@ describe('HTTP/2 RPC transport, on the wire', () => {
     }
   });
 
+  test('a port already taken is a typed error, and closing does not wait for connections that never spoke', async () => {
+    const err = await rejection(listen(listener.port));
+    expect(err).toBeInstanceOf(UnavailableError);
+    expect(err.message).toContain('EADDRINUSE');
+    const quiet = await listen(0, 5_000);
+    const socket = net.connect(quiet.port, '127.0.0.1');
+    socket.on('error', () => {});
+    await new Promise((r) => socket.once('connect', r));
+    const closedByPeer = new Promise((r) => socket.once('close', r));
+    const started = Date.now();
+    await quiet.close();
+    await closedByPeer;
+    expect(Date.now() - started).toBeLessThan(1_000);
+  });
+
   test('a closed transport refuses calls without sending them', async () => {
     const t = new Http2Transport({ plane: paymentPlane });
     await t.close();
