@@ -37,6 +37,11 @@ export async function run(appDirArg: string, opts: RunOptions): Promise<void> {
     serverless: async () => (await import('../deploy/serverless/deployer.js')).runServerless,
   };
   const available = Object.keys(deployers);
+  if (topology.architecture === 'kubernetes') {
+    throw new CliError(
+      'kubernetes is a deployment target, not a local architecture: use evolith deploy kubernetes <app> --out <dir> --arch microservices|mesh|serverless',
+    );
+  }
   const load = deployers[topology.architecture];
   if (!load) {
     const known = (ARCHITECTURES as readonly string[]).includes(topology.architecture);
