@@ -64,9 +64,13 @@ const find = (m: KubernetesManifests, kind: string, name: string, apiVersion?: s
   return o;
 };
 
-/** The files with every credential bundle replaced by a placeholder: what the golden files hold. */
+/**
+ * The files with every credential bundle replaced by a placeholder: what the golden files hold.
+ * A dot file is stored as `dot-<name>`: the generated .gitignore would hide its neighbours from git.
+ */
 function goldenFiles(m: KubernetesManifests): Record<string, string> {
-  const files = { ...m.files };
+  const files: Record<string, string> = {};
+  for (const [name, text] of Object.entries(m.files)) files[name.startsWith('.') ? `dot-${name.slice(1)}` : name] = text;
   files['secrets.yaml'] = m.objects
     .filter((_, i) => m.fileOf[i] === 'secrets.yaml')
     .map((o) => (o.metadata.name.startsWith('evolith-credentials-') ? { ...o, stringData: { 'bundle.json': '<credential bundle: new keys on every run>' } } : o))
