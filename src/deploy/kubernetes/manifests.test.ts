@@ -214,6 +214,13 @@ describe('backends', () => {
 });
 
 describe('options', () => {
+  test('http2 without a mesh is generated with a warning: nothing balances its calls', async () => {
+    const m = generate(loadTopology(bookstoreDir), { transport: 'http2' });
+    expect(m.warnings).toEqual(['transport http2 without a mesh: kube-proxy balances connections, not calls, so one caller keeps talking to one pod of a group']);
+    expect((find(m, 'Service', 'warehouse').spec as { ports: unknown }).ports).toEqual([{ name: 'http2', port: 7000, targetPort: 'http2', protocol: 'TCP', appProtocol: 'http2' }]);
+    expect(checkWorkloads(m.objects)).toEqual([]);
+  });
+
   test('every bad option is named at once', () => {
     let error: unknown;
     try {

@@ -184,6 +184,9 @@ export function kubernetesManifests(app: AppDefinition, topology: Topology, opti
   const mesh = s.arch === 'mesh';
   const serverless = s.arch === 'serverless';
   const ttl = options.credentialTtlMs ?? DEFAULT_CREDENTIAL_TTL_MS;
+  if (s.arch === 'microservices' && s.transport === 'http2') {
+    warnings.push('transport http2 without a mesh: kube-proxy balances connections, not calls, so one caller keeps talking to one pod of a group');
+  }
 
   // The namespace, the topology every pod reads, the backends' addresses.
   put('namespace.yaml', {
