@@ -559,7 +559,9 @@ export function kubernetesManifests(app: AppDefinition, topology: Topology, opti
       policy('default-deny', appPods, []),
       policy('within-app', appPods, [{ from: [{ podSelector: appPods }] }]),
       policy('edge-public', { matchLabels: { app: EDGE_WORKLOAD } }, [{ ports: [{ protocol: 'TCP', port: PORTS.http }] }]),
-      ...(serverless ? [policy('knative-serving', appPods, [fromNamespace('knative-serving')])] : []),
+      // Knative's activator, and its network layer's gateways (Kourier or Istio), which send
+      // calls straight to a function's pods once it has scaled past the activator.
+      ...(serverless ? [policy('knative-serving', appPods, [fromNamespace('knative-serving'), fromNamespace('kourier-system'), fromNamespace('istio-system')])] : []),
       ...(mesh ? [policy('istio-system', { matchLabels: { app: EDGE_WORKLOAD } }, [fromNamespace('istio-system')])] : []),
     ];
   }
