@@ -498,6 +498,17 @@ describe('validateObjects', () => {
       'Widget/w: no schema is known for Widget of example.com/v1, so it cannot be validated',
     ]);
   });
+
+  test('without the model packages nothing is validated, and the missing packages are named', async () => {
+    const objects = generate(loadTopology(bookstoreDir), { architecture: 'mesh' }).objects;
+    const absent = async (specifier: string) => {
+      if (specifier.startsWith('@kubernetes-models/istio/')) throw Object.assign(new Error(`Cannot find package '${specifier}'`), { code: 'ERR_MODULE_NOT_FOUND' });
+      return (await import(specifier)) as Record<string, unknown>;
+    };
+    const result = await validateObjects(objects, absent);
+    expect(result.validated).toBe(false);
+    expect(result.missing).toEqual(['@kubernetes-models/istio']);
+  });
 });
 
 describe('the output directory', () => {

@@ -17,54 +17,32 @@ import type { K8sObject } from './objects.js';
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 type ModelClass = new (data: any) => { validate(): void };
 
-/** Where each kind's model lives: package, and the module under it. */
-const MODELS: Record<string, { pkg: string; load: () => Promise<ModelClass> }> = {
-  'v1/Namespace': { pkg: 'kubernetes-models', load: async () => (await import('kubernetes-models/v1/Namespace')).Namespace },
-  'v1/ConfigMap': { pkg: 'kubernetes-models', load: async () => (await import('kubernetes-models/v1/ConfigMap')).ConfigMap },
-  'v1/Secret': { pkg: 'kubernetes-models', load: async () => (await import('kubernetes-models/v1/Secret')).Secret },
-  'v1/Service': { pkg: 'kubernetes-models', load: async () => (await import('kubernetes-models/v1/Service')).Service },
-  'v1/ServiceAccount': { pkg: 'kubernetes-models', load: async () => (await import('kubernetes-models/v1/ServiceAccount')).ServiceAccount },
-  'apps/v1/Deployment': { pkg: 'kubernetes-models', load: async () => (await import('kubernetes-models/apps/v1/Deployment')).Deployment },
-  'apps/v1/StatefulSet': { pkg: 'kubernetes-models', load: async () => (await import('kubernetes-models/apps/v1/StatefulSet')).StatefulSet },
-  'autoscaling/v2/HorizontalPodAutoscaler': {
-    pkg: 'kubernetes-models',
-    load: async () => (await import('kubernetes-models/autoscaling/v2/HorizontalPodAutoscaler')).HorizontalPodAutoscaler,
-  },
-  'policy/v1/PodDisruptionBudget': { pkg: 'kubernetes-models', load: async () => (await import('kubernetes-models/policy/v1/PodDisruptionBudget')).PodDisruptionBudget },
-  'networking.k8s.io/v1/Ingress': { pkg: 'kubernetes-models', load: async () => (await import('kubernetes-models/networking.k8s.io/v1/Ingress')).Ingress },
-  'networking.k8s.io/v1/NetworkPolicy': {
-    pkg: 'kubernetes-models',
-    load: async () => (await import('kubernetes-models/networking.k8s.io/v1/NetworkPolicy')).NetworkPolicy,
-  },
-  'security.istio.io/v1beta1/PeerAuthentication': {
-    pkg: '@kubernetes-models/istio',
-    load: async () => (await import('@kubernetes-models/istio/security.istio.io/v1beta1/PeerAuthentication')).PeerAuthentication,
-  },
-  'security.istio.io/v1/AuthorizationPolicy': {
-    pkg: '@kubernetes-models/istio',
-    load: async () => (await import('@kubernetes-models/istio/security.istio.io/v1/AuthorizationPolicy')).AuthorizationPolicy,
-  },
-  'security.istio.io/v1/RequestAuthentication': {
-    pkg: '@kubernetes-models/istio',
-    load: async () => (await import('@kubernetes-models/istio/security.istio.io/v1/RequestAuthentication')).RequestAuthentication,
-  },
-  'networking.istio.io/v1beta1/DestinationRule': {
-    pkg: '@kubernetes-models/istio',
-    load: async () => (await import('@kubernetes-models/istio/networking.istio.io/v1beta1/DestinationRule')).DestinationRule,
-  },
-  'networking.istio.io/v1beta1/VirtualService': {
-    pkg: '@kubernetes-models/istio',
-    load: async () => (await import('@kubernetes-models/istio/networking.istio.io/v1beta1/VirtualService')).VirtualService,
-  },
-  'serving.knative.dev/v1/Service': {
-    pkg: '@kubernetes-models/knative',
-    load: async () => (await import('@kubernetes-models/knative/serving.knative.dev/v1/Service')).Service,
-  },
-  'sources.knative.dev/v1/ContainerSource': {
-    pkg: '@kubernetes-models/knative',
-    load: async () => (await import('@kubernetes-models/knative/sources.knative.dev/v1/ContainerSource')).ContainerSource,
-  },
+/** Where each kind's model lives: its package, the module under it, and the class it exports (the kind). */
+const MODELS: Record<string, { pkg: string; module: string }> = {
+  'v1/Namespace': { pkg: 'kubernetes-models', module: 'v1/Namespace' },
+  'v1/ConfigMap': { pkg: 'kubernetes-models', module: 'v1/ConfigMap' },
+  'v1/Secret': { pkg: 'kubernetes-models', module: 'v1/Secret' },
+  'v1/Service': { pkg: 'kubernetes-models', module: 'v1/Service' },
+  'v1/ServiceAccount': { pkg: 'kubernetes-models', module: 'v1/ServiceAccount' },
+  'apps/v1/Deployment': { pkg: 'kubernetes-models', module: 'apps/v1/Deployment' },
+  'apps/v1/StatefulSet': { pkg: 'kubernetes-models', module: 'apps/v1/StatefulSet' },
+  'autoscaling/v2/HorizontalPodAutoscaler': { pkg: 'kubernetes-models', module: 'autoscaling/v2/HorizontalPodAutoscaler' },
+  'policy/v1/PodDisruptionBudget': { pkg: 'kubernetes-models', module: 'policy/v1/PodDisruptionBudget' },
+  'networking.k8s.io/v1/Ingress': { pkg: 'kubernetes-models', module: 'networking.k8s.io/v1/Ingress' },
+  'networking.k8s.io/v1/NetworkPolicy': { pkg: 'kubernetes-models', module: 'networking.k8s.io/v1/NetworkPolicy' },
+  'security.istio.io/v1beta1/PeerAuthentication': { pkg: '@kubernetes-models/istio', module: 'security.istio.io/v1beta1/PeerAuthentication' },
+  'security.istio.io/v1/AuthorizationPolicy': { pkg: '@kubernetes-models/istio', module: 'security.istio.io/v1/AuthorizationPolicy' },
+  'security.istio.io/v1/RequestAuthentication': { pkg: '@kubernetes-models/istio', module: 'security.istio.io/v1/RequestAuthentication' },
+  'networking.istio.io/v1beta1/DestinationRule': { pkg: '@kubernetes-models/istio', module: 'networking.istio.io/v1beta1/DestinationRule' },
+  'networking.istio.io/v1beta1/VirtualService': { pkg: '@kubernetes-models/istio', module: 'networking.istio.io/v1beta1/VirtualService' },
+  'serving.knative.dev/v1/Service': { pkg: '@kubernetes-models/knative', module: 'serving.knative.dev/v1/Service' },
+  'sources.knative.dev/v1/ContainerSource': { pkg: '@kubernetes-models/knative', module: 'sources.knative.dev/v1/ContainerSource' },
 };
+
+/** Loads a module by specifier; tests stand in for a missing package with their own. */
+export type ModuleLoader = (specifier: string) => Promise<Record<string, unknown>>;
+
+const importModule: ModuleLoader = (specifier) => import(specifier) as Promise<Record<string, unknown>>;
 
 export interface SchemaValidation {
   /** False when a model package is not installed: nothing was checked. */
@@ -81,7 +59,7 @@ export function objectId(o: K8sObject): string {
 }
 
 /** Every object checked against its kind's schema. */
-export async function validateObjects(objects: readonly K8sObject[]): Promise<SchemaValidation> {
+export async function validateObjects(objects: readonly K8sObject[], load: ModuleLoader = importModule): Promise<SchemaValidation> {
   const problems: string[] = [];
   const missing = new Set<string>();
   const loaded = new Map<string, ModelClass>();
@@ -95,7 +73,8 @@ export async function validateObjects(objects: readonly K8sObject[]): Promise<Sc
     let Model = loaded.get(key);
     if (Model === undefined) {
       try {
-        Model = await model.load();
+        Model = (await load(`${model.pkg}/${model.module}`))[o.kind] as ModelClass | undefined;
+        if (typeof Model !== 'function') throw new TypeError(`${model.pkg}/${model.module} exports no ${o.kind}`);
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code === 'ERR_MODULE_NOT_FOUND') {
           missing.add(model.pkg);
