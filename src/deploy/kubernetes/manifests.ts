@@ -152,7 +152,7 @@ function clusterTopology(topology: Topology, s: Settings): Record<string, unknow
     host: '0.0.0.0',
     internalHost: '0.0.0.0',
     port: PORTS.http,
-    // Embedded files have no place on a read-only root; /tmp is the pod's scratch volume.
+    // Embedded files have no place on a read-only root; /tmp is the pod's writable emptyDir.
     data: '/tmp/evolith',
     storage,
     events,
@@ -575,7 +575,7 @@ export function kubernetesManifests(app: AppDefinition, topology: Topology, opti
       metadata: meta(name, name),
       spec: { clusterIP: 'None', selector: { app: name }, ports: ports.map((p) => ({ ...p, targetPort: p.name, protocol: 'TCP' })) },
     });
-    const statefulSet = (name: string, uid: number, c: Record<string, unknown>, scratch: string[]): K8sObject => ({
+    const statefulSet = (name: string, uid: number, c: Record<string, unknown>, writable: string[]): K8sObject => ({
       apiVersion: 'apps/v1',
       kind: 'StatefulSet',
       metadata: meta(name, name),
@@ -588,8 +588,8 @@ export function kubernetesManifests(app: AppDefinition, topology: Topology, opti
           spec: {
             automountServiceAccountToken: false,
             securityContext: { runAsNonRoot: true, runAsUser: uid, runAsGroup: uid, fsGroup: uid, seccompProfile: { type: 'RuntimeDefault' } },
-            containers: [{ name, ...c, resources, securityContext, volumeMounts: [{ name: 'data', mountPath: '/data' }, ...scratch.map((p, i) => ({ name: `scratch-${i}`, mountPath: p }))] }],
-            volumes: scratch.map((_, i) => ({ name: `scratch-${i}`, emptyDir: {} })),
+            containers: [{ name, ...c, resources, securityContext, volumeMounts: [{ name: 'data', mountPath: '/data' }, ...writable.map((p, i) => ({ name: `writable-${i}`, mountPath: p }))] }],
+            volumes: writable.map((_, i) => ({ name: `writable-${i}`, emptyDir: {} })),
           },
         },
         volumeClaimTemplates: [{ metadata: { name: 'data' }, spec: { accessModes: ['ReadWriteOnce'], resources: { requests: { storage: '1Gi' } } } }],
