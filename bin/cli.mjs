@@ -124,6 +124,36 @@ program
     await (await commands()).init(dir, { name: o.name, evolithVersion: o.evolithVersion });
   });
 
+const deploy = program.command('deploy').description('generate what deploys an app onto a platform');
+deploy
+  .command('kubernetes')
+  .description('write Kubernetes manifests (Istio in the mesh, Knative when serverless), the image Dockerfile and credentials')
+  .argument('<appDir>', 'directory holding app.ts and evolith.yaml')
+  .requiredOption('-o, --out <dir>', 'directory to write (new, empty, or written by an earlier run)')
+  .option('-a, --arch <name>', 'microservices, mesh or serverless (default: the topology\'s, or microservices)')
+  .option('--namespace <ns>', "namespace of every object (default: the app's name)")
+  .option('--image <ref>', 'the image the pods run (default: <app>:latest)')
+  .option('--postgres-url <url>', 'PostgreSQL the stores use (postgres://...)')
+  .option('--nats-url <url>', 'NATS JetStream the events use (nats://...)')
+  .option('--with-backends', 'run PostgreSQL and NATS in the namespace instead')
+  .option('--cluster-domain <domain>', 'the cluster DNS domain (default cluster.local)')
+  .option('--transport <kind>', 'tcp or http2 between service groups (default: tcp for microservices, http2 otherwise)')
+  .option('--new-authority', 'issue credentials from a new authority (running pods must restart)')
+  .action(async (appDir, o) => {
+    await (await commands()).deployKubernetes(appDirectory(appDir), {
+      out: o.out,
+      arch: o.arch,
+      namespace: o.namespace,
+      image: o.image,
+      postgresUrl: o.postgresUrl,
+      natsUrl: o.natsUrl,
+      withBackends: o.withBackends === true,
+      clusterDomain: o.clusterDomain,
+      transport: o.transport,
+      newAuthority: o.newAuthority === true,
+    });
+  });
+
 try {
   await program.parseAsync(process.argv);
 } catch (err) {

@@ -1,4 +1,5 @@
 import { describe, expect, test } from 'vitest';
+import { generateKeyPairSync } from 'node:crypto';
 import { ForbiddenError, UnauthenticatedError } from '../kernel/errors.js';
 import { AssertionSigner, AssertionVerifier } from './assertions.js';
 import { challenge, Credential, CredentialVerifier, DeploymentAuthority } from './credentials.js';
@@ -122,5 +123,24 @@ describe('the internal plane decides who is calling from what the peer proved', 
     expect(() => plane.callerField(meta({ subject: 'service:payment', roles: ['ROLE_SERVICE'], service: 'payment' }, 'warehouse'))).toThrow(UnauthenticatedError);
     expect(() => plane.callerField(meta({ subject: 'ann', roles: ['ROLE_USER'] }, 'warehouse'))).toThrow(UnauthenticatedError);
     expect(plane.callerField(meta({ subject: 'ann', roles: [], assertion: 'ua1.x.y' }, 'warehouse'))).toBe('ua1.x.y');
+  });
+});
+
+describe('DeploymentAuthority keys', () => {
+  test('an authority rebuilt from its exported keys has the same trust and issues credentials the first one verifies', () => {
+    const first = new DeploymentAuthority('dep-k');
+    const again = DeploymentAuthority.fromKeys(first.exportKeys());
+    expect(again.trust).toEqual(first.trust);
+    const bundle = again.issue({ sub: 'warehouse', svc: ['warehouse'] });
+    expect(first.claimsOf(bundle.token).sub).toBe('warehouse');
+    const edge = again.issue({ sub: 'edge', edge: true });
+    expect(edge.assertionKey).toBe(first.exportKeys().assertionKey);
+  });
+
+  test('keys that are not Ed25519 private keys are refused with what is wrong', () => {
+    const keys = new DeploymentAuthority('dep-k').exportKeys();
+    expect(() => DeploymentAuthority.fromKeys({ ...keys, authorityKey: 'not a key' })).toThrow(/authority key is not a private key in PEM/);
+    const rsa = generateKeyPairSync('rsa', { modulusLength: 1024 }).privateKey.export({ type: 'pkcs8', format: 'pem' }) as string;
+    expect(() => DeploymentAuthority.fromKeys({ ...keys, assertionKey: rsa })).toThrow(/assertion key is rsa, not Ed25519/);
   });
 });

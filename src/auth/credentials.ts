@@ -67,21 +67,54 @@ export interface CredentialBundle {
   readonly assertionKey?: string;
 }
 
+/** An authority's private keys (PKCS#8 PEM): what lets a deployment issue credentials again later. */
+export interface AuthorityKeys {
+  readonly deployment: string;
+  readonly authorityKey: string;
+  readonly assertionKey: string;
+}
+
 /** The authority of one deployment: lives in the control plane only. */
 export class DeploymentAuthority {
   readonly trust: Trust;
   private readonly signingKey: KeyObject;
   private readonly assertionKey: KeyObject;
 
-  constructor(readonly deployment: string = randomUUID()) {
-    const authority = generateKeyPairSync('ed25519');
-    const assertions = generateKeyPairSync('ed25519');
-    this.signingKey = authority.privateKey;
-    this.assertionKey = assertions.privateKey;
+  constructor(readonly deployment: string = randomUUID(), keys?: { authority: KeyObject; assertions: KeyObject }) {
+    this.signingKey = keys?.authority ?? generateKeyPairSync('ed25519').privateKey;
+    this.assertionKey = keys?.assertions ?? generateKeyPairSync('ed25519').privateKey;
     this.trust = {
       deployment,
-      authority: authority.publicKey.export({ type: 'spki', format: 'pem' }) as string,
-      assertions: assertions.publicKey.export({ type: 'spki', format: 'pem' }) as string,
+      authority: createPublicKey(this.signingKey).export({ type: 'spki', format: 'pem' }) as string,
+      assertions: createPublicKey(this.assertionKey).export({ type: 'spki', format: 'pem' }) as string,
+    };
+  }
+
+  /**
+   * The authority whose keys `exportKeys` gave: a deployment generated again (Kubernetes
+   * manifests) keeps the trust its running pods already hold. Throws on keys that are not Ed25519.
+   */
+  static fromKeys(keys: AuthorityKeys): DeploymentAuthority {
+    const load = (pem: string, what: string) => {
+      let key: KeyObject;
+      try {
+        key = createPrivateKey(pem);
+      } catch (err) {
+        throw new TypeError(`the ${what} is not a private key in PEM: ${(err as Error).message}`);
+      }
+      if (key.asymmetricKeyType !== 'ed25519') throw new TypeError(`the ${what} is ${key.asymmetricKeyType ?? 'not asymmetric'}, not Ed25519`);
+      return key;
+    };
+    if (typeof keys.deployment !== 'string' || keys.deployment === '') throw new TypeError('the authority keys name no deployment');
+    return new DeploymentAuthority(keys.deployment, { authority: load(keys.authorityKey, 'authority key'), assertions: load(keys.assertionKey, 'assertion key') });
+  }
+
+  /** The private keys, to be kept as secret as the authority itself. */
+  exportKeys(): AuthorityKeys {
+    return {
+      deployment: this.deployment,
+      authorityKey: this.signingKey.export({ type: 'pkcs8', format: 'pem' }) as string,
+      assertionKey: this.assertionKey.export({ type: 'pkcs8', format: 'pem' }) as string,
     };
   }
 

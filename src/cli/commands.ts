@@ -37,6 +37,11 @@ export async function run(appDirArg: string, opts: RunOptions): Promise<void> {
     serverless: async () => (await import('../deploy/serverless/deployer.js')).runServerless,
   };
   const available = Object.keys(deployers);
+  if (topology.architecture === 'kubernetes') {
+    throw new CliError(
+      'kubernetes is a deployment target, not a local architecture: use evolith deploy kubernetes <app> --out <dir> --arch microservices|mesh|serverless',
+    );
+  }
   const load = deployers[topology.architecture];
   if (!load) {
     const known = (ARCHITECTURES as readonly string[]).includes(topology.architecture);
@@ -121,4 +126,101 @@ export async function init(dirArg: string, options: { name?: string; evolithVers
       '',
     ].join('\n'),
   );
+}
+
+export interface DeployKubernetesOptions {
+  out: string;
+  arch?: string;
+  namespace?: string;
+  image?: string;
+  postgresUrl?: string;
+  natsUrl?: string;
+  withBackends?: boolean;
+  clusterDomain?: string;
+  transport?: string;
+  newAuthority?: boolean;
+}
+
+/**
+ * `evolith deploy kubernetes`: writes the app's manifests, image files and credentials into
+ * `--out`, validates the objects, and says what was written and what to run next. Objects
+ * that fail validation are still written (to be read), and the command then fails.
+ */
+export async function deployKubernetes(appDirArg: string, opts: DeployKubernetesOptions): Promise<void> {
+  const appDir = resolve(appDirArg);
+  const [{ loadTopology }, { loadApp }, { kubernetesManifests }, { checkOutputDirectory, outputAuthority, writeOutput }, { relative }] = await Promise.all([
+    import('../deploy/topology.js'),
+    import('../app/load.js'),
+    import('../deploy/kubernetes/manifests.js'),
+    import('../deploy/kubernetes/write.js'),
+    import('node:path'),
+  ]);
+  const out = resolve(opts.out);
+  checkOutputDirectory(out);
+  const topology = loadTopology(appDir);
+  const app = await loadApp(appDir);
+  const authority = outputAuthority(out, opts.newAuthority === true);
+  const manifests = kubernetesManifests(app, topology, {
+    appDir,
+    architecture: opts.arch,
+    namespace: opts.namespace,
+    image: opts.image,
+    postgresUrl: opts.postgresUrl,
+    natsUrl: opts.natsUrl,
+    withBackends: opts.withBackends,
+    clusterDomain: opts.clusterDomain,
+    transport: opts.transport,
+    authority: authority.authority,
+    backendPassword: authority.backendPassword,
+    outDir: out,
+  });
+  const written = writeOutput(out, manifests, authority);
+
+  const { validateObjects, checkWorkloads } = await import('../deploy/kubernetes/validate.js');
+  const schema = await validateObjects(manifests.objects);
+  const lint = checkWorkloads(manifests.objects);
+  // Paths as the user would type them: relative below the working directory, absolute elsewhere.
+  const show = (p: string) => {
+    const r = relative(process.cwd(), p);
+    return r === '' ? '.' : r.startsWith('..') ? p : r;
+  };
+  const shown = show(out);
+  const root = show(manifests.projectRoot);
+  const kinds = new Map<string, number>();
+  for (const o of manifests.objects) kinds.set(o.kind, (kinds.get(o.kind) ?? 0) + 1);
+  const lines = [
+    `evolith: ${app.name} as ${manifests.architecture} on Kubernetes (namespace ${manifests.namespace}, transport ${manifests.transport}); wrote ${written.length} files to ${shown}/`,
+    ...written.map((f, i) => `  ${i === written.length - 1 ? '└──' : '├──'} ${f}${f === '.authority.json' ? (authority.created ? '   (new authority: keep it private, never apply it)' : '   (authority kept from the earlier run)') : ''}`),
+    '',
+    `objects (${manifests.objects.length}):`,
+    ...[...kinds].sort(([a], [b]) => a.localeCompare(b)).map(([kind, n]) => `  ${String(n).padStart(3)} ${kind}`),
+    '',
+  ];
+  if (manifests.warnings.length > 0) lines.push('warnings:', ...manifests.warnings.map((w) => `  ${w}`), '');
+  if (!schema.validated) {
+    lines.push(
+      `validation: not validated against the Kubernetes, Istio and Knative schemas (${schema.missing.join(', ')} not installed).`,
+      `  to validate: npm install --no-save kubernetes-models @kubernetes-models/istio @kubernetes-models/knative and run again,`,
+      `  or: kubectl apply -k ${shown} --dry-run=server`,
+    );
+  } else if (schema.problems.length === 0) {
+    lines.push(`validation: every object matches its schema (Kubernetes, Istio, Knative)`);
+  } else {
+    lines.push(`validation: ${schema.problems.length} schema problems:`, ...schema.problems.map((p) => `  ${p}`));
+  }
+  lines.push(lint.length === 0 ? 'checks: every container has probes, resources and a locked-down security context; every reference resolves' : `checks: ${lint.length} problems:`);
+  lines.push(...lint.map((p) => `  ${p}`), '');
+  lines.push(
+    'next:',
+    `  docker build -f ${shown}/Dockerfile -t ${manifests.image} ${root}`,
+    `  (push ${manifests.image} where the cluster pulls images from)`,
+    ...(manifests.architecture === 'mesh' ? ['  (the cluster needs Istio installed)'] : []),
+    ...(manifests.architecture === 'serverless' ? ['  (the cluster needs Knative Serving and Knative Eventing installed)'] : []),
+    `  kubectl apply -k ${shown}`,
+    '',
+  );
+  process.stdout.write(lines.join('\n'));
+  if (schema.problems.length > 0 || lint.length > 0) {
+    throw new CliError(`the generated objects have ${schema.problems.length + lint.length} problems (listed above); they were written to ${shown} for inspection`);
+  }
 }

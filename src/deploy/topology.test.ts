@@ -45,7 +45,18 @@ describe('loadTopology', () => {
       affinity: {},
       mesh: { mode: 'sidecar', policy: 'mesh.yaml', certificateTtlMs: 3_600_000, versions: {} },
       serverless: { pool: 2, initialInstances: 1, wakeupPollMs: 1000, defaults: {}, functions: {} },
+      kubernetes: { clusterDomain: 'cluster.local', dnsRefreshMs: 2000, resources: { groups: {} }, autoscaling: { maxReplicas: 10, cpuUtilization: 70 }, ingress: {} },
     });
+  });
+
+  test('kubernetes: settings checked, each bad value named with its path', () => {
+    const t = loadTopology(appDir(['kubernetes:', '  namespace: shop', '  transport: http2', '  resources: { groups: { warehouse: { limits: { memory: 1Gi } } } }'].join('\n')));
+    expect(t.kubernetes.namespace).toBe('shop');
+    expect(t.kubernetes.transport).toBe('http2');
+    expect(t.kubernetes.resources.groups.warehouse).toEqual({ limits: { memory: '1Gi' } });
+    expect(() => loadTopology(appDir(['kubernetes:', '  namespace: Shop_1', '  transport: grpc', '  resources: { defaults: { limits: { memory: lots } } }'].join('\n')))).toThrow(
+      /kubernetes\.namespace: a namespace[\s\S]*kubernetes\.transport[\s\S]*kubernetes\.resources\.defaults\.limits\.memory: a Kubernetes quantity/,
+    );
   });
 
   test('serverless: function settings over the defaults; bad values named with their paths', () => {

@@ -121,6 +121,50 @@ const serverless = z
   })
   .strict();
 
+/** A Kubernetes quantity: CPU (`100m`, `1`, `0.5`) or memory (`128Mi`, `1Gi`, `500M`). */
+const quantity = z.union([z.number().positive(), z.string().regex(/^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$/, 'a Kubernetes quantity such as 100m, 1, 128Mi or 1Gi')]);
+const resourceAmounts = z.object({ cpu: quantity.optional(), memory: quantity.optional() }).strict();
+const resourceSpec = z.object({ requests: resourceAmounts.optional(), limits: resourceAmounts.optional() }).strict();
+
+/** Kubernetes: what `evolith deploy kubernetes` generates; the command's flags override these. */
+const kubernetes = z
+  .object({
+    /** Namespace of every object (default: the app's name). */
+    namespace: z
+      .string()
+      .regex(/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/, 'a namespace: lower-case letters, digits and -, at most 63')
+      .optional(),
+    /** The app's image reference (default `<app>:latest`). */
+    image: z.string().min(1).optional(),
+    clusterDomain: z.string().regex(/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/, 'a DNS domain such as cluster.local').default('cluster.local'),
+    /**
+     * How service groups call each other: `tcp` (Evolith's own RPC, endpoints found through a
+     * headless Service) or `http2` (HTTP/1.1 and h2c on one port, balanced per request by the
+     * mesh or Knative). Default: tcp for microservices, http2 for mesh and serverless.
+     */
+    transport: z.enum(['tcp', 'http2']).optional(),
+    /** How often a pod resolves a headless Service's addresses (tcp transport). */
+    dnsRefreshMs: z.number().int().min(100).default(2000),
+    /** Container requests and limits: for every workload, and per service group over those. */
+    resources: z
+      .object({ defaults: resourceSpec.optional(), groups: z.record(z.string(), resourceSpec).default({}) })
+      .strict()
+      .prefault({}),
+    /** HorizontalPodAutoscaler of each Deployment (not Knative Services, which scale themselves). */
+    autoscaling: z
+      .object({
+        /** Default: the group's replicas. */
+        minReplicas: z.number().int().min(1).optional(),
+        maxReplicas: z.number().int().min(1).default(10),
+        cpuUtilization: z.number().int().min(1).max(100).default(70),
+      })
+      .strict()
+      .prefault({}),
+    /** The Ingress in front of the edge. */
+    ingress: z.object({ className: z.string().min(1).optional(), host: z.string().min(1).optional() }).strict().prefault({}),
+  })
+  .strict();
+
 /** The topology file (`evolith.yaml` beside the app): the only thing that changes between architectures. */
 export const topologySchema = z
   .object({
@@ -163,6 +207,8 @@ export const topologySchema = z
     mesh: mesh.default({ mode: 'sidecar', policy: 'mesh.yaml', certificateTtlMs: 3_600_000, versions: {} }),
     /** Serverless: the function settings, the pool of generic runtimes, wake-ups. */
     serverless: serverless.default({ pool: 2, initialInstances: 1, wakeupPollMs: 1000, defaults: {}, functions: {} }),
+    /** Kubernetes: namespace, image, transport, resources, autoscaling and ingress of generated manifests. */
+    kubernetes: kubernetes.prefault({}),
   })
   .strict();
 

@@ -6,6 +6,7 @@
  *   authorization         `Bearer <credential>`: the calling process's internal credential
  *   x-evolith-deadline    absolute deadline, epoch ms (or x-evolith-timeout-ms, relative)
  *   traceparent           W3C trace context
+ *   baggage               W3C baggage the call carries on (a mesh routes on its entries)
  *   x-evolith-from        the calling service: one the credential names
  *   x-evolith-caller      `service` (the calling service acting as itself) or a user assertion
  *                         signed by the deployment's edge (see auth/internal-plane.ts)
@@ -39,11 +40,11 @@ import { DEFAULT_TIMEOUT_MS } from '../kernel/policy-table.js';
 import type { CallMeta, Identity } from '../kernel/plugins.js';
 import type { InternalPlane } from '../auth/internal-plane.js';
 import type { Logger } from 'pino';
-import { formatTraceparent, newTrace, parseTraceparent } from '../kernel/trace.js';
+import { formatTraceparent, newTrace, parseTraceparent, withBaggage } from '../kernel/trace.js';
 import type { RpcResolver } from './tcp-server.js';
 
 export const MSGPACK_TYPE = 'application/msgpack';
-const JSON_TYPE = 'application/json; charset=utf-8';
+export const JSON_TYPE = 'application/json; charset=utf-8';
 
 const packr = new Packr({ useRecords: false });
 const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, structuredClone: false });
@@ -60,7 +61,9 @@ export interface RpcHttpOptions {
   bodyLimit?: number;
 }
 
-type Format = 'json' | 'msgpack';
+/** The body format of RPC requests and answers over HTTP. */
+export type RpcBodyFormat = 'json' | 'msgpack';
+type Format = RpcBodyFormat;
 
 function replyFormat(req: FastifyRequest): Format {
   const accept = req.headers.accept ?? '';
@@ -170,7 +173,8 @@ export async function rpcHttpPlugin(app: FastifyInstance, options: RpcHttpOption
     const deadline = deadlineFrom(req, target.method, now, options.timeoutFor?.(target.method) ?? target.method.timeoutMs ?? DEFAULT_TIMEOUT_MS);
     if (deadline <= now) throw new TimeoutError(`${service}.${name} arrived after its deadline`, { deadline: new Date(deadline).toISOString() });
     const { caller, from } = identify(req, options);
-    const meta: CallMeta = { deadline, trace: parseTraceparent(header(req, 'traceparent')) ?? newTrace(), caller, from };
+    const trace = withBaggage(parseTraceparent(header(req, 'traceparent')), header(req, 'baggage')) ?? newTrace();
+    const meta: CallMeta = { deadline, trace, caller, from };
     const output = await target.host.handle(target.method, req.body, meta);
     if (output === undefined) return reply.status(204).send();
     try {
@@ -183,7 +187,7 @@ export async function rpcHttpPlugin(app: FastifyInstance, options: RpcHttpOption
 
 export interface HttpTransportOptions {
   /** Body format of requests and answers; default json. */
-  format?: Format;
+  format?: RpcBodyFormat;
   /** This process's credentials: without them, calls go out anonymous (and a call that names a caller is refused). */
   plane?: InternalPlane;
 }
@@ -192,10 +196,92 @@ function isSerializedError(v: unknown): v is SerializedError {
   return typeof v === 'object' && v !== null && typeof (v as SerializedError).code === 'string' && typeof (v as SerializedError).message === 'string';
 }
 
+/** What an HTTP header value may hold: visible ASCII, spaces and tabs. */
+const HEADER_VALUE = /^[\t\x20-\x7e]*$/;
+
+/** A call ready to go out over HTTP (either version): where, which headers, which body. */
+export interface RpcHttpRequest {
+  /** The base URL of the callee, without a trailing slash: `http://host:port`. */
+  readonly base: string;
+  /** `/rpc/<service>/<method>`, each part URL-encoded. */
+  readonly path: string;
+  readonly headers: Record<string, string>;
+  readonly body: string | Uint8Array | undefined;
+}
+
+/** The base URL of an RPC address, which is either a URL or "host:port". */
+export function rpcBaseUrl(address: string): string {
+  return address.includes('://') ? address.replace(/\/+$/, '') : `http://${address}`;
+}
+
+/**
+ * The request for one call, as both HTTP transports send it. Throws the typed error the call
+ * must fail with when it cannot go out: no time left, a caller this process cannot vouch
+ * for, an input that does not encode.
+ */
+export function rpcHttpRequest(address: string, method: MethodDef, input: unknown, meta: CallMeta, format: RpcBodyFormat, plane: InternalPlane | undefined): RpcHttpRequest {
+  if (meta.deadline <= Date.now()) throw new TimeoutError(`no time left to call ${method.fullName}: its deadline has passed`);
+  const base = rpcBaseUrl(address);
+  const path = `/rpc/${encodeURIComponent(method.service)}/${encodeURIComponent(method.name)}`;
+  const type = format === 'msgpack' ? MSGPACK_TYPE : JSON_TYPE;
+  const headers: Record<string, string> = {
+    accept: type,
+    'x-evolith-deadline': String(meta.deadline),
+    traceparent: formatTraceparent(meta.trace),
+  };
+  // Baggage is percent-encoded ASCII by definition; one that is not (it can arrive over TCP,
+  // which carries any string) is dropped rather than fail the call as an invalid header.
+  const baggage = meta.trace.baggage;
+  if (baggage !== undefined && HEADER_VALUE.test(baggage)) headers.baggage = baggage;
+  if (plane) {
+    const caller = plane.callerField(meta);
+    headers.authorization = `Bearer ${plane.credential.token}`;
+    if (caller !== undefined) headers['x-evolith-caller'] = caller;
+    if (meta.from) headers['x-evolith-from'] = meta.from;
+  } else if (meta.caller || meta.from) {
+    throw new UnauthenticatedError(`${method.fullName}: this process holds no internal credential to vouch for its caller`);
+  }
+  let body: string | Uint8Array | undefined;
+  if (input !== undefined) {
+    headers['content-type'] = type;
+    try {
+      body = format === 'msgpack' ? packr.pack(input) : JSON.stringify(input);
+    } catch (err) {
+      throw new NotSerializableError(`the input of ${method.fullName} cannot be encoded: ${(err as Error).message}`);
+    }
+  }
+  return { base, path, headers, body };
+}
+
+/**
+ * The outcome of an answer to an RPC request, for both HTTP transports: the decoded value of
+ * a success (undefined for 204), or the typed error an error answer carries.
+ * `header(name)` reads a response header (lower-case name).
+ */
+export function rpcHttpAnswer(status: number, header: (name: string) => string | undefined, bytes: Uint8Array, url: string): unknown {
+  const type = header('content-type') ?? '';
+  let value: unknown;
+  if (bytes.length > 0) {
+    try {
+      value = type.includes('msgpack') ? unpackr.unpack(bytes) : type.includes('json') ? JSON.parse(new TextDecoder().decode(bytes)) : new TextDecoder().decode(bytes);
+    } catch (err) {
+      throw new InternalError(`${url} answered ${status} with a body that does not decode as ${type}: ${(err as Error).message}`);
+    }
+  }
+  if (header('x-evolith-error') !== undefined || status >= 400) {
+    if (isSerializedError(value)) throw deserializeError(value);
+    const text = typeof value === 'string' ? value.slice(0, 200) : JSON.stringify(value)?.slice(0, 200);
+    if (status === 404) throw new NotFoundError(`${url} answered 404: ${text}`);
+    if (status === 503) throw new UnavailableError(`${url} answered 503: ${text}`);
+    throw new InternalError(`${url} answered ${status}: ${text}`);
+  }
+  return status === 204 ? undefined : value;
+}
+
 /** The client side of RPC over HTTP, on the global fetch (undici, keep-alive). */
 export class HttpTransport {
   readonly name = 'http';
-  private readonly format: Format;
+  private readonly format: RpcBodyFormat;
 
   constructor(private readonly options: HttpTransportOptions = {}) {
     this.format = options.format ?? 'json';
@@ -203,41 +289,19 @@ export class HttpTransport {
 
   /** Calls the instance at `address` (a base URL or "host:port"). */
   send(address: string, method: MethodDef, input: unknown, meta: CallMeta): Promise<unknown> {
-    if (meta.deadline <= Date.now()) return Promise.reject(new TimeoutError(`no time left to call ${method.fullName}: its deadline has passed`));
-    const base = address.includes('://') ? address.replace(/\/+$/, '') : `http://${address}`;
-    const url = `${base}/rpc/${encodeURIComponent(method.service)}/${encodeURIComponent(method.name)}`;
-    const type = this.format === 'msgpack' ? MSGPACK_TYPE : JSON_TYPE;
-    const headers: Record<string, string> = {
-      accept: type,
-      'x-evolith-deadline': String(meta.deadline),
-      traceparent: formatTraceparent(meta.trace),
-    };
-    const plane = this.options.plane;
-    if (plane) {
-      let caller: string | undefined;
-      try {
-        caller = plane.callerField(meta);
-      } catch (err) {
-        return Promise.reject(err);
-      }
-      headers.authorization = `Bearer ${plane.credential.token}`;
-      if (caller !== undefined) headers['x-evolith-caller'] = caller;
-      if (meta.from) headers['x-evolith-from'] = meta.from;
-    } else if (meta.caller || meta.from) {
-      return Promise.reject(new UnauthenticatedError(`${method.fullName}: this process holds no internal credential to vouch for its caller`));
+    let request: RpcHttpRequest;
+    try {
+      request = rpcHttpRequest(address, method, input, meta, this.format, this.options.plane);
+    } catch (err) {
+      return Promise.reject(err);
     }
-    let body: string | Uint8Array | undefined;
-    if (input !== undefined) {
-      headers['content-type'] = type;
-      try {
-        body = this.format === 'msgpack' ? packr.pack(input) : JSON.stringify(input);
-      } catch (err) {
-        return Promise.reject(new NotSerializableError(`the input of ${method.fullName} cannot be encoded: ${(err as Error).message}`));
-      }
-    }
+    const { base, path, headers, body } = request;
     const abort = new AbortController();
-    return withDeadline(this.post(url, base, { method: 'POST', headers, body, signal: abort.signal }), meta.deadline, `${method.fullName} at ${base}`, () => abort.abort());
+    return withDeadline(this.post(base + path, base, { method: 'POST', headers, body, signal: abort.signal }), meta.deadline, `${method.fullName} at ${base}`, () => abort.abort());
   }
+
+  /** Nothing to release: the global fetch owns its connections. */
+  async close(): Promise<void> {}
 
   private async post(url: string, base: string, init: RequestInit): Promise<unknown> {
     let res: Response;
@@ -248,22 +312,6 @@ export class HttpTransport {
       throw new UnavailableError(`cannot reach ${base}: ${code}`, { address: base, maybeExecuted: code !== 'ECONNREFUSED' });
     }
     const bytes = new Uint8Array(await res.arrayBuffer());
-    const type = res.headers.get('content-type') ?? '';
-    let value: unknown;
-    if (bytes.length > 0) {
-      try {
-        value = type.includes('msgpack') ? unpackr.unpack(bytes) : type.includes('json') ? JSON.parse(new TextDecoder().decode(bytes)) : new TextDecoder().decode(bytes);
-      } catch (err) {
-        throw new InternalError(`${base} answered ${res.status} with a body that does not decode as ${type}: ${(err as Error).message}`);
-      }
-    }
-    if (res.headers.has('x-evolith-error') || res.status >= 400) {
-      if (isSerializedError(value)) throw deserializeError(value);
-      const text = typeof value === 'string' ? value.slice(0, 200) : JSON.stringify(value)?.slice(0, 200);
-      if (res.status === 404) throw new NotFoundError(`${url} answered 404: ${text}`);
-      if (res.status === 503) throw new UnavailableError(`${url} answered 503: ${text}`);
-      throw new InternalError(`${url} answered ${res.status}: ${text}`);
-    }
-    return res.status === 204 ? undefined : value;
+    return rpcHttpAnswer(res.status, (name) => res.headers.get(name) ?? undefined, bytes, url);
   }
 }

@@ -6,6 +6,7 @@
 import { ConfigError } from '../kernel/errors.js';
 import type { Call, Terminal } from '../kernel/placement.js';
 import type { HttpTransport } from './http-transport.js';
+import type { Http2Transport } from './http2-transport.js';
 import type { TcpTransport } from './tcp-transport.js';
 
 function addressOf(call: Call, fixed: string | undefined, terminal: string): string {
@@ -35,5 +36,17 @@ export class HttpTerminal implements Terminal {
   ) {}
   send(call: Call): Promise<unknown> {
     return this.http.send(addressOf(call, this.fixedAddress, this.name), call.method, call.input, call);
+  }
+}
+
+/** RPC over HTTP/2 without TLS (h2c): what a mesh's proxies and Knative route per request. */
+export class Http2Terminal implements Terminal {
+  readonly name = 'http2';
+  constructor(
+    private readonly http2: Http2Transport,
+    private readonly fixedAddress?: string,
+  ) {}
+  send(call: Call): Promise<unknown> {
+    return this.http2.send(addressOf(call, this.fixedAddress, this.name), call.method, call.input, call);
   }
 }

@@ -72,6 +72,6 @@ describe('evolith/testing', () => {
   });
 
   test('startApp fails with the reason when the app cannot start', async () => {
-    await expect(startApp('test/fixtures/greeter', { architecture: 'kubernetes' })).rejects.toThrow(/exited \(code 2\) before it served:\n.*"kubernetes" is not available/s);
+    await expect(startApp('test/fixtures/greeter', { architecture: 'kubernetes' })).rejects.toThrow(/exited \(code 2\) before it served:\n.*kubernetes is a deployment target, not a local architecture: use evolith deploy kubernetes/s);
   });
 });

@@ -1,7 +1,8 @@
 /**
  * A call means the same wherever its callee runs. One contract using every schema feature our
- * contracts may use is called in-process, over TCP and over HTTP; each case must give the same
- * value, or the same typed error (class, code, status, issues, origin), in all three.
+ * contracts may use is called in-process, over TCP, over HTTP/1.1 and over HTTP/2 (h2c); each
+ * case must give the same value, or the same typed error (class, code, status, issues, origin),
+ * in all four.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
 import { z } from 'zod';
@@ -9,7 +10,7 @@ import { defineContract, type MethodDef } from '../../src/contract/define.js';
 import { BusinessError, EvolithError, ForbiddenError, InternalError, TimeoutError, ValidationError } from '../../src/kernel/errors.js';
 import { implement } from '../../src/kernel/service.js';
 import { Kit } from '../fixtures/unit-kit.js';
-import { inProcess, overHttp, overTcp, type CallMode } from '../support/call-modes.js';
+import { inProcess, overHttp, overHttp2, overTcp, type CallMode } from '../support/call-modes.js';
 
 const Shape = z.discriminatedUnion('kind', [
   z.object({ kind: z.literal('circle'), r: z.number().positive() }),
@@ -123,6 +124,7 @@ beforeAll(async () => {
   modes.push(await inProcess(kit, [featuresService]));
   modes.push(await overTcp(kit, [featuresService], (fn) => cleanups.push(fn)));
   modes.push(await overHttp(kit, [featuresService], (fn) => cleanups.push(fn)));
+  modes.push(await overHttp2(kit, [featuresService], (fn) => cleanups.push(fn)));
 });
 afterAll(async () => {
   for (const c of cleanups.splice(0)) await c();
@@ -141,9 +143,9 @@ async function everywhere(call: (mode: CallMode) => Promise<unknown>): Promise<O
 
 const call = (method: MethodDef, input: unknown) => (mode: CallMode) => (mode.client(features) as Record<string, (i: unknown) => Promise<unknown>>)[method.name]!(input);
 
-describe('the same call, in-process, over TCP and over HTTP', () => {
+describe('the same call, in-process, over TCP, over HTTP and over HTTP/2', () => {
   test('modes under test', () => {
-    expect(modes.map((x) => x.name)).toEqual(['in-process', 'tcp', 'http']);
+    expect(modes.map((x) => x.name)).toEqual(['in-process', 'tcp', 'http', 'http2']);
   });
 
   test('a transform on the input runs once, on the callee’s side', async () => {
