@@ -14,6 +14,7 @@ import { createSocket, type Socket } from 'node:dgram';
 import { mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { createServer as createHttpServer } from 'node:http';
+import { connect as http2Connect } from 'node:http2';
 import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -385,6 +386,21 @@ if (reason) {
       expect((await get(`http://${groupIp}:7000/health`)).status).toBe(200);
       const anonymous = await fetch(`http://${groupIp}:7000/rpc/greeter/hello`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"name":"x"}' });
       expect(anonymous.status).toBe(401);
+      // The same port speaks h2c (HTTP/2 with prior knowledge), as a sidecar or Knative's queue proxy does.
+      const session = http2Connect(`http://${groupIp}:7000`);
+      try {
+        const status = await new Promise<number>((done, fail) => {
+          session.once('error', fail);
+          const stream = session.request({ ':method': 'GET', ':path': '/ready' });
+          stream.once('response', (headers) => done(Number(headers[':status'])));
+          stream.once('error', fail);
+          stream.resume();
+          stream.end();
+        });
+        expect(status).toBe(200);
+      } finally {
+        session.close();
+      }
     });
 
     it('a call through the edge reaches the group through its Service’s name', async () => {

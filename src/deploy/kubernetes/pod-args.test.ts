@@ -29,7 +29,7 @@ describe('a pod’s arguments', () => {
         rpcPort: 7000,
         probePort: 8081,
         namespace: 'shop',
-        clusterDomain: 'cluster.local',
+        clusterDomain: undefined,
         podName: 'warehouse-abc',
         podIp: '10.0.0.3',
       }),

@@ -28,7 +28,8 @@ export interface PodArgs {
   readonly namespace: string;
   readonly podName: string | undefined;
   readonly podIp: string | undefined;
-  readonly clusterDomain: string;
+  /** EVOLITH_CLUSTER_DOMAIN, or undefined: then the topology's `kubernetes.clusterDomain`. */
+  readonly clusterDomain: string | undefined;
   readonly postgresUrl: string;
   readonly natsUrl: string;
   /** The waker's sink (Knative's K_SINK): the function's URL. */
@@ -137,8 +138,8 @@ export function parsePodArgs(argv: readonly string[], env: NodeJS.ProcessEnv): P
   const natsUrl = required('EVOLITH_NATS_URL');
   if (postgresUrl && !/^postgres(ql)?:\/\//.test(postgresUrl)) problems.push('EVOLITH_POSTGRES_URL must be a postgres:// URL');
   if (natsUrl && !/^nats:\/\//.test(natsUrl)) problems.push('EVOLITH_NATS_URL must be a nats:// URL');
-  const clusterDomain = env.EVOLITH_CLUSTER_DOMAIN?.trim() || 'cluster.local';
-  if (!/^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$/i.test(clusterDomain)) problems.push(`EVOLITH_CLUSTER_DOMAIN "${clusterDomain}" is not a domain name`);
+  const clusterDomain = env.EVOLITH_CLUSTER_DOMAIN?.trim() || undefined;
+  if (clusterDomain !== undefined && !/^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$/i.test(clusterDomain)) problems.push(`EVOLITH_CLUSTER_DOMAIN "${clusterDomain}" is not a domain name`);
   const sink = env.K_SINK?.trim() || undefined;
   if (role.kind === 'wakeups') {
     if (!sink) problems.push('K_SINK is not set: a waker posts to the function Knative names in it');

@@ -29,7 +29,7 @@ import { TcpTransport } from '../../rpc/tcp-transport.js';
 import type { Envelope, Offer } from '../../worker/worker.js';
 import type { Topology } from '../topology.js';
 import { DEFAULT_RPC_PORT, DnsDiscovery, type Resolve4 } from './dns-discovery.js';
-import { listenPodHttp, podHttpTerminal, type PodHttpListener } from './pod-http.js';
+import { listenPodHttp, podHttpClient, type PodHttpClient, type PodHttpListener } from './pod-http.js';
 import { listenProbes, PodProbes, type ProbeListener } from './pod-probes.js';
 
 /** The architecture a cluster runs: plain Kubernetes, Istio, or Knative. */
@@ -68,12 +68,6 @@ export function defaultCalleePort(transport: PodTransport, architecture: Cluster
   return transport === 'http2' && architecture === 'serverless' ? 80 : DEFAULT_RPC_PORT;
 }
 
-/** `kubernetes.dnsRefreshMs` when the topology has it. */
-function dnsRefreshOf(topology: Topology): number | undefined {
-  const k = (topology as { kubernetes?: { dnsRefreshMs?: unknown } }).kubernetes;
-  return typeof k?.dnsRefreshMs === 'number' ? k.dnsRefreshMs : undefined;
-}
-
 export function kubernetesEnvelope(options: KubernetesEnvelopeOptions) {
   return async ({ policies, log }: { policies: PolicyTable; log: Logger }): Promise<Envelope> => {
     const { topology, plane, role } = options;
@@ -94,7 +88,7 @@ export function kubernetesEnvelope(options: KubernetesEnvelopeOptions) {
         clusterDomain: options.clusterDomain,
         groups: others,
         port: calleePort,
-        refreshMs: options.dnsRefreshMs ?? dnsRefreshOf(topology),
+        refreshMs: options.dnsRefreshMs ?? topology.kubernetes.dnsRefreshMs,
         resolve4: options.resolve4,
         log,
       }).start();
@@ -113,6 +107,7 @@ export function kubernetesEnvelope(options: KubernetesEnvelopeOptions) {
 
     let tcp: TcpTransport | undefined;
     let http: PodHttpListener | undefined;
+    let client: PodHttpClient | undefined;
     let probeListener: ProbeListener | undefined;
     let terminal: Terminal;
     if (options.transport === 'tcp') {
@@ -120,7 +115,8 @@ export function kubernetesEnvelope(options: KubernetesEnvelopeOptions) {
       terminal = new TcpTerminal(tcp);
       if (role.kind === 'group') probeListener = await listenProbes(probes, topology.internalHost, options.probePort, log);
     } else {
-      terminal = podHttpTerminal(plane, options.resolve4);
+      client = podHttpClient(plane, options.resolve4);
+      terminal = client.terminal;
       if (role.kind === 'group') {
         http = await listenPodHttp({
           host: topology.internalHost,
@@ -140,7 +136,7 @@ export function kubernetesEnvelope(options: KubernetesEnvelopeOptions) {
 
     const close = async (): Promise<void> => {
       dns?.close();
-      await Promise.all([tcp?.close(), http?.close(), probeListener?.close()]);
+      await Promise.all([tcp?.close(), client?.close(), http?.close(), probeListener?.close()]);
     };
     return {
       placement: {

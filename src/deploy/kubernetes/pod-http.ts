@@ -1,17 +1,21 @@
 /**
  * A pod's RPC over HTTP (Istio and Knative route HTTP, not Evolith's TCP frames): one listener
- * on the rpc port that serves `POST /rpc/<service>/<method>` (http-transport.ts's format), the
- * kubelet's probes (`/health`, `/ready`) and, for a function, the waker's `POST /evolith/wake`.
+ * on the rpc port taking HTTP/1.1 and h2c (listenRpcHttp), which serves
+ * `POST /rpc/<service>/<method>`, the kubelet's probes (`/health`, `/ready`) and, for a
+ * function, the waker's `POST /evolith/wake`. Calls to other groups go out over h2c, one
+ * multiplexed session per callee Service.
  */
+import { isIP } from 'node:net';
+import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import type { InternalPlane } from '../../auth/internal-plane.js';
 import type { MethodDef } from '../../contract/define.js';
 import { UnavailableError } from '../../kernel/errors.js';
-import { isIP } from 'node:net';
 import type { Call, Terminal } from '../../kernel/placement.js';
-import { HttpTransport, rpcHttpPlugin } from '../../rpc/http-transport.js';
+import { listenRpcHttp } from '../../rpc/http-listener.js';
+import { Http2Transport } from '../../rpc/http2-transport.js';
 import type { RpcResolver } from '../../rpc/tcp-server.js';
-import { HttpTerminal } from '../../rpc/terminals.js';
+import { Http2Terminal } from '../../rpc/terminals.js';
 import type { Resolve4 } from './dns-discovery.js';
 import type { PodProbes } from './pod-probes.js';
 
@@ -38,14 +42,21 @@ export interface PodHttpListener {
   close(): Promise<void>;
 }
 
+/** The client side of a pod's RPC over HTTP: its terminal, and what closes its sessions. */
+export interface PodHttpClient {
+  readonly terminal: Terminal;
+  close(): Promise<void>;
+}
+
 /**
- * The terminal a pod calls other groups' Services with over HTTP. With `resolve4` (a DNS server
- * of the pod's own, see EVOLITH_DNS_SERVER) the Service's name is resolved through it rather
- * than the system's resolver, which knows nothing of a local cluster's names.
+ * How a pod calls other groups' Services: over h2c. With `resolve4` (a DNS server of the pod's
+ * own, see EVOLITH_DNS_SERVER) a Service's name is resolved through it rather than the system's
+ * resolver, which knows nothing of a local cluster's names.
  */
-export function podHttpTerminal(plane: InternalPlane, resolve4?: Resolve4): Terminal {
-  const terminal = new HttpTerminal(new HttpTransport({ plane, format: 'msgpack' }));
-  return resolve4 ? new ResolvingTerminal(terminal, resolve4) : terminal;
+export function podHttpClient(plane: InternalPlane, resolve4?: Resolve4): PodHttpClient {
+  const transport = new Http2Transport({ plane, format: 'msgpack' });
+  const terminal = new Http2Terminal(transport);
+  return { terminal: resolve4 ? new ResolvingTerminal(terminal, resolve4) : terminal, close: () => transport.close() };
 }
 
 /**
@@ -96,42 +107,49 @@ export class ResolvingTerminal implements Terminal {
 }
 
 export async function listenPodHttp(options: PodHttpOptions): Promise<PodHttpListener> {
-  const { default: Fastify } = await import('fastify');
-  const app = Fastify({ logger: false });
   let draining = false;
   const resolve: RpcResolver = (service, method) => {
     const target = options.resolve(service, method);
     if (!target || !draining) return target;
     return {
       method: target.method,
-      host: { handle: () => Promise.reject(new UnavailableError(`this pod is stopping; call another instance`, { maybeExecuted: false })) },
+      host: { handle: () => Promise.reject(new UnavailableError('this pod is stopping; call another instance', { maybeExecuted: false })) },
     };
   };
-  await app.register(rpcHttpPlugin, { resolve, plane: options.plane, log: options.log, timeoutFor: options.timeoutFor });
-  for (const path of ['/health', '/ready']) {
-    app.get(path, async (req, reply) => {
-      const a = path === '/health' ? options.probes.health() : await options.probes.ready();
-      return reply.status(a.status).header('cache-control', 'no-store').send(a.body);
-    });
-  }
-  if (options.wake) {
-    const group = options.wake.group;
-    // Receiving the request is the point: Knative counts it and starts an instance; the
-    // function's consumers and outbox then drain what waits.
-    app.post(WAKE_PATH, async (req, reply) => {
-      options.log.info({ function: group, wakeup: req.body, id: req.headers['ce-id'] }, 'woken: work waits for this function');
-      return reply.status(202).send({ function: group, accepted: true });
-    });
-  }
-  await app.listen({ host: options.host, port: options.port });
-  const address = app.server.address();
-  const port = typeof address === 'object' && address ? address.port : options.port;
-  options.log.info({ host: options.host, port }, 'rpc over http listening');
+  const extra = (app: FastifyInstance): void => {
+    for (const path of ['/health', '/ready']) {
+      app.get(path, async (_req, reply) => {
+        const a = path === '/health' ? options.probes.health() : await options.probes.ready();
+        return reply.status(a.status).header('cache-control', 'no-store').send(a.body);
+      });
+    }
+    if (options.wake) {
+      const group = options.wake.group;
+      // Receiving the request is the point: Knative counts it and starts an instance; the
+      // function's consumers and outbox then drain what waits.
+      app.post(WAKE_PATH, async (req, reply) => {
+        options.log.info({ function: group, wakeup: req.body, id: req.headers['ce-id'] }, 'woken: work waits for this function');
+        return reply.status(202).send({ function: group, accepted: true });
+      });
+    }
+  };
+  const listener = await listenRpcHttp({
+    host: options.host,
+    port: options.port,
+    resolve,
+    plane: options.plane,
+    log: options.log,
+    timeoutFor: options.timeoutFor,
+    drainMs: options.drainMs,
+    extra,
+  });
+  options.log.info({ address: listener.address }, 'rpc over http/1.1 and h2c listening');
   return {
-    port,
+    port: listener.port,
     async drain() {
+      // The listener keeps answering (probes say 503) until the worker has drained; then `close`.
       draining = true;
     },
-    close: () => app.close(),
+    close: () => listener.close(),
   };
 }

@@ -34,15 +34,6 @@ export function clusterArchitecture(topology: Topology): ClusterArchitecture {
   return topology.architecture === 'mesh' ? 'mesh' : topology.architecture === 'serverless' ? 'serverless' : 'microservices';
 }
 
-/**
- * `kubernetes.transport` when the topology names one: how the edge, which is given no
- * `--transport`, calls the groups the same way they call each other.
- */
-function topologyTransport(topology: Topology): PodTransport | undefined {
-  const t = (topology as { kubernetes?: { transport?: unknown } }).kubernetes?.transport;
-  return t === 'tcp' || t === 'http2' ? t : undefined;
-}
-
 /** The ports a group pod uses, from its arguments or the defaults of its transport. */
 export function podPorts(args: PodArgs, transport: PodTransport, architecture: ClusterArchitecture): { rpcPort: number; probePort: number } {
   const rpcPort = args.rpcPort ?? (transport === 'http2' && architecture === 'serverless' ? 8080 : 7000);
@@ -63,7 +54,8 @@ export async function runPod(app: AppDefinition, args: PodArgs): Promise<Running
   const overrides: TopologyOverrides = args.role.kind === 'edge' ? { port: args.port } : {};
   const topology = loadPodTopology(args.appDir, args.topologyFile, backends, overrides);
   const architecture = clusterArchitecture(topology);
-  const transport: PodTransport = args.transport ?? topologyTransport(topology) ?? (architecture === 'microservices' ? 'tcp' : 'http2');
+  // The edge is given no --transport: it calls the groups as the topology says they call each other.
+  const transport: PodTransport = args.transport ?? topology.kubernetes.transport ?? (architecture === 'microservices' ? 'tcp' : 'http2');
   const groups = Object.fromEntries(serviceGroups(app, topology).map((g) => [g.name, g.services]));
   const role = args.role;
   if (role.kind === 'wakeups') throw new ConfigError('a waker runs with runWaker, not as a worker');
@@ -96,7 +88,7 @@ export async function runPod(app: AppDefinition, args: PodArgs): Promise<Running
         architecture,
         transport,
         namespace: args.namespace,
-        clusterDomain: args.clusterDomain,
+        clusterDomain: args.clusterDomain ?? topology.kubernetes.clusterDomain,
         rpcPort,
         probePort,
         calleePort: defaultCalleePort(transport, architecture),
