@@ -1,0 +1,266 @@
+/**
+ * What `evolith deploy kubernetes` writes runs: the bookstore's manifests are generated, and
+ * every Deployment's container is started as the kubelet would start it — its command and
+ * arguments, its environment resolved from the downward API and the Secrets, the ConfigMap and
+ * its credential Secret as files — from a local image directory (buildPodImage). Readiness is
+ * read from each container's own readiness probe, and calls go through the edge.
+ *
+ * Each pod gets a loopback address of its own (127.0.0.0/8 is all loopback on Linux), and the
+ * topology each one reads differs from the ConfigMap's only in the addresses it binds (pods
+ * share this machine's ports) and in a schema prefix and stream of this run's own (they share
+ * its PostgreSQL and NATS). A small DNS server answers the groups' Service names.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { createSocket } from 'node:dgram';
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { jetstreamManager } from '@nats-io/jetstream';
+import { connect } from '@nats-io/transport-node';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import YAML from 'yaml';
+import { buildPodImage } from '../../src/deploy/kubernetes/build.js';
+import { eventually } from '../support/eventually.js';
+import { dropSchemas, postgresAvailable, postgresUrl } from '../support/postgres.js';
+
+const NAME = 'kubernetes: the generated manifests run';
+const NATS = '127.0.0.1:4222';
+const repoRoot = resolve(import.meta.dirname, '../..');
+
+async function natsUnavailable(): Promise<string | undefined> {
+  try {
+    const nc = await connect({ servers: NATS, timeout: 2_000, maxReconnectAttempts: 0 });
+    try {
+      await (await jetstreamManager(nc)).getAccountInfo();
+    } finally {
+      await nc.close();
+    }
+    return undefined;
+  } catch (err) {
+    return `NATS JetStream at ${NATS} is not reachable: ${(err as Error).message}`;
+  }
+}
+
+interface DnsPacket {
+  decode(buf: Buffer): { id: number; questions: { type: string; name: string }[] };
+  encode(packet: object): Buffer;
+  AUTHORITATIVE_ANSWER: number;
+}
+const dnsPacket = createRequire(import.meta.url)('dns-packet') as DnsPacket;
+
+async function dnsServer(records: Map<string, string[]>): Promise<{ address: string; close(): void }> {
+  const socket = createSocket('udp4');
+  socket.on('message', (msg, from) => {
+    let query;
+    try {
+      query = dnsPacket.decode(msg);
+    } catch {
+      return;
+    }
+    const q = query.questions[0];
+    const known = q !== undefined && records.has(q.name.toLowerCase());
+    const ips = q?.type === 'A' ? (records.get(q.name.toLowerCase()) ?? []) : [];
+    socket.send(
+      dnsPacket.encode({
+        type: 'response',
+        id: query.id,
+        flags: dnsPacket.AUTHORITATIVE_ANSWER | (known ? 0 : 3),
+        questions: query.questions,
+        answers: ips.map((ip) => ({ type: 'A', class: 'IN', name: q!.name, ttl: 1, data: ip })),
+      }),
+      from.port,
+      from.address,
+    );
+  });
+  await new Promise<void>((r) => socket.bind(0, '127.0.0.1', r));
+  return { address: `127.0.0.1:${socket.address().port}`, close: () => socket.close() };
+}
+
+/** The parts of a manifest this test reads. */
+interface EnvVar {
+  name: string;
+  value?: string;
+  valueFrom?: { fieldRef?: { fieldPath: string }; secretKeyRef?: { name: string; key: string } };
+}
+interface Container {
+  command: string[];
+  args: string[];
+  env: EnvVar[];
+  ports: { name: string; containerPort: number }[];
+  readinessProbe: { httpGet: { path: string; port: string | number } };
+}
+interface K8sObject {
+  kind: string;
+  metadata: { name: string };
+  spec?: { template?: { spec?: { containers?: Container[] } } };
+  stringData?: Record<string, string>;
+  data?: Record<string, string>;
+}
+
+function objectsIn(dir: string): K8sObject[] {
+  return readdirSync(dir)
+    .filter((f) => f.endsWith('.yaml') && f !== 'kustomization.yaml')
+    .flatMap((f) => YAML.parseAllDocuments(readFileSync(join(dir, f), 'utf8')).map((d) => d.toJS() as K8sObject))
+    .filter((o) => o !== null);
+}
+
+const pgUnavailable = await postgresAvailable();
+const natsMissing = await natsUnavailable();
+const reason = pgUnavailable ?? natsMissing;
+
+if (reason) {
+  console.warn(`[acceptance] skipping "${NAME}": ${reason}`);
+  describe.skip(NAME, () => {
+    it(`needs PostgreSQL and NATS: ${reason}`, () => {});
+  });
+} else {
+  const dir = mkdtempSync(join(tmpdir(), 'evolith-k8s-generated-'));
+  const image = join(dir, 'image');
+  const children: ChildProcess[] = [];
+  const prefixes: string[] = [];
+  const streams: string[] = [];
+  let dns: { address: string; close(): void };
+  const records = new Map<string, string[]>();
+
+  beforeAll(async () => {
+    await buildPodImage(join(repoRoot, 'examples/bookstore'), image);
+    dns = await dnsServer(records);
+  }, 60_000);
+
+  afterAll(async () => {
+    for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+    dns?.close();
+    for (const p of prefixes) await dropSchemas(p).catch(() => undefined);
+    const nc = await connect({ servers: NATS });
+    try {
+      const jsm = await jetstreamManager(nc);
+      for (const s of streams) await jsm.streams.delete(s).catch(() => undefined);
+    } finally {
+      await nc.close();
+    }
+    rmSync(dir, { recursive: true, force: true });
+  }, 30_000);
+
+  describe.each(['microservices', 'mesh'] as const)(`${NAME} (%s)`, (arch) => {
+    const run = randomBytes(4).toString('hex');
+    const namespace = `bk-${arch.slice(0, 4)}-${run}`;
+    const schemaPrefix = `k8sg_${run}_`;
+    const stream = `EVOK8SG_${run}`;
+    prefixes.push(schemaPrefix);
+    streams.push(stream);
+    const out = join(dir, `manifests-${arch}`);
+    const pods: { name: string; ip: string; child: ChildProcess; output: () => string; ready: string }[] = [];
+    let edgeUrl = '';
+
+    beforeAll(async () => {
+      const generated = await new Promise<{ code: number | null; output: string }>((done) => {
+        const child = spawn(
+          process.execPath,
+          [join(repoRoot, 'bin/evolith.mjs'), 'deploy', 'kubernetes', 'examples/bookstore', '--out', out, '--arch', arch, '--namespace', namespace, '--postgres-url', postgresUrl(), '--nats-url', `nats://${NATS}`],
+          { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] },
+        );
+        let output = '';
+        child.stdout.on('data', (c: Buffer) => (output += c.toString()));
+        child.stderr.on('data', (c: Buffer) => (output += c.toString()));
+        child.on('exit', (code) => done({ code, output }));
+      });
+      expect(generated.code, generated.output).toBe(0);
+
+      const objects = objectsIn(out);
+      const secrets = new Map(objects.filter((o) => o.kind === 'Secret').map((o) => [o.metadata.name, o.stringData ?? {}]));
+      const configMap = objects.find((o) => o.kind === 'ConfigMap' && o.metadata.name === 'evolith-topology')!;
+      const deployments = objects.filter((o) => o.kind === 'Deployment');
+      expect(deployments.map((d) => d.metadata.name).sort()).toEqual(['account', 'auth', 'edge', 'payment', 'warehouse']);
+      const ips = new Map(deployments.map((d) => [d.metadata.name, `127.${10 + (randomBytes(1)[0]! % 200)}.${randomBytes(1)[0]!}.${1 + (randomBytes(1)[0]! % 250)}`]));
+      for (const d of deployments) if (d.metadata.name !== 'edge') records.set(`${d.metadata.name}.${namespace}.svc.cluster.local`, [ips.get(d.metadata.name)!]);
+
+      for (const d of deployments) {
+        const name = d.metadata.name;
+        const ip = ips.get(name)!;
+        const container = d.spec!.template!.spec!.containers![0]!;
+        // The ConfigMap as this pod reads it: its own address, this run's schemas and stream.
+        const topology = YAML.parse(configMap.data!['evolith.yaml']!) as Record<string, any>;
+        topology.host = ip;
+        topology.internalHost = ip;
+        topology.storage = { ...topology.storage, schemaPrefix };
+        topology.events = { ...topology.events, stream };
+        const etc = join(dir, `${arch}-${name}-etc`);
+        const secretDir = join(dir, `${arch}-${name}-secret`);
+        mkdirSync(etc, { recursive: true });
+        mkdirSync(secretDir, { recursive: true });
+        writeFileSync(join(etc, 'evolith.yaml'), YAML.stringify(topology));
+        writeFileSync(join(secretDir, 'bundle.json'), secrets.get(`evolith-credentials-${name}`)!['bundle.json']!);
+        const path = (arg: string) =>
+          arg === '/etc/evolith/evolith.yaml' ? join(etc, 'evolith.yaml') : arg === '/var/run/evolith/bundle.json' ? join(secretDir, 'bundle.json') : arg.startsWith('/app/') ? join(image, arg.slice(5)) : arg;
+        const env: Record<string, string> = { PATH: process.env.PATH ?? '', EVOLITH_LOG_FORMAT: 'json', EVOLITH_DNS_SERVER: dns.address };
+        for (const e of container.env) {
+          const field = e.valueFrom?.fieldRef?.fieldPath;
+          const secret = e.valueFrom?.secretKeyRef;
+          env[e.name] =
+            e.value ??
+            (field === 'metadata.namespace' ? namespace : field === 'metadata.name' ? `${name}-0` : field === 'status.podIP' ? ip : secret ? secrets.get(secret.name)![secret.key]! : '');
+        }
+        expect(container.command).toEqual(['node', '/app/pod.mjs']);
+        const child = spawn(process.execPath, [path(container.command[1]!), ...container.args.map(path)], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+        children.push(child);
+        let output = '';
+        child.stdout!.on('data', (c: Buffer) => (output += c.toString()));
+        child.stderr!.on('data', (c: Buffer) => (output += c.toString()));
+        const probe = container.readinessProbe.httpGet;
+        const port = typeof probe.port === 'number' ? probe.port : container.ports.find((p) => p.name === probe.port)!.containerPort;
+        pods.push({ name, ip, child, output: () => output, ready: `http://${ip}:${port}${probe.path}` });
+        if (name === 'edge') edgeUrl = `http://${ip}:${container.ports.find((p) => p.name === 'http')!.containerPort}`;
+      }
+      await eventually(
+        async () => {
+          for (const p of pods) {
+            if (p.child.exitCode !== null) throw new Error(`${p.name} exited with ${p.child.exitCode}`);
+            const res = await fetch(p.ready).catch(() => undefined);
+            expect(res?.status, `${p.name} ready`).toBe(200);
+          }
+        },
+        { timeoutMs: 60_000, intervalMs: 250 },
+      ).catch((err: Error) => {
+        throw new Error(`${err.message}\n${pods.map((p) => `--- ${p.name} ---\n${p.output()}`).join('\n')}`);
+      });
+    }, 120_000);
+
+    afterAll(async () => {
+      for (const p of pods) if (p.child.exitCode === null) p.child.kill('SIGTERM');
+      await Promise.all(pods.map((p) => (p.child.exitCode === null ? new Promise((r) => p.child.once('exit', r)) : undefined)));
+    }, 30_000);
+
+    it('the edge answers from the warehouse, a login travels edge → auth → account, and a settlement crosses with the user’s assertion', async () => {
+      const products = await fetch(`${edgeUrl}/restful/products`);
+      expect(products.status).toBe(200);
+      const list = (await products.json()) as { id: number; title: string }[];
+      expect(list.length).toBeGreaterThan(0);
+      const token = await fetch(
+        `${edgeUrl}/oauth/token?grant_type=password&username=icyfenix&password=MFfTW3uNI4eqhwDkG7HP9p2mzEUu%2Fr2&client_id=bookstore_frontend&client_secret=bookstore_secret`,
+      );
+      expect(token.status).toBe(200);
+      const { access_token } = (await token.json()) as { access_token: string };
+      // A settlement needs ROLE_USER: the user the edge verified crosses to the payment pod as
+      // an assertion signed with the edge's key, and prices and stock come from the warehouse pod.
+      const settlement = await fetch(`${edgeUrl}/restful/settlements`, {
+        method: 'POST',
+        headers: { authorization: `bearer ${access_token}`, 'content-type': 'application/json' },
+        body: JSON.stringify({
+          items: [{ id: list[0]!.id, amount: 1 }],
+          purchase: { delivery: true, pay: 'wechat', name: 'Zhou', telephone: '18888888888', location: 'Guangzhou, Tianhe, 1 Road' },
+        }),
+      });
+      const paid = await settlement.text();
+      expect(settlement.status, paid).toBe(200);
+      expect(JSON.parse(paid)).toHaveProperty('payId');
+    }, 30_000);
+
+    it('every pod stops on SIGTERM with exit code 0', async () => {
+      for (const p of pods) p.child.kill('SIGTERM');
+      const codes = await Promise.all(pods.map((p) => new Promise<number | null>((r) => (p.child.exitCode !== null ? r(p.child.exitCode) : p.child.once('exit', (code) => r(code))))));
+      expect(codes).toEqual(pods.map(() => 0));
+    }, 30_000);
+  });
+}
