@@ -360,3 +360,12 @@ function watchDirectory(
     },
   };
 }
+
+/** The topology as one version of a group sees it: the version's config over the group's. */
+export function withVersionConfig(topology: Topology, group: string, version: string): Topology {
+  const own = topology.mesh.versions[group]?.[version]?.config;
+  if (!own) return topology;
+  const config = { ...topology.config };
+  for (const [service, values] of Object.entries(own)) config[service] = { ...config[service], ...values };
+  return { ...topology, config };
+}

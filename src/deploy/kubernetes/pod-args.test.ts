@@ -36,6 +36,15 @@ describe('a pod’s arguments', () => {
     });
   });
 
+  test('EVOLITH_VERSION names the pod’s version (a canary), and must be a version label', () => {
+    const f = files();
+    const base = ['--app-dir', f.app, '--topology', f.topology, '--credentials', f.credentials, '--group', 'payment'];
+    const v2 = parsePodArgs(base, { ...env, EVOLITH_VERSION: 'v2' });
+    expect(v2.ok && v2.args.version).toBe('v2');
+    const bad = parsePodArgs(base, { ...env, EVOLITH_VERSION: 'V 2' });
+    expect(bad.ok ? [] : bad.problems).toEqual(['EVOLITH_VERSION "V 2" is not a version label (e.g. v2)']);
+  });
+
   test('Knative’s PORT is the rpc port when --rpc-port is not given', () => {
     const f = files();
     const r = parsePodArgs(['--app-dir', f.app, '--topology', f.topology, '--credentials', f.credentials, '--group', 'payment', '--transport', 'http2'], { ...env, PORT: '8080' });

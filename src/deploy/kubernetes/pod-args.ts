@@ -34,6 +34,8 @@ export interface PodArgs {
   readonly natsUrl: string;
   /** The waker's sink (Knative's K_SINK): the function's URL. */
   readonly sink: string | undefined;
+  /** The version label of the pod's Deployment (EVOLITH_VERSION), when its group runs several side by side. */
+  readonly version: string | undefined;
   /** `ip:port` of a DNS server to ask instead of the system's (EVOLITH_DNS_SERVER). */
   readonly dnsServer: string | undefined;
 }
@@ -146,6 +148,9 @@ export function parsePodArgs(argv: readonly string[], env: NodeJS.ProcessEnv): P
     else if (!/^https?:\/\//.test(sink)) problems.push(`K_SINK must be an http(s) URL, got "${sink}"`);
   }
 
+  const version = env.EVOLITH_VERSION?.trim() || undefined;
+  if (version !== undefined && !/^[a-z0-9][a-z0-9.-]*$/.test(version)) problems.push(`EVOLITH_VERSION "${version}" is not a version label (e.g. v2)`);
+
   if (problems.length > 0) return { ok: false, problems };
   return {
     ok: true,
@@ -165,6 +170,7 @@ export function parsePodArgs(argv: readonly string[], env: NodeJS.ProcessEnv): P
       postgresUrl,
       natsUrl,
       sink,
+      version,
       dnsServer: env.EVOLITH_DNS_SERVER || undefined,
     },
   };

@@ -17,7 +17,7 @@ import { createLogger } from '../../observe/logger.js';
 import { startWorker, type RunningWorker } from '../../worker/worker.js';
 import { serviceGroups } from '../microservices/groups.js';
 import { stopOnSignals } from '../process-signals.js';
-import type { Topology, TopologyOverrides } from '../topology.js';
+import { withVersionConfig, type Topology, type TopologyOverrides } from '../topology.js';
 import { resolverFromEnv } from './dns-discovery.js';
 import { CONFIG_EXIT, parsePodArgs, type PodArgs } from './pod-args.js';
 import { readCredentialBundle, watchCredentials } from './pod-credentials.js';
@@ -52,7 +52,9 @@ export interface RunningPod {
 export async function runPod(app: AppDefinition, args: PodArgs): Promise<RunningPod> {
   const backends = { postgresUrl: args.postgresUrl, natsUrl: args.natsUrl };
   const overrides: TopologyOverrides = args.role.kind === 'edge' ? { port: args.port } : {};
-  const topology = loadPodTopology(args.appDir, args.topologyFile, backends, overrides);
+  const loaded = loadPodTopology(args.appDir, args.topologyFile, backends, overrides);
+  // One version of a group running beside others (a canary): its own config over the group's.
+  const topology = args.version && args.role.kind === 'group' ? withVersionConfig(loaded, args.role.group, args.version) : loaded;
   const architecture = clusterArchitecture(topology);
   // The edge is given no --transport: it calls the groups as the topology says they call each other.
   const transport: PodTransport = args.transport ?? topology.kubernetes.transport ?? (architecture === 'microservices' ? 'tcp' : 'http2');
@@ -63,7 +65,7 @@ export async function runPod(app: AppDefinition, args: PodArgs): Promise<Running
     throw new ConfigError(`${app.name} has no service group named ${role.group}; its groups: ${Object.keys(groups).join(', ')}`);
   }
   const label = role.kind === 'edge' ? 'edge' : role.group;
-  const log = createLogger({ app: app.name, process: label, ...(args.podName ? { pod: args.podName } : {}) });
+  const log = createLogger({ app: app.name, process: label, ...(args.podName ? { pod: args.podName } : {}), ...(args.version ? { version: args.version } : {}) });
   const plane = new InternalPlane(readCredentialBundle(args.credentialsFile));
   const credentials = watchCredentials(args.credentialsFile, plane, log);
   const { rpcPort, probePort } = podPorts(args, transport, architecture);

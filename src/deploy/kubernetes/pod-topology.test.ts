@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, test } from 'vitest';
 import { Kit, eventually } from '../../../test/fixtures/unit-kit.js';
 import { ConfigError } from '../../kernel/errors.js';
-import { watchTopology, type Topology } from '../topology.js';
+import { watchTopology, withVersionConfig, type Topology } from '../topology.js';
 import { loadPodTopology, podTopologySource } from './pod-topology.js';
 
 const kit = new Kit();
@@ -44,6 +44,13 @@ describe('the pod topology', () => {
     expect(t.storage).toEqual({ driver: 'postgres', url: backends.postgresUrl, schemaPrefix: 'shop_', poolSize: 4 });
     expect(t.events).toEqual({ driver: 'nats', url: backends.natsUrl, stream: 'SHOP' });
     expect(t.host).toBe('0.0.0.0');
+  });
+
+  test('a version of a group reads its own config over the group’s', () => {
+    const { dir } = configMapMount(CLUSTER_YAML + 'config: { greeter: { greeting: hello, punctuation: "." } }\nmesh: { versions: { greeter: { v2: { config: { greeter: { greeting: hi } } } } } }\n');
+    const t = loadPodTopology(kit.tmp('app'), join(dir, 'evolith.yaml'), backends);
+    expect(withVersionConfig(t, 'greeter', 'v2').config.greeter).toEqual({ greeting: 'hi', punctuation: '.' });
+    expect(withVersionConfig(t, 'greeter', 'v1').config.greeter).toEqual({ greeting: 'hello', punctuation: '.' });
   });
 
   test('refuses embedded SQLite and in-process events, naming both', () => {

@@ -8,7 +8,7 @@ import { createLogger } from '../../observe/logger.js';
 import type { AppDefinition } from '../../app/define.js';
 import { ConfigError } from '../../kernel/errors.js';
 import { startWorker, type RunningWorker } from '../../worker/worker.js';
-import { loadTopology, type Topology, type TopologyOverrides } from '../topology.js';
+import { loadTopology, withVersionConfig, type TopologyOverrides } from '../topology.js';
 import { InternalPlane } from '../../auth/internal-plane.js';
 import { onRenewal, receiveCredentials } from './credentials-channel.js';
 import { microservicesEnvelope } from './envelope.js';
@@ -79,13 +79,4 @@ export async function runMicroservicesWorker(
     }),
   });
   return { label, worker, log };
-}
-
-/** The topology as one version of a group sees it: the version's config over the group's. */
-function withVersionConfig(topology: Topology, group: string, version: string): Topology {
-  const own = topology.mesh.versions[group]?.[version]?.config;
-  if (!own) return topology;
-  const config = { ...topology.config };
-  for (const [service, values] of Object.entries(own)) config[service] = { ...config[service], ...values };
-  return { ...topology, config };
 }
