@@ -13,6 +13,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createSocket } from 'node:dgram';
+import { connect as netConnect, createServer as createNetServer, type Server } from 'node:net';
 import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
@@ -89,9 +90,10 @@ interface Container {
   args: string[];
   env: EnvVar[];
   ports: { name: string; containerPort: number }[];
-  readinessProbe: { httpGet: { path: string; port: string | number } };
+  readinessProbe: { httpGet: { path: string; port?: string | number } };
 }
 interface K8sObject {
+  apiVersion: string;
   kind: string;
   metadata: { name: string };
   spec?: { template?: { spec?: { containers?: Container[] } } };
@@ -104,6 +106,47 @@ function objectsIn(dir: string): K8sObject[] {
     .filter((f) => f.endsWith('.yaml') && f !== 'kustomization.yaml')
     .flatMap((f) => YAML.parseAllDocuments(readFileSync(join(dir, f), 'utf8')).map((d) => d.toJS() as K8sObject))
     .filter((o) => o !== null);
+}
+
+/** A pod address of its own for each workload. */
+function podAddress(): string {
+  const b = randomBytes(3);
+  return `127.${10 + (b[0]! % 200)}.${b[1]!}.${1 + (b[2]! % 250)}`;
+}
+
+/**
+ * Knative Services are called on port 80 (the activator or queue proxy forwards to the
+ * container's port): here a forwarder stands in for them, which needs a port below 1024.
+ */
+async function privilegedPortsRefused(): Promise<string | undefined> {
+  const server = createNetServer();
+  try {
+    await new Promise<void>((done, fail) => {
+      server.once('error', fail);
+      server.listen(80, podAddress(), () => done());
+    });
+    return undefined;
+  } catch (err) {
+    return `port 80 cannot be bound here (${(err as Error).message}), and Knative Services are called on it`;
+  } finally {
+    server.close();
+  }
+}
+
+/** Forwards connections to `from` (ip:80) to the container's port, as Knative's routing does. */
+async function forwarder(ip: string, port: number): Promise<Server> {
+  const server = createNetServer((socket) => {
+    const upstream = netConnect(port, ip);
+    socket.pipe(upstream).pipe(socket);
+    const drop = () => {
+      socket.destroy();
+      upstream.destroy();
+    };
+    socket.on('error', drop);
+    upstream.on('error', drop);
+  });
+  await new Promise<void>((done) => server.listen(80, ip, () => done()));
+  return server;
 }
 
 const pgUnavailable = await postgresAvailable();
@@ -143,7 +186,14 @@ if (reason) {
     rmSync(dir, { recursive: true, force: true });
   }, 30_000);
 
-  describe.each(['microservices', 'mesh'] as const)(`${NAME} (%s)`, (arch) => {
+  const noKnative = await privilegedPortsRefused();
+  if (noKnative) console.warn(`[acceptance] "${NAME}" runs microservices and mesh only: ${noKnative}`);
+  const forwarders: Server[] = [];
+  afterAll(() => {
+    for (const f of forwarders) f.close();
+  });
+
+  describe.each(noKnative ? (['microservices', 'mesh'] as const) : (['microservices', 'mesh', 'serverless'] as const))(`${NAME} (%s)`, (arch) => {
     const run = randomBytes(4).toString('hex');
     const namespace = `bk-${arch.slice(0, 4)}-${run}`;
     const schemaPrefix = `k8sg_${run}_`;
@@ -171,15 +221,18 @@ if (reason) {
       const objects = objectsIn(out);
       const secrets = new Map(objects.filter((o) => o.kind === 'Secret').map((o) => [o.metadata.name, o.stringData ?? {}]));
       const configMap = objects.find((o) => o.kind === 'ConfigMap' && o.metadata.name === 'evolith-topology')!;
-      const deployments = objects.filter((o) => o.kind === 'Deployment');
-      expect(deployments.map((d) => d.metadata.name).sort()).toEqual(['account', 'auth', 'edge', 'payment', 'warehouse']);
-      const ips = new Map(deployments.map((d) => [d.metadata.name, `127.${10 + (randomBytes(1)[0]! % 200)}.${randomBytes(1)[0]!}.${1 + (randomBytes(1)[0]! % 250)}`]));
-      for (const d of deployments) if (d.metadata.name !== 'edge') records.set(`${d.metadata.name}.${namespace}.svc.cluster.local`, [ips.get(d.metadata.name)!]);
+      // What runs pods: Deployments, Knative Services (one pod each here) and ContainerSources.
+      const workloads = objects.filter((o) => o.kind === 'Deployment' || o.kind === 'ContainerSource' || (o.kind === 'Service' && o.apiVersion.startsWith('serving.knative.dev/')));
+      const groups = workloads.filter((w) => w.kind !== 'ContainerSource' && w.metadata.name !== 'edge').map((w) => w.metadata.name);
+      expect(groups.sort()).toEqual(['account', 'auth', 'payment', 'warehouse']);
+      expect(workloads.some((w) => w.kind === 'Deployment' && w.metadata.name === 'edge')).toBe(true);
+      const ips = new Map(workloads.map((w) => [w.metadata.name, podAddress()]));
+      for (const g of groups) records.set(`${g}.${namespace}.svc.cluster.local`, [ips.get(g)!]);
 
-      for (const d of deployments) {
-        const name = d.metadata.name;
+      for (const w of workloads) {
+        const name = w.metadata.name;
         const ip = ips.get(name)!;
-        const container = d.spec!.template!.spec!.containers![0]!;
+        const container = w.spec!.template!.spec!.containers![0]!;
         // The ConfigMap as this pod reads it: its own address, this run's schemas and stream.
         const topology = YAML.parse(configMap.data!['evolith.yaml']!) as Record<string, any>;
         topology.host = ip;
@@ -202,6 +255,13 @@ if (reason) {
             e.value ??
             (field === 'metadata.namespace' ? namespace : field === 'metadata.name' ? `${name}-0` : field === 'status.podIP' ? ip : secret ? secrets.get(secret.name)![secret.key]! : '');
         }
+        if (w.kind === 'Service') {
+          // Knative tells the container its port, and routes the Service's port 80 to it.
+          env.PORT = String(container.ports[0]!.containerPort);
+          forwarders.push(await forwarder(ip, container.ports[0]!.containerPort));
+        }
+        // Knative Eventing gives a ContainerSource its sink: the function it wakes.
+        if (w.kind === 'ContainerSource') env.K_SINK = `http://${ips.get(name.replace(/-wakeups$/, ''))!}`;
         expect(container.command).toEqual(['node', '/app/pod.mjs']);
         const child = spawn(process.execPath, [path(container.command[1]!), ...container.args.map(path)], { env, stdio: ['ignore', 'pipe', 'pipe'] });
         children.push(child);
@@ -209,7 +269,8 @@ if (reason) {
         child.stdout!.on('data', (c: Buffer) => (output += c.toString()));
         child.stderr!.on('data', (c: Buffer) => (output += c.toString()));
         const probe = container.readinessProbe.httpGet;
-        const port = typeof probe.port === 'number' ? probe.port : container.ports.find((p) => p.name === probe.port)!.containerPort;
+        // A Knative container's probes name no port: Knative probes the one port it has.
+        const port = probe.port === undefined ? container.ports[0]!.containerPort : typeof probe.port === 'number' ? probe.port : container.ports.find((p) => p.name === probe.port)!.containerPort;
         pods.push({ name, ip, child, output: () => output, ready: `http://${ip}:${port}${probe.path}` });
         if (name === 'edge') edgeUrl = `http://${ip}:${container.ports.find((p) => p.name === 'http')!.containerPort}`;
       }
