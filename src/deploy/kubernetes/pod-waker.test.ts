@@ -100,6 +100,27 @@ describe('the waker', () => {
     expect(w.sent).toBe(1);
   });
 
+  test('with a resolver of its own, the sink’s name is resolved through it', async () => {
+    const s = await sink();
+    const port = new URL(s.url).port;
+    const asked: string[] = [];
+    const w = new Waker({
+      app: 'shop',
+      group: 'payment',
+      services: ['payment'],
+      topology: loadTopology(process.cwd()),
+      sink: `http://payment.shop.svc.cluster.test:${port}`,
+      pollMs: 60_000,
+      log,
+      resolve4: async (name) => (asked.push(name), ['127.0.0.1']),
+      read: async (_services, now) => [{ service: 'payment', at: now, why: 'event', count: 1 }],
+    });
+    wakers.push(w);
+    await w.poll();
+    expect(asked).toEqual(['payment.shop.svc.cluster.test']);
+    expect(s.received.map((r) => r.url)).toEqual(['POST /evolith/wake']);
+  });
+
   test('polls every pollMs once started', async () => {
     const s = await sink();
     let n = 0;

@@ -11,6 +11,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
+import { isIP } from 'node:net';
 import type { Logger } from 'pino';
 import type { AppDefinition } from '../../app/define.js';
 import { ConfigError } from '../../kernel/errors.js';
@@ -18,6 +19,7 @@ import { createLogger } from '../../observe/logger.js';
 import { nextWakeups, type Wakeup } from '../../serverless/wakeups.js';
 import { serviceGroups } from '../microservices/groups.js';
 import type { Topology } from '../topology.js';
+import { resolverFromEnv, type Resolve4 } from './dns-discovery.js';
 import type { PodArgs } from './pod-args.js';
 import { readCredentialBundle } from './pod-credentials.js';
 import { WAKE_PATH } from './pod-http.js';
@@ -39,6 +41,8 @@ export interface WakerOptions {
   readonly sink: string;
   readonly pollMs: number;
   readonly log: Logger;
+  /** Resolves the sink's host name (EVOLITH_DNS_SERVER's resolver) instead of the system's resolver. */
+  readonly resolve4?: Resolve4;
   /** What is due (default: the stores and the stream, read as the local platform reads them). */
   readonly read?: (services: readonly string[], now: number) => Promise<Wakeup[]>;
 }
@@ -102,10 +106,21 @@ export class Waker {
     }
   }
 
+  /** The URL to post to: the sink's, with its host resolved through `resolve4` when there is one. */
+  private async target(url: string): Promise<string> {
+    const resolve4 = this.options.resolve4;
+    const parsed = new URL(url);
+    if (!resolve4 || isIP(parsed.hostname)) return url;
+    const addresses = await resolve4(parsed.hostname);
+    if (addresses.length === 0) throw new Error(`${parsed.hostname} has no address`);
+    parsed.hostname = addresses[0]!;
+    return parsed.toString();
+  }
+
   private async post(due: readonly Wakeup[]): Promise<void> {
     const { app, group, sink, log } = this.options;
     const body: WakeupBody = { function: group, reasons: due.map((w) => ({ service: w.service, why: w.why, waiting: w.count })) };
-    const url = `${sink.replace(/\/+$/, '')}${WAKE_PATH}`;
+    const url = await this.target(`${sink.replace(/\/+$/, '')}${WAKE_PATH}`);
     const res = await fetch(url, {
       method: 'POST',
       headers: {
@@ -136,7 +151,7 @@ export async function runWaker(app: AppDefinition, args: PodArgs): Promise<Runni
   // Not used to call anything, but a pod given a credential that is not its deployment's should say so.
   readCredentialBundle(args.credentialsFile);
   const log = createLogger({ app: app.name, process: `${group}-wakeups`, ...(args.podName ? { pod: args.podName } : {}) });
-  const waker = new Waker({ app: app.name, group, services: found.services, topology, sink: args.sink, pollMs: topology.serverless.wakeupPollMs, log }).start();
+  const waker = new Waker({ app: app.name, group, services: found.services, topology, sink: args.sink, pollMs: topology.serverless.wakeupPollMs, log, resolve4: resolverFromEnv(args.dnsServer) }).start();
   const answerer = {
     async answer(method: string | undefined, url: string | undefined, res: ServerResponse): Promise<boolean> {
       const path = (url ?? '').split('?')[0];
