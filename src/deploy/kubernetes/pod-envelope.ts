@@ -165,10 +165,11 @@ async function serve(
   if (options.role.kind === 'edge') {
     return { address: `${where} (edge)`, withdraw: async () => undefined };
   }
-  setResolver(hostResolver(runtime.hosts.values()));
+  const resolve = hostResolver(runtime.hosts.values());
+  setResolver(resolve);
   let rpc: RpcServer | undefined;
   if (options.transport === 'tcp') {
-    rpc = new RpcServer({ resolve: hostResolver(runtime.hosts.values()), log, host: topology.internalHost, port: options.rpcPort, drainMs: topology.drainMs, plane });
+    rpc = new RpcServer({ resolve, log, host: topology.internalHost, port: options.rpcPort, drainMs: topology.drainMs, plane });
     await rpc.listen();
   }
   probes.serving(runtime);
