@@ -139,6 +139,7 @@ deploy
   .option('--cluster-domain <domain>', 'the cluster DNS domain (default cluster.local)')
   .option('--transport <kind>', 'tcp or http2 between service groups (default: tcp for microservices, http2 otherwise)')
   .option('--new-authority', 'issue credentials from a new authority (running pods must restart)')
+  .option('--set <path=value>', 'override a topology value, e.g. kubernetes.preStopSeconds=0', collect, [])
   .action(async (appDir, o) => {
     await (await commands()).deployKubernetes(appDirectory(appDir), {
       out: o.out,
@@ -151,6 +152,7 @@ deploy
       clusterDomain: o.clusterDomain,
       transport: o.transport,
       newAuthority: o.newAuthority === true,
+      set: o.set,
     });
   });
 

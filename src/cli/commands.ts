@@ -139,6 +139,8 @@ export interface DeployKubernetesOptions {
   clusterDomain?: string;
   transport?: string;
   newAuthority?: boolean;
+  /** `path=value` topology overrides, as `evolith run --set`. */
+  set?: string[];
 }
 
 /**
@@ -157,7 +159,7 @@ export async function deployKubernetes(appDirArg: string, opts: DeployKubernetes
   ]);
   const out = resolve(opts.out);
   checkOutputDirectory(out);
-  const topology = loadTopology(appDir);
+  const topology = loadTopology(appDir, { set: opts.set ?? [] });
   const app = await loadApp(appDir);
   const authority = outputAuthority(out, opts.newAuthority === true);
   const manifests = kubernetesManifests(app, topology, {

@@ -145,6 +145,11 @@ const kubernetes = z
     transport: z.enum(['tcp', 'http2']).optional(),
     /** How often a pod resolves a headless Service's addresses (tcp transport). */
     dnsRefreshMs: z.number().int().min(100).default(2000),
+    /**
+     * How long a stopping pod keeps taking calls before its SIGTERM, so that callers' discovery
+     * (DNS refresh, endpoint propagation) has dropped it first; 0: no pre-stop pause.
+     */
+    preStopSeconds: z.number().int().min(0).max(300).default(5),
     /** Container requests and limits: for every workload, and per service group over those. */
     resources: z
       .object({ defaults: resourceSpec.optional(), groups: z.record(z.string(), resourceSpec).default({}) })

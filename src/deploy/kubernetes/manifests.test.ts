@@ -263,6 +263,20 @@ describe('options', () => {
     });
     expect(checkWorkloads(m.objects)).toEqual([]);
   });
+
+  test('the pre-stop pause is the topology\'s, and its grace period follows it; 0 writes no hook', () => {
+    const paused = generate(loadTopology(appDir({ 'evolith.yaml': 'drainMs: 4000\nkubernetes: { preStopSeconds: 12 }' })));
+    const spec = podSpecOf(find(paused, 'Deployment', 'warehouse')) as { terminationGracePeriodSeconds: number; containers: { lifecycle?: unknown }[] };
+    expect(spec.containers[0]!.lifecycle).toEqual({ preStop: { exec: { command: ['sleep', '12'] } } });
+    expect(spec.terminationGracePeriodSeconds).toBe(12 + 4 + 5);
+    const none = generate(loadTopology(appDir({ 'evolith.yaml': 'drainMs: 4000\nkubernetes: { preStopSeconds: 0 }' })));
+    for (const name of ['warehouse', 'edge']) {
+      const s = podSpecOf(find(none, 'Deployment', name)) as { terminationGracePeriodSeconds: number; containers: { lifecycle?: unknown }[] };
+      expect(s.containers[0]!.lifecycle).toBeUndefined();
+      expect(s.terminationGracePeriodSeconds).toBe(4 + 5);
+    }
+    expect(checkWorkloads(none.objects)).toEqual([]);
+  });
 });
 
 describe('mesh: the policy file as Istio resources', () => {

@@ -232,6 +232,7 @@ export function kubernetesManifests(app: AppDefinition, topology: Topology, opti
       limits: { cpu: pick('limits', 'cpu', '1'), memory: pick('limits', 'memory', '512Mi') },
     };
   };
+  const preStop = topology.kubernetes.preStopSeconds;
   const groupPort = serverless ? PORTS.http : PORTS.rpc;
   const groupPortName = s.transport === 'tcp' ? 'rpc' : serverless ? 'h2c' : 'http2';
 
@@ -289,7 +290,7 @@ export function kubernetesManifests(app: AppDefinition, topology: Topology, opti
       readinessProbe: { ...get(readyPath), periodSeconds: 2, failureThreshold: 1 },
       livenessProbe: { ...get('/health'), periodSeconds: 10, failureThreshold: 3 },
       // Callers' discovery notices the pod left before it stops taking calls.
-      ...(!knative && { lifecycle: { preStop: { exec: { command: ['sleep', '5'] } } } }),
+      ...(!knative && preStop > 0 && { lifecycle: { preStop: { exec: { command: ['sleep', String(preStop)] } } } }),
       resources: resourcesOf(role.group ?? role.workload),
       securityContext: {
         ...(knative && { runAsNonRoot: true, runAsUser: POD.uid, runAsGroup: POD.uid, seccompProfile: { type: 'RuntimeDefault' } }),
@@ -313,7 +314,7 @@ export function kubernetesManifests(app: AppDefinition, topology: Topology, opti
     serviceAccountName: role.workload,
     automountServiceAccountToken: false,
     securityContext: { runAsNonRoot: true, runAsUser: POD.uid, runAsGroup: POD.uid, fsGroup: POD.uid, seccompProfile: { type: 'RuntimeDefault' } },
-    terminationGracePeriodSeconds: 5 + Math.ceil(topology.drainMs / 1000) + 5,
+    terminationGracePeriodSeconds: preStop + Math.ceil(topology.drainMs / 1000) + 5,
     containers: [container(role, extraEnv)],
     volumes: volumes(role.workload),
   });
