@@ -45,7 +45,7 @@ describe('loadTopology', () => {
       affinity: {},
       mesh: { mode: 'sidecar', policy: 'mesh.yaml', certificateTtlMs: 3_600_000, versions: {} },
       serverless: { pool: 2, initialInstances: 1, wakeupPollMs: 1000, defaults: {}, functions: {} },
-      kubernetes: { clusterDomain: 'cluster.local', dnsRefreshMs: 2000, resources: { groups: {} }, autoscaling: { maxReplicas: 10, cpuUtilization: 70 }, ingress: {} },
+      kubernetes: { clusterDomain: 'cluster.local', dnsRefreshMs: 2000, preStopSeconds: 5, resources: { groups: {} }, autoscaling: { maxReplicas: 10, cpuUtilization: 70 }, ingress: {} },
     });
   });
 
