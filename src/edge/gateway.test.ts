@@ -83,6 +83,26 @@ describe('gateway with the greeter fixture', () => {
     expect(res.json()).toEqual({ code: 1, message: 'request body is larger than the limit' });
   });
 
+  test('a client still sending an oversized body reads its 413: the edge drains the body before it closes', async () => {
+    // The client is still writing when the edge answers; a connection closed with its request
+    // unread is reset, and the client sees EPIPE or ECONNRESET instead of the answer (on
+    // loopback from a few MB on, over a real network much sooner).
+    await server.listen({ port: 0, host: '127.0.0.1' });
+    const { port } = server.server.address() as { port: number };
+    const size = 10_000_000;
+    const answer = await new Promise<string>((resolve, reject) => {
+      const socket = connect(port, '127.0.0.1');
+      let text = '';
+      socket.on('data', (d) => (text += d.toString('utf8')));
+      socket.on('error', (err) => reject(new Error(`${err.message} after ${JSON.stringify(text)}`)));
+      socket.on('close', () => resolve(text));
+      socket.write(`POST /boom HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${size}\r\n\r\n`);
+      socket.write(Buffer.alloc(size, 'x'));
+    });
+    expect(answer).toMatch(/^HTTP\/1\.1 413 /);
+    expect(answer).toContain('request body is larger than the limit');
+  });
+
   test('an unknown route is a 404 with {code: 1}', async () => {
     const res = await server.inject({ method: 'GET', url: '/nope?x=1' });
     expect(res.statusCode).toBe(404);

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { createServer } from 'node:http';
+import { createServer, type IncomingMessage } from 'node:http';
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import fastifyFormbody from '@fastify/formbody';
@@ -165,9 +165,15 @@ export async function createGateway(options: GatewayOptions): Promise<FastifyIns
     done(null, payload);
   });
 
-  server.setErrorHandler((error: Error & { statusCode?: number; code?: string }, req, reply) => {
+  const bodyLimit = options.bodyLimit ?? 1024 * 1024;
+  server.setErrorHandler(async (error: Error & { statusCode?: number; code?: string }, req, reply) => {
     // Errors raised by fastify itself (malformed JSON, body too large, bad content type).
     const status = error.statusCode && error.statusCode >= 400 && error.statusCode < 600 ? error.statusCode : 500;
+    // The client is usually still sending the body it was refused for. A connection closed with
+    // its request unread is reset, and over a real network the client then sees EPIPE or
+    // ECONNRESET instead of the 413: read the rest and throw it away (a lingering close), within
+    // bounds, before answering.
+    if (error.code === 'FST_ERR_CTP_BODY_TOO_LARGE') await drainRequest(req.raw, Math.max(16 * 1024 * 1024, 4 * bodyLimit), 5_000);
     if (status >= 500) req.log.error({ err: error }, 'request failed');
     const message = status >= 500 ? `internal error (request ${req.id})` : describeFastifyError(error);
     reply.status(status).send({ code: 1, message });
@@ -284,6 +290,31 @@ function defaultInput(r: RouteSpec, req: EdgeRequest): unknown {
 function wantsHtml(req: FastifyRequest): boolean {
   const accept = req.headers.accept ?? '';
   return accept.includes('text/html');
+}
+
+/**
+ * Reads what is left of a request and discards it: at most `maxBytes` (a body declared larger is
+ * not waited for) and for at most `timeoutMs`.
+ */
+function drainRequest(raw: IncomingMessage, maxBytes: number, timeoutMs: number): Promise<void> {
+  if (raw.complete || raw.destroyed) return Promise.resolve();
+  const declared = Number(raw.headers['content-length']);
+  if (Number.isFinite(declared) && declared > maxBytes) return Promise.resolve();
+  return new Promise((resolve) => {
+    let seen = 0;
+    const done = () => {
+      clearTimeout(timer);
+      raw.off('data', onData).off('end', done).off('close', done).off('error', done);
+      resolve();
+    };
+    const onData = (chunk: Buffer) => {
+      seen += chunk.length;
+      if (seen > maxBytes) done();
+    };
+    const timer = setTimeout(done, timeoutMs);
+    raw.on('data', onData).once('end', done).once('close', done).once('error', done);
+    raw.resume();
+  });
 }
 
 function describeFastifyError(error: Error & { code?: string; statusCode?: number }): string {
