@@ -270,7 +270,8 @@ export class ClusterNetwork {
    */
   async addPod(podName: string, dns: { searches: string[] }): Promise<PodNetwork> {
     const n = this.counter++;
-    const offset = this.freedPodIps.shift() ?? this.nextPod++;
+    // Fresh addresses first: a reused one may still sit in neighbours' ARP caches with the old pod's MAC.
+    const offset = this.nextPod <= 199 ? this.nextPod++ : (this.freedPodIps.shift() ?? this.nextPod++);
     if (offset > 199) throw new Error('the simulated cluster ran out of pod addresses (198)');
     const podIp = toAddr(this.base + offset);
     const netns = `${NAME_PREFIX}${this.id}-${n}-${podName}`.slice(0, 200);
@@ -304,6 +305,7 @@ export class ClusterNetwork {
     await ip('netns', 'del', pod.netns).catch(() => undefined);
     await ip('link', 'del', pod.hostVeth).catch(() => undefined);
     rmSync(`${NETNS_ETC}/${pod.netns}`, { recursive: true, force: true });
+    await ip('neigh', 'flush', 'to', pod.ip, 'dev', this.bridge).catch(() => undefined);
     this.namespaces.delete(pod.netns);
     this.freedPodIps.push(toInt(pod.ip) - this.base);
   }

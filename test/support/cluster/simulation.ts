@@ -570,7 +570,7 @@ export class ClusterSimulation {
     if (name === this.clusterDomain) return { known: true, addresses: [] };
     if (!name.endsWith(suffix)) return { known: false };
     const parts = name.slice(0, -suffix.length).split('.');
-    if (parts.length === 4 && parts[2] === 'pod' && /^\d+-\d+-\d+-\d+$/.test(parts[0]!)) {
+    if (parts.length === 3 && parts[2] === 'pod' && /^\d+-\d+-\d+-\d+$/.test(parts[0]!)) {
       return { known: true, addresses: [parts[0]!.replace(/-/g, '.')] };
     }
     if (parts[parts.length - 1] !== 'svc') return { known: false };
