@@ -10,7 +10,7 @@
  */
 import { execFile as execFileCb, execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { promisify } from 'node:util';
 
 const execFile = promisify(execFileCb);
@@ -334,5 +334,11 @@ export class ClusterNetwork {
       // never created
     }
     rmSync(this.stateDir, { recursive: true, force: true });
+    try {
+      // The shared root goes too when no other simulation uses it.
+      rmdirSync(STATE_ROOT);
+    } catch {
+      // not empty, or already gone
+    }
   }
 }

@@ -183,8 +183,11 @@ class ContainerRun {
       if (ran > 600_000 * pod.context.timeScale) this.backoffStep = 0;
       const delay = this.backoffStep === 0 ? 0 : Math.min(10_000 * 2 ** (this.backoffStep - 1), 300_000) * pod.context.timeScale;
       this.backoffStep++;
-      this.restarts++;
-      this.restartTimer = setTimeout(() => this.start(), delay);
+      // Counted when the container starts again, as the kubelet's restartCount is.
+      this.restartTimer = setTimeout(() => {
+        this.restarts++;
+        this.start();
+      }, delay);
     });
     void this.probe(this.incarnation);
   }

@@ -19,9 +19,15 @@ const imageDir = fileURLToPath(new URL('../../fixtures/cluster-image', import.me
 const unavailable = await ClusterSimulation.unavailable();
 if (unavailable) console.warn(`[cluster-sim] skipping the cluster simulation tests: ${unavailable}`);
 
+const written: string[] = [];
+afterAll(() => {
+  for (const dir of written) rmSync(dir, { recursive: true, force: true });
+});
+
 /** Writes objects as a kustomize directory (one multi-document file) and returns its path. */
 function manifests(namespace: string, objects: object[]): string {
   const dir = mkdtempSync(join(tmpdir(), 'cluster-sim-manifests-'));
+  written.push(dir);
   writeFileSync(join(dir, 'kustomization.yaml'), stringify({ apiVersion: 'kustomize.config.k8s.io/v1beta1', kind: 'Kustomization', namespace, resources: ['objects.yaml'] }));
   writeFileSync(join(dir, 'objects.yaml'), objects.map((o) => stringify(o)).join('---\n'));
   return dir;
@@ -96,10 +102,11 @@ describe.skipIf(unavailable !== undefined)('cluster simulation', () => {
   let sim: ClusterSimulation;
   let outside: Server;
   const EXTERNAL_PORT = 15_432;
-  const eventsDir = mkdtempSync(join(tmpdir(), 'cluster-sim-events-'));
-  chmodSync(eventsDir, 0o777);
+  let eventsDir: string;
 
   beforeAll(async () => {
+    eventsDir = mkdtempSync(join(tmpdir(), 'cluster-sim-events-'));
+    chmodSync(eventsDir, 0o777);
     outside = createServer((_req, res) => res.end('from the host loopback'));
     await new Promise<void>((resolve) => outside.listen(0, '127.0.0.1', () => resolve()));
     const port = (outside.address() as { port: number }).port;
@@ -368,6 +375,21 @@ describe.skipIf(unavailable !== undefined)('cluster simulation: failures and cle
     }
   });
 
+  it('a container that exits is restarted with the kubelet\'s growing backoff', async () => {
+    const sim = await ClusterSimulation.start({ appImages: [IMAGE], imageDir, timeScale: 0.1 });
+    try {
+      // Exits at once: restarts at 0, 1 s, 2 s (10 s, 20 s scaled by 0.1).
+      await sim.apply(manifests('crash', [deployment('crash', { args: ['--port', 'not-a-port'] })]));
+      const started = Date.now();
+      await eventually(() => expect(sim.pods()[0]?.restarts).toBeGreaterThanOrEqual(3), { timeoutMs: 10_000 });
+      expect(Date.now() - started).toBeGreaterThanOrEqual(2500);
+      expect(sim.pods()[0]!.ready).toBe(false);
+      expect(sim.logs(sim.pods()[0]!.name).join('\n')).toMatch(/exited \(code 1\)/);
+    } finally {
+      await sim.stop();
+    }
+  });
+
   it('stop() leaves no network namespace, link, /etc/netns entry or file behind', async () => {
     const sim = await ClusterSimulation.start({ appImages: [IMAGE], imageDir, timeScale: 0.1 });
     const prefix = `evs${sim.stateDir.split('/').pop()}`;
@@ -382,4 +404,57 @@ describe.skipIf(unavailable !== undefined)('cluster simulation: failures and cle
     expect(existsSync(sim.stateDir)).toBe(false);
     for (const pid of pids) expect(() => process.kill(pid, 0)).toThrow();
   });
+});
+
+describe.skipIf(unavailable !== undefined)('cluster simulation: the generator\'s manifests', () => {
+  // What `evolith deploy kubernetes` writes for the bookstore, run with a stand-in pod entry
+  // (test/fixtures/cluster-image/pod.mjs): every object the generator writes must be one the
+  // simulation understands, and every container must find the files and env the contract promises.
+  const root = fileURLToPath(new URL('../../..', import.meta.url));
+  for (const arch of ['microservices', 'mesh', 'serverless'] as const) {
+    it(`runs the ${arch} manifests`, async () => {
+      const out = mkdtempSync(join(tmpdir(), 'cluster-sim-generated-'));
+      const sim = await ClusterSimulation.start({ appImages: ['bookstore'], imageDir, timeScale: 0.1 });
+      try {
+        execFileSync(
+          process.execPath,
+          ['bin/evolith.mjs', 'deploy', 'kubernetes', 'examples/bookstore', '--out', join(out, 'k8s'), '--arch', arch, '--postgres-url', `postgres://test@${sim.hostAddress}:5432/test`, '--nats-url', `nats://${sim.hostAddress}:4222`],
+          { cwd: root, encoding: 'utf8' },
+        );
+        await sim.apply(join(out, 'k8s'));
+        await sim.waitReady(30_000);
+        const pods = sim.pods();
+        const workloads = new Set(pods.map((p) => p.workload));
+        expect(workloads).toContain('edge');
+        expect(workloads).toContain('warehouse');
+        if (arch === 'serverless') expect(workloads).toContain('warehouse-wakeups');
+        for (const p of pods) expect(p.containers[0]!.runAs).toBe('uid 10001 gid 10001');
+
+        const edge = await getJson(`${sim.url('edge', 80, 'bookstore')}/whoami`);
+        expect(edge.role).toBe('edge');
+        expect(edge.uid).toBe(10001);
+        expect(edge.env.EVOLITH_NAMESPACE).toBe('bookstore');
+        expect(edge.env.EVOLITH_POSTGRES_URL).toBe(`postgres://test@${sim.hostAddress}:5432/test`);
+        expect(edge.bundleKeys.length).toBeGreaterThan(0);
+
+        // The group's name as the pod runtime resolves it, from the edge's pod.
+        const warehouse = pods.filter((p) => p.workload.startsWith('warehouse') && !p.workload.endsWith('wakeups'));
+        const resolved = await getJson(`${sim.url('edge', 80, 'bookstore')}/resolve?name=warehouse.bookstore.svc.cluster.local`);
+        if (arch === 'microservices') expect(resolved.addresses).toEqual(warehouse.map((p) => p.ip).sort());
+        else expect(resolved.addresses).toHaveLength(1); // a ClusterIP (mesh Service, Knative Service)
+
+        const ignoredKinds = new Set(sim.ignored().map((o) => o.kind));
+        expect(ignoredKinds).toContain('NetworkPolicy');
+        if (arch === 'mesh') expect(ignoredKinds).toContain('AuthorizationPolicy');
+        if (arch === 'serverless') {
+          const waker = pods.find((p) => p.workload === 'warehouse-wakeups')!;
+          const seen = await getJson(`http://${waker.ip}:8081/whoami`);
+          expect(seen.env.K_SINK).toBe('http://warehouse.bookstore.svc.cluster.local');
+        }
+      } finally {
+        await sim.stop();
+        rmSync(out, { recursive: true, force: true });
+      }
+    });
+  }
 });
