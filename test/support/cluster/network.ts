@@ -220,15 +220,16 @@ export class ClusterNetwork {
   /** Creates the bridge on a free /24 (10.64.0.0–10.127.255.0, picked at random, checked against the machine's routes). */
   static async create(): Promise<ClusterNetwork> {
     removeLeftovers();
-    mkdirSync(STATE_ROOT, { recursive: true, mode: 0o755 });
     let id = '';
     for (;;) {
       id = randomBytes(2).toString('hex');
+      // Again on every attempt: another simulation's stop removes the root when it finds it empty.
+      mkdirSync(STATE_ROOT, { recursive: true, mode: 0o755 });
       try {
         mkdirSync(`${STATE_ROOT}/${id}`, { mode: 0o755 });
         break;
-      } catch {
-        // taken by another simulation
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST' && (err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
       }
     }
     writeFileSync(`${STATE_ROOT}/${id}/owner.pid`, String(process.pid));
