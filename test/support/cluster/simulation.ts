@@ -102,7 +102,8 @@ interface Workload {
   knativePort?: number;
   selectorLabels: Record<string, string>;
   pods: Set<Pod>;
-  nextOrdinal: number;
+  /** Pods being created (their network namespace is being set up): counted as live, so none is created twice. */
+  creating: number;
 }
 
 const NOT_RUN_KINDS = new Set(['Namespace', 'ServiceAccount']);
@@ -407,7 +408,7 @@ export class ClusterSimulation {
       knativePort,
       selectorLabels: selectorLabels ?? labels,
       pods: new Set(),
-      nextOrdinal: 0,
+      creating: 0,
     });
   }
 
@@ -428,7 +429,7 @@ export class ClusterSimulation {
         }
         continue;
       }
-      for (let i = live.length; i < w.replicas; i++) {
+      for (let i = live.length + w.creating; i < w.replicas; i++) {
         const hash = w.kind === 'ContainerSource' ? 'deployment' : podSuffix(10);
         this.track(this.createPod(w, `${w.name}-${hash}-${podSuffix(5)}`));
       }
@@ -448,6 +449,7 @@ export class ClusterSimulation {
     const placeholder = { name } as unknown as Pod;
     // Reserve the name while the namespace is built (StatefulSet ordinals must not be created twice).
     this.podsByName.set(name, placeholder);
+    w.creating++;
     let network;
     try {
       network = await this.network.addPod(name, {
@@ -456,6 +458,8 @@ export class ClusterSimulation {
     } catch (err) {
       this.podsByName.delete(name);
       throw err;
+    } finally {
+      w.creating--;
     }
     const dir = join(this.network.stateDir, 'pods', name);
     mkdirSync(dir, { recursive: true, mode: 0o755 });
