@@ -246,6 +246,12 @@ export class ClusterNetwork {
     const net = new ClusterNetwork(id, base);
     try {
       await ip('link', 'add', net.bridge, 'type', 'bridge');
+      // A fixed address: without one a bridge takes the lowest MAC of its ports, so removing a pod
+      // would change it and every other pod's ARP entry for the host address and ClusterIPs would
+      // point nowhere until it expires (connections hang in SYN-SENT meanwhile).
+      const mac = randomBytes(6);
+      mac[0] = (mac[0]! & 0xfe) | 0x02; // unicast, locally administered
+      await ip('link', 'set', net.bridge, 'address', [...mac].map((b) => b.toString(16).padStart(2, '0')).join(':'));
       await ip('addr', 'add', `${net.hostAddress}/24`, 'dev', net.bridge);
       await ip('link', 'set', net.bridge, 'up');
     } catch (err) {
