@@ -205,6 +205,7 @@ export class ClusterNetwork {
   private counter = 0;
   private readonly freedPodIps: number[] = [];
   private readonly namespaces = new Set<string>();
+  private readonly veths = new Set<string>();
   private readonly clusterIps = new Set<string>();
   private stopped = false;
 
@@ -293,6 +294,7 @@ export class ClusterNetwork {
     writeFileSync(`${etc}/hosts`, `127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n${podIp}\t${podName}\n`);
     this.namespaces.add(netns);
     await ip('netns', 'add', netns);
+    this.veths.add(hostVeth);
     await ip('link', 'add', hostVeth, 'type', 'veth', 'peer', 'name', peer);
     await ip('link', 'set', hostVeth, 'master', this.bridge);
     await ip('link', 'set', hostVeth, 'up');
@@ -310,7 +312,9 @@ export class ClusterNetwork {
   async removePod(pod: PodNetwork): Promise<void> {
     killNamespaceProcesses(pod.netns);
     await ip('netns', 'del', pod.netns).catch(() => undefined);
+    // Deleted explicitly: the kernel removes a dead namespace's veth pairs only some time later.
     await ip('link', 'del', pod.hostVeth).catch(() => undefined);
+    this.veths.delete(pod.hostVeth);
     rmSync(`${NETNS_ETC}/${pod.netns}`, { recursive: true, force: true });
     await ip('neigh', 'flush', 'to', pod.ip, 'dev', this.bridge).catch(() => undefined);
     this.namespaces.delete(pod.netns);
@@ -335,6 +339,14 @@ export class ClusterNetwork {
       rmSync(`${NETNS_ETC}/${ns}`, { recursive: true, force: true });
     }
     this.namespaces.clear();
+    for (const veth of this.veths) {
+      try {
+        execFileSync('ip', ['link', 'del', veth], { stdio: 'ignore' });
+      } catch {
+        // went with its namespace
+      }
+    }
+    this.veths.clear();
     try {
       execFileSync('ip', ['link', 'del', this.bridge], { stdio: 'ignore' });
     } catch {

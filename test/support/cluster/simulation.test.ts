@@ -3,7 +3,7 @@
  * server (test/fixtures/cluster-image stands for an image's `/app/`). Needs root and network
  * namespaces; without them the suite is skipped with the reason printed.
  */
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { chmodSync, existsSync, lstatSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
@@ -388,6 +388,42 @@ describe.skipIf(unavailable !== undefined)('cluster simulation: failures and cle
     } finally {
       await sim.stop();
     }
+  });
+
+  it.each([
+    { mode: 'exit', how: 'exits (its exit handler cleans up)' },
+    { mode: 'hang', how: 'is killed (the next start cleans up)' },
+  ] as const)('what a simulation leaves when its process $how is removed', async ({ mode }) => {
+    const dir = manifests('owner', [deployment('web', { replicas: 2 })]);
+    const root = fileURLToPath(new URL('../../..', import.meta.url));
+    const child = spawn(process.execPath, ['bin/run-ts.mjs', 'test/support/cluster/owner-process.ts', mode, dir, imageDir, IMAGE], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
+    let output = '';
+    child.stdout.on('data', (c: Buffer) => (output += c.toString()));
+    child.stderr.on('data', (c: Buffer) => (output += c.toString()));
+    const report = await eventually(
+      () => {
+        const line = output.split('\n').find((l) => l.startsWith('{'));
+        if (!line) throw new Error(`no report yet: ${output}`);
+        return JSON.parse(line) as { stateDir: string; pids: number[] };
+      },
+      { timeoutMs: 30_000, intervalMs: 100 },
+    );
+    const prefix = `evs${report.stateDir.split('/').pop()}`;
+    if (mode === 'hang') child.kill('SIGKILL');
+    await new Promise((resolve) => (child.exitCode !== null || child.signalCode !== null ? resolve(undefined) : child.once('exit', resolve)));
+    if (mode === 'hang') {
+      // Killed outright: its pods still run in their namespaces until someone cleans up.
+      expect(execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' })).toContain(prefix);
+      const removed = ClusterSimulation.removeLeftovers();
+      expect(removed.some((r) => r.includes(prefix))).toBe(true);
+    }
+    expect(execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' })).not.toContain(prefix);
+    expect(execFileSync('ip', ['-o', 'link', 'show'], { encoding: 'utf8' })).not.toContain(prefix);
+    expect(existsSync('/etc/netns') ? readdirSync('/etc/netns').filter((n) => n.startsWith(prefix)) : []).toEqual([]);
+    expect(existsSync(report.stateDir)).toBe(false);
+    await eventually(() => {
+      for (const pid of report.pids) expect(() => process.kill(pid, 0)).toThrow();
+    });
   });
 
   it('stop() leaves no network namespace, link, /etc/netns entry or file behind', async () => {
