@@ -53,6 +53,7 @@ describe.skipIf(reason !== undefined)(NAME, () => {
     const stream = `EVOK8SSIM_${run}`;
     let sim: ClusterSimulation;
     let edge = '';
+    let configMapTopology = '';
 
     beforeAll(async () => {
       const pg = new URL(postgresUrl());
@@ -94,6 +95,7 @@ describe.skipIf(reason !== undefined)(NAME, () => {
       topology.storage = { ...topology.storage, schemaPrefix };
       topology.events = { ...topology.events, stream };
       configMap.data['evolith.yaml'] = YAML.stringify(topology);
+      configMapTopology = configMap.data['evolith.yaml'];
       writeFileSync(topologyFile, YAML.stringify(configMap));
 
       await sim.apply(out);
@@ -147,6 +149,22 @@ describe.skipIf(reason !== undefined)(NAME, () => {
       expect(settlement.status, paid).toBe(200);
       expect(JSON.parse(paid)).toHaveProperty('payId');
     };
+
+    it('an edit of the topology ConfigMap reaches every pod through its mounted volume and applies live', async () => {
+      const topology = YAML.parse(configMapTopology) as Record<string, any>;
+      topology.policies = { ...topology.policies, warehouse: { timeoutMs: 7000 } };
+      sim.updateConfigMap('evolith-topology', { 'evolith.yaml': YAML.stringify(topology) }, namespace);
+      const groups = sim.pods().filter((p) => !p.workload.endsWith('-wakeups'));
+      await eventually(
+        () => {
+          for (const p of groups) expect(sim.logs(p.name).join('\n'), p.name).toContain('policies updated from the topology');
+        },
+        { timeoutMs: 15_000, intervalMs: 250 },
+      ).catch((err: Error) => {
+        throw new Error(`${err.message}\n${podLogs()}`);
+      });
+      expect((await fetch(`${edge}/restful/products`)).status).toBe(200);
+    }, 30_000);
 
     it('a deleted warehouse pod is replaced, and the edge finds the new one', async () => {
       // In a mesh a group with versions has a Deployment per version (warehouse-v1, …).
