@@ -339,6 +339,8 @@ export interface PodInit {
   extraEnv: Record<string, string>;
   /** Knative probes the container port when a probe names none, and probes readiness by TCP when it has none. */
   knative?: { port: number };
+  /** A StatefulSet pod's persistent volumes (its volumeClaimTemplates), by claim name: directories that outlive the pod. */
+  claims?: Record<string, string>;
   context: PodContext;
 }
 
@@ -456,6 +458,14 @@ export class Pod {
 
   private writeVolumes(): void {
     const owner = this.owner();
+    for (const [name, dir] of Object.entries(this.init.claims ?? {})) {
+      if (this.volumes.has(name)) continue;
+      // The parent readable by all (the pod's user must get through it), the claim the pod's own.
+      mkdirSync(dirname(dir), { recursive: true, mode: 0o755 });
+      mkdirSync(dir, { recursive: true, mode: 0o770 });
+      if (owner) chownSync(dir, owner.uid, owner.gid);
+      this.volumes.set(name, { emptyDir: dir });
+    }
     for (const v of this.spec.volumes ?? []) {
       if (this.volumes.has(v.name)) continue;
       const dir = join(this.dir, 'volumes', v.name);

@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
 import { eventually } from '../eventually.js';
+import { NATS_SERVER_BIN } from '../nats-server.js';
 import { ClusterSimulation } from './simulation.js';
 
 const IMAGE = 'example.test/fixture:1';
@@ -113,6 +114,7 @@ describe.skipIf(unavailable !== undefined)('cluster simulation', () => {
     sim = await ClusterSimulation.start({
       appImages: ['example.test/fixture'],
       imageDir,
+      foreignImages: { 'nats:2.10-alpine': { entrypoint: [NATS_SERVER_BIN] } },
       externals: [{ port: EXTERNAL_PORT, target: `127.0.0.1:${port}` }],
       timeScale: 0.1,
     });
@@ -340,6 +342,61 @@ describe.skipIf(unavailable !== undefined)('cluster simulation', () => {
     const viaSink = await getJson(`http://${source.ip}:8081/fetch?url=${encodeURIComponent(`${sourceEnv.K_SINK}/whoami`)}`);
     expect(viaSink.status).toBe(200);
     expect(sim.ignored()).toContainEqual({ apiVersion: 'autoscaling/v2', kind: 'HorizontalPodAutoscaler', namespace: ns, name: 'fn' });
+  });
+
+  it.skipIf(!existsSync(NATS_SERVER_BIN))('a StatefulSet of a mapped image: ordinal pods, their DNS names, and a volume claim that outlives the pod', async () => {
+    const ns = 'stateful';
+    await sim.apply(
+      manifests(ns, [
+        {
+          apiVersion: 'apps/v1',
+          kind: 'StatefulSet',
+          metadata: { name: 'nats' },
+          spec: {
+            serviceName: 'nats',
+            replicas: 1,
+            selector: { matchLabels: { app: 'nats' } },
+            template: {
+              metadata: { labels: { app: 'nats' } },
+              spec: {
+                securityContext: { runAsNonRoot: true, runAsUser: 1000, runAsGroup: 1000, fsGroup: 1000 },
+                containers: [
+                  {
+                    name: 'nats',
+                    image: 'nats:2.10-alpine',
+                    args: ['-js', '-sd', '/data', '-m', '8222'],
+                    ports: [
+                      { name: 'client', containerPort: 4222 },
+                      { name: 'monitor', containerPort: 8222 },
+                    ],
+                    readinessProbe: { httpGet: { path: '/healthz?js-enabled-only=true', port: 'monitor' }, periodSeconds: 2 },
+                    volumeMounts: [{ name: 'data', mountPath: '/data' }],
+                  },
+                ],
+              },
+            },
+            volumeClaimTemplates: [{ metadata: { name: 'data' }, spec: { accessModes: ['ReadWriteOnce'], resources: { requests: { storage: '1Gi' } } } }],
+          },
+        },
+        service('nats', 'nats', true, 4222, 'client'),
+        deployment('client'),
+        service('client', 'client'),
+      ]),
+    );
+    await sim.waitReady(30_000);
+    const nats = sim.pods().find((p) => p.namespace === ns && p.workload === 'nats')!;
+    expect(nats.name).toBe('nats-0');
+    expect(await resolveFromPod(sim, ns, `nats-0.nats.${ns}.svc.cluster.local`)).toEqual({ addresses: [nats.ip] });
+    expect(await resolveFromPod(sim, ns, `nats.${ns}.svc.cluster.local`)).toEqual({ addresses: [nats.ip] });
+    const claim = join(sim.stateDir, 'claims', 'data-nats-0');
+    await eventually(() => expect(readdirSync(claim)).toContain('jetstream'));
+
+    await sim.deletePod('nats-0');
+    await sim.waitReady(30_000);
+    const again = sim.pods().find((p) => p.namespace === ns && p.workload === 'nats')!;
+    expect(again.name).toBe('nats-0');
+    expect(again.pid).not.toBe(nats.pid);
+    expect(readdirSync(claim)).toContain('jetstream');
   });
 
   it('refuses images that are neither the app\'s nor mapped, naming them', async () => {

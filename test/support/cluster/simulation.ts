@@ -100,6 +100,8 @@ interface Workload {
   templateJson: string;
   extraEnv: Record<string, string>;
   knativePort?: number;
+  /** A StatefulSet's volumeClaimTemplates' names. */
+  claims: string[];
   selectorLabels: Record<string, string>;
   pods: Set<Pod>;
   /** Pods being created (their network namespace is being set up): counted as live, so none is created twice. */
@@ -221,7 +223,7 @@ export class ClusterSimulation {
           else this.applyWorkload('Deployment', ns, o.metadata.name, o.spec?.replicas ?? 1, o.spec?.template, {}, o.spec?.selector?.matchLabels);
           break;
         case 'StatefulSet':
-          this.applyWorkload('StatefulSet', ns, o.metadata.name, o.spec?.replicas ?? 1, o.spec?.template, {}, o.spec?.selector?.matchLabels);
+          this.applyWorkload('StatefulSet', ns, o.metadata.name, o.spec?.replicas ?? 1, o.spec?.template, {}, o.spec?.selector?.matchLabels, undefined, o.spec?.volumeClaimTemplates);
           break;
         case 'ContainerSource':
           if (!o.apiVersion.startsWith('sources.knative.dev/')) this.ignore(o);
@@ -376,6 +378,7 @@ export class ClusterSimulation {
     extraEnv: Record<string, string>,
     selectorLabels: Record<string, string> | undefined,
     knativePort?: number,
+    claimTemplates?: { metadata?: { name?: string } }[],
   ): void {
     const key = `${kind}/${namespace}/${name}`;
     if (!template?.spec?.containers?.length) throw new ManifestError(`${kind} ${namespace}/${name} has no pod template with containers`);
@@ -406,6 +409,7 @@ export class ClusterSimulation {
       templateJson,
       extraEnv,
       knativePort,
+      claims: (claimTemplates ?? []).map((c) => c.metadata?.name).filter((n): n is string => !!n),
       selectorLabels: selectorLabels ?? labels,
       pods: new Set(),
       creating: 0,
@@ -477,6 +481,8 @@ export class ClusterSimulation {
       clusterDomain: this.clusterDomain,
       extraEnv: w.extraEnv,
       knative: w.knativePort !== undefined ? { port: w.knativePort } : undefined,
+      // Kept under the simulation, not the pod: a StatefulSet's replacement pod gets the same data back.
+      claims: Object.fromEntries(w.claims.map((c) => [c, join(this.network.stateDir, 'claims', `${c}-${name}`)])),
       context: this.podContext(),
     });
     if (this.stopped) {
