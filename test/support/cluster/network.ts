@@ -234,32 +234,42 @@ export class ClusterNetwork {
       }
     }
     writeFileSync(`${STATE_ROOT}/${id}/owner.pid`, String(process.pid));
-    const used = await usedNetworks();
-    let base = 0;
-    for (let attempt = 0; attempt < 200; attempt++) {
-      const candidate = toInt(`10.${64 + Math.floor(Math.random() * 64)}.${Math.floor(Math.random() * 256)}.0`);
-      if (!used.some(([n, len]) => len > 0 && overlaps(candidate, 24, n, len))) {
-        base = candidate;
-        break;
+    for (let attempt = 0; ; attempt++) {
+      const used = await usedNetworks();
+      let base = 0;
+      for (let i = 0; i < 200; i++) {
+        const candidate = toInt(`10.${64 + Math.floor(Math.random() * 64)}.${Math.floor(Math.random() * 256)}.0`);
+        if (!used.some(([n, len]) => len > 0 && overlaps(candidate, 24, n, len))) {
+          base = candidate;
+          break;
+        }
       }
+      if (base === 0) throw new Error('no free /24 in 10.64.0.0/10 for the simulated cluster');
+      const net = new ClusterNetwork(id, base);
+      await net.createBridge();
+      // Another simulation starting at the same moment may have picked the same /24: then both
+      // routes exist, and the one that sees it gives its bridge up and picks again.
+      const routes = (await ip('-4', 'route', 'show', net.subnet)).trim().split('\n').filter(Boolean);
+      if (routes.length === 1 || attempt >= 5) return net;
+      await ip('link', 'del', net.bridge).catch(() => undefined);
     }
-    if (base === 0) throw new Error('no free /24 in 10.64.0.0/10 for the simulated cluster');
-    const net = new ClusterNetwork(id, base);
+  }
+
+  private async createBridge(): Promise<void> {
     try {
-      await ip('link', 'add', net.bridge, 'type', 'bridge');
+      await ip('link', 'add', this.bridge, 'type', 'bridge');
       // A fixed address: without one a bridge takes the lowest MAC of its ports, so removing a pod
       // would change it and every other pod's ARP entry for the host address and ClusterIPs would
       // point nowhere until it expires (connections hang in SYN-SENT meanwhile).
       const mac = randomBytes(6);
       mac[0] = (mac[0]! & 0xfe) | 0x02; // unicast, locally administered
-      await ip('link', 'set', net.bridge, 'address', [...mac].map((b) => b.toString(16).padStart(2, '0')).join(':'));
-      await ip('addr', 'add', `${net.hostAddress}/24`, 'dev', net.bridge);
-      await ip('link', 'set', net.bridge, 'up');
+      await ip('link', 'set', this.bridge, 'address', [...mac].map((b) => b.toString(16).padStart(2, '0')).join(':'));
+      await ip('addr', 'add', `${this.hostAddress}/24`, 'dev', this.bridge);
+      await ip('link', 'set', this.bridge, 'up');
     } catch (err) {
-      net.destroySync();
+      this.destroySync();
       throw err;
     }
-    return net;
   }
 
   /** Allocates a ClusterIP and adds it to the bridge. */

@@ -6,10 +6,12 @@
 import { execFileSync, spawn } from 'node:child_process';
 import { chmodSync, existsSync, lstatSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import dnsPacket from 'dns-packet';
 import { stringify } from 'yaml';
 import { eventually } from '../eventually.js';
 import { NATS_SERVER_BIN } from '../nats-server.js';
@@ -99,6 +101,24 @@ function resolveFromPod(sim: ClusterSimulation, ns: string, name: string, via?: 
   return getJson(`${sim.url('client', 80, ns)}/resolve?name=${encodeURIComponent(name)}${via ? `&via=${via}` : ''}`);
 }
 
+/** Asks the simulation's name server for A records over TCP (2-byte length-prefixed messages). */
+async function queryTcp(host: string, name: string): Promise<string[]> {
+  const socket = connect(53, host);
+  const query = dnsPacket.streamEncode({ type: 'query', id: 7, flags: dnsPacket.RECURSION_DESIRED, questions: [{ type: 'A', name }] });
+  socket.write(query);
+  let buffered = Buffer.alloc(0);
+  const answer = await new Promise<Buffer>((resolve, reject) => {
+    socket.on('data', (chunk: Buffer) => {
+      buffered = Buffer.concat([buffered, chunk]);
+      if (buffered.length >= 2 && buffered.length >= 2 + buffered.readUInt16BE(0)) resolve(buffered);
+    });
+    socket.on('error', reject);
+  });
+  socket.destroy();
+  const packet = dnsPacket.streamDecode(answer);
+  return (packet.answers ?? []).map((a) => (a as { data: string }).data).sort();
+}
+
 describe.skipIf(unavailable !== undefined)('cluster simulation', () => {
   let sim: ClusterSimulation;
   let outside: Server;
@@ -149,6 +169,8 @@ describe.skipIf(unavailable !== undefined)('cluster simulation', () => {
     const [a, b] = web;
     expect(await resolveFromPod(sim, ns, `${a!.ip.replace(/\./g, '-')}.${ns}.pod.cluster.local`)).toEqual({ addresses: [a!.ip] });
     expect(await resolveFromPod(sim, ns, `nothing.${ns}.svc.cluster.local`)).toEqual({ error: 'ENOTFOUND' });
+    // The name server over TCP too (what a resolver falls back to on a truncated answer).
+    expect(await queryTcp(sim.hostAddress, `web.${ns}.svc.cluster.local`)).toEqual(ips);
     // A headless Service's URL is a ready pod's address at the target port.
     expect(sim.url('web', 7000, ns)).toMatch(/^http:\/\/[\d.]+:8080$/);
 
