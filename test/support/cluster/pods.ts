@@ -445,14 +445,19 @@ export class Pod {
       this.writeVolumes();
       for (const c of this.containers) this.launchOf(c);
     } catch (err) {
-      if (!(err instanceof MissingReference)) throw err;
+      if (!(err instanceof MissingReference)) {
+        // Something the simulation cannot run (a volume kind, a fieldRef): the pod stays, not
+        // ready, with the reason in its status, as a pod stuck in CreateContainerConfigError does.
+        this.waiting = (err as Error).message;
+        this.log('pod', `cannot start: ${this.waiting}`);
+        return;
+      }
       if (this.waiting !== err.message) this.log('pod', `waiting: ${err.message}`);
       this.waiting = err.message;
       this.retryTimer = setTimeout(() => this.start(), 1000 * this.context.timeScale);
       return;
     }
     this.waiting = undefined;
-    if (this.spec.initContainers?.length) throw new Error(`pod ${this.name}: init containers are not simulated`);
     for (const c of this.containers) c.start();
   }
 

@@ -449,6 +449,11 @@ describe.skipIf(unavailable !== undefined)('cluster simulation: failures and cle
       expect(error?.message).toMatch(/pod broken\/broken-[a-z0-9]+-[a-z0-9]+ not ready: main: not ready \(readiness probe: GET http:\/\/[\d.]+:8080\/nope answered 404\)/);
       expect(error?.message).toContain('listening on 8080');
       expect(error?.message).not.toMatch(/pod broken\/fine-/);
+
+      // A pod the simulation cannot start says why in its status and in waitReady's report.
+      await sim.apply(manifests('broken', [deployment('odd', { env: [{ name: 'NODE', valueFrom: { fieldRef: { fieldPath: 'spec.hostUsers' } } }] })]));
+      await eventually(() => expect(sim.pods().find((p) => p.workload === 'odd')?.waiting).toMatch(/fieldRef spec.hostUsers is not simulated/));
+      await expect(sim.waitReady(500)).rejects.toThrow(/pod broken\/odd-[a-z0-9-]+ not ready: pod odd-[a-z0-9-]+: fieldRef spec.hostUsers is not simulated/);
     } finally {
       await sim.stop();
     }
