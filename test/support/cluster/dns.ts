@@ -4,16 +4,34 @@
  * a pod that turns unready leaves a headless Service's answer at once.
  *
  * A name the cluster knows but that has no address now (a headless Service with no ready pod)
- * answers NOERROR with no records; a name it does not know answers NXDOMAIN. AAAA and other
+ * answers NOERROR with no records; a name in the cluster's domain it does not know answers
+ * NXDOMAIN; a name outside it is asked of the machine's own resolver. AAAA and other
  * types of a known name answer NOERROR with no records, so a resolver asking A and AAAA together
  * (getaddrinfo) keeps the A answer.
  */
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { createServer, type Server, type Socket } from 'node:net';
+import { Resolver } from 'node:dns/promises';
 import dnsPacket from 'dns-packet';
 
-/** What a name is: unknown, or known with these IPv4 addresses (possibly none). */
-export type Lookup = { known: false } | { known: true; addresses: string[] };
+/**
+ * What a name is: unknown, known with these IPv4 addresses (possibly none), or outside the
+ * cluster's domain (then the machine's own resolver answers, as CoreDNS forwards such names).
+ */
+export type Lookup = { known: false } | { known: true; addresses: string[] } | { outside: true };
+
+/** The machine's resolver, for names outside the cluster (the default `forward . /etc/resolv.conf`). */
+const upstream = new Resolver({ timeout: 2000, tries: 1 });
+
+async function resolveOutside(name: string): Promise<Exclude<Lookup, { outside: true }>> {
+  try {
+    return { known: true, addresses: await upstream.resolve4(name) };
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENODATA') return { known: true, addresses: [] };
+    return { known: false };
+  }
+}
 
 const NXDOMAIN = 3;
 const SERVFAIL = 2;
@@ -26,7 +44,7 @@ export class ClusterDns {
   ) {}
 
   static async start(host: string, lookup: (name: string) => Lookup, port = 53): Promise<ClusterDns> {
-    const answer = (query: Buffer): Buffer | undefined => {
+    const answer = async (query: Buffer): Promise<Buffer | undefined> => {
       let packet: dnsPacket.DecodedPacket;
       try {
         packet = dnsPacket.decode(query);
@@ -41,7 +59,9 @@ export class ClusterDns {
       };
       if (!question) return dnsPacket.encode({ ...base, flags: dnsPacket.AUTHORITATIVE_ANSWER | SERVFAIL });
       const name = question.name.toLowerCase().replace(/\.$/, '');
-      const found = lookup(name);
+      const asked = lookup(name);
+      const found: Exclude<Lookup, { outside: true }> =
+        'outside' in asked ? (question.type === 'A' ? await resolveOutside(name) : { known: true, addresses: [] }) : asked;
       // Recursion desired is echoed and available claimed: resolvers (c-ares, glibc) take the answer as final.
       const flags = dnsPacket.AUTHORITATIVE_ANSWER | dnsPacket.RECURSION_DESIRED | dnsPacket.RECURSION_AVAILABLE;
       if (!found.known) return dnsPacket.encode({ ...base, flags: flags | NXDOMAIN });
@@ -54,8 +74,9 @@ export class ClusterDns {
 
     const udp = createSocket('udp4');
     udp.on('message', (msg, rinfo) => {
-      const reply = answer(msg);
-      if (reply) udp.send(reply, rinfo.port, rinfo.address);
+      void answer(msg).then((reply) => {
+        if (reply) udp.send(reply, rinfo.port, rinfo.address);
+      });
     });
     await new Promise<void>((resolve, reject) => {
       udp.once('error', reject);
@@ -76,13 +97,14 @@ export class ClusterDns {
         while (buffered.length >= 2) {
           const len = buffered.readUInt16BE(0);
           if (buffered.length < 2 + len) break;
-          const reply = answer(buffered.subarray(2, 2 + len));
+          const query = buffered.subarray(2, 2 + len);
           buffered = buffered.subarray(2 + len);
-          if (reply) {
+          void answer(query).then((reply) => {
+            if (!reply || socket.destroyed) return;
             const head = Buffer.alloc(2);
             head.writeUInt16BE(reply.length, 0);
             socket.write(Buffer.concat([head, reply]));
-          }
+          });
         }
       });
     });

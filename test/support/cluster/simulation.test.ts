@@ -5,6 +5,7 @@
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { chmodSync, existsSync, lstatSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { resolve4 } from 'node:dns/promises';
 import { createServer, type Server } from 'node:http';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -169,6 +170,15 @@ describe.skipIf(unavailable !== undefined)('cluster simulation', () => {
     const [a, b] = web;
     expect(await resolveFromPod(sim, ns, `${a!.ip.replace(/\./g, '-')}.${ns}.pod.cluster.local`)).toEqual({ addresses: [a!.ip] });
     expect(await resolveFromPod(sim, ns, `nothing.${ns}.svc.cluster.local`)).toEqual({ error: 'ENOTFOUND' });
+    // Names outside the cluster's domain get the machine's own answer.
+    expect(await resolveFromPod(sim, ns, 'nothing.invalid')).toEqual({ error: 'ENOTFOUND' });
+    const outsideName = 'registry.npmjs.org';
+    const fromHost = await resolve4(outsideName).then(
+      (a) => a.sort(),
+      () => undefined,
+    );
+    if (fromHost) expect(await resolveFromPod(sim, ns, outsideName)).toEqual({ addresses: fromHost });
+    else console.warn(`[cluster-sim] this machine cannot resolve ${outsideName}: forwarding of outside names checked with a failing name only`);
     // The name server over TCP too (what a resolver falls back to on a truncated answer).
     expect(await queryTcp(sim.hostAddress, `web.${ns}.svc.cluster.local`)).toEqual(ips);
     // A headless Service's URL is a ready pod's address at the target port.

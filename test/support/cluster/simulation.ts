@@ -578,7 +578,7 @@ export class ClusterSimulation {
   private lookup(name: string): Lookup {
     const suffix = `.${this.clusterDomain}`;
     if (name === this.clusterDomain) return { known: true, addresses: [] };
-    if (!name.endsWith(suffix)) return { known: false };
+    if (!name.endsWith(suffix)) return { outside: true };
     const parts = name.slice(0, -suffix.length).split('.');
     if (parts.length === 3 && parts[2] === 'pod' && /^\d+-\d+-\d+-\d+$/.test(parts[0]!)) {
       return { known: true, addresses: [parts[0]!.replace(/-/g, '.')] };
