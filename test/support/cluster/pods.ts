@@ -334,7 +334,6 @@ export interface PodInit {
   network: PodNetwork;
   dir: string;
   logFile: string;
-  clusterDomain: string;
   /** Env the platform adds (Knative's PORT, K_SERVICE; a ContainerSource's K_SINK). */
   extraEnv: Record<string, string>;
   /** Knative probes the container port when a probe names none, and probes readiness by TCP when it has none. */

@@ -136,7 +136,6 @@ export class ClusterSimulation {
   private readonly exitHandler = () => this.destroySync();
   private dns: ClusterDns | undefined;
   private stopped = false;
-  private reconcileTimer: NodeJS.Timeout | undefined;
 
   private constructor(
     private readonly network: ClusterNetwork,
@@ -478,7 +477,6 @@ export class ClusterSimulation {
       network,
       dir,
       logFile,
-      clusterDomain: this.clusterDomain,
       extraEnv: w.extraEnv,
       knative: w.knativePort !== undefined ? { port: w.knativePort } : undefined,
       // Kept under the simulation, not the pod: a StatefulSet's replacement pod gets the same data back.
@@ -709,7 +707,6 @@ export class ClusterSimulation {
   async stop(options: { preStop?: boolean; graceMs?: number } = {}): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
-    if (this.reconcileTimer) clearTimeout(this.reconcileTimer);
     await Promise.allSettled(this.livePods().map((p) => p.stop({ preStop: options.preStop ?? false, graceMs: options.graceMs ?? 5000 })));
     await Promise.allSettled([...this.pending]);
     for (const s of this.services.values()) for (const f of s.forwarders) await f.close().catch(() => undefined);
