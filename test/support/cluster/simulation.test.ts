@@ -190,6 +190,16 @@ describe.skipIf(unavailable !== undefined)('cluster simulation', () => {
 
     await getJson(`http://${a!.ip}:8080/control?ready=true`);
     await eventually(async () => expect(await resolveFromPod(sim, ns, `web.${ns}.svc.cluster.local`)).toEqual({ addresses: ips }), { timeoutMs: 5000 });
+
+    // Scaling: a third pod joins the answer once ready; scaling back removes the newest.
+    sim.scale('web', 3, ns);
+    await sim.waitReady(30_000);
+    const three = sim.pods().filter((p) => p.namespace === ns && p.workload === 'web');
+    expect(three).toHaveLength(3);
+    expect(await resolveFromPod(sim, ns, `web.${ns}.svc.cluster.local`)).toEqual({ addresses: three.map((p) => p.ip).sort() });
+    sim.scale('web', 2, ns);
+    await eventually(async () => expect(await resolveFromPod(sim, ns, `web.${ns}.svc.cluster.local`)).toEqual({ addresses: ips }), { timeoutMs: 5000 });
+    await eventually(() => expect(sim.pods().filter((p) => p.namespace === ns && p.workload === 'web').map((p) => p.ip).sort()).toEqual(ips), { timeoutMs: 10_000 });
   });
 
   it('a ClusterIP Service forwards to ready endpoints, round robin, from the host and from a pod', async () => {

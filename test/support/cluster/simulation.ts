@@ -436,6 +436,7 @@ export class ClusterSimulation {
         const hash = w.kind === 'ContainerSource' ? 'deployment' : podSuffix(10);
         this.track(this.createPod(w, `${w.name}-${hash}-${podSuffix(5)}`));
       }
+      // Scaling down removes the newest pods first (a Set keeps creation order).
       for (const p of live.slice(w.replicas)) this.track(this.deletePodNow(p, true));
     }
   }
@@ -570,6 +571,19 @@ export class ClusterSimulation {
   updateSecret(name: string, data: Record<string, string>, namespace?: string): void {
     const ns = this.namespaceOf('Secret', name, namespace, this.secrets.keys());
     this.setSecret(ns, name, { ...data });
+  }
+
+  /**
+   * Sets a workload's replica count, as `kubectl scale` does (a Knative Service's pod count, which
+   * its autoscaler would otherwise decide): pods are added, or the newest removed gracefully.
+   */
+  scale(workload: string, replicas: number, namespace?: string): void {
+    if (!Number.isInteger(replicas) || replicas < 0) throw new Error(`replicas must be a whole number ≥ 0, got ${replicas}`);
+    const found = [...this.workloads.values()].filter((w) => w.name === workload && (namespace === undefined || w.namespace === namespace));
+    if (found.length === 0) throw new Error(`no workload named ${workload}${namespace ? ` in ${namespace}` : ''}`);
+    if (found.length > 1) throw new Error(`${workload} names several workloads (${found.map((w) => `${w.kind} ${w.namespace}/${w.name}`).join(', ')}): name the namespace`);
+    found[0]!.replicas = replicas;
+    this.reconcile();
   }
 
   /** Answers the name server's queries from the live state. */
