@@ -124,6 +124,8 @@ class ContainerRun {
   restarts = 0;
   lastProbeFailure: string | undefined;
   runAs = 'root';
+  /** How the process last ended. */
+  lastExit: { code: number | null; signal: NodeJS.Signals | null } | undefined;
   private incarnation = 0;
   private startedAt = 0;
   private backoffStep = 0;
@@ -173,6 +175,7 @@ class ContainerRun {
     child.on('close', (code, signal) => {
       const ran = Date.now() - this.startedAt;
       pod.log(this.spec.name, `exited (${signal ? `signal ${signal}` : `code ${code}`}) after ${ran} ms`);
+      this.lastExit = { code, signal };
       this.ready = false;
       this.started = false;
       this.process = undefined;
@@ -290,11 +293,17 @@ class ContainerRun {
    * Stops the running process as the kubelet does: preStop (when asked), SIGTERM, SIGKILL when the
    * grace period is over. The close handler restarts it unless the container is being stopped.
    */
-  async kill(runPreStop: boolean, graceMs = this.pod.graceMs): Promise<void> {
+  async kill(runPreStop: boolean, graceMs = this.pod.graceMs, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
     const child = this.process;
     if (!child) return;
     this.ready = false;
     this.pod.context.changed();
+    if (signal !== 'SIGTERM') {
+      // A crash, not a deletion: no preStop, no grace.
+      child.kill(signal);
+      await this.exited;
+      return;
+    }
     const deadline = Date.now() + graceMs;
     const preStop = this.spec.lifecycle?.preStop?.exec?.command;
     if (runPreStop && preStop) {
@@ -311,10 +320,10 @@ class ContainerRun {
   }
 
   /** Stops for good (pod deletion). */
-  async stop(runPreStop: boolean, graceMs?: number): Promise<void> {
+  async stop(runPreStop: boolean, graceMs?: number, signal?: NodeJS.Signals): Promise<void> {
     if (this.restartTimer) clearTimeout(this.restartTimer);
     this.stopping = true;
-    await this.kill(runPreStop, graceMs);
+    await this.kill(runPreStop, graceMs, signal);
   }
 
   /** Kills at once, synchronously (process exit). */
@@ -644,12 +653,17 @@ export class Pod {
   }
 
   /** Deletion: out of endpoints at once, then each container's preStop, SIGTERM, SIGKILL after the grace period. */
-  async stop(options: { preStop: boolean; graceMs?: number }): Promise<void> {
+  async stop(options: { preStop: boolean; graceMs?: number; signal?: NodeJS.Signals }): Promise<void> {
     this.terminating = true;
     if (this.retryTimer) clearTimeout(this.retryTimer);
     this.context.changed();
-    this.log('pod', 'terminating');
-    await Promise.all(this.containers.map((c) => c.stop(options.preStop, options.graceMs)));
+    this.log('pod', options.signal && options.signal !== 'SIGTERM' ? `killed (${options.signal})` : 'terminating');
+    await Promise.all(this.containers.map((c) => c.stop(options.preStop, options.graceMs, options.signal)));
+  }
+
+  /** How each container's process last ended (undefined: it never ran). */
+  exits(): { container: string; code: number | null; signal: NodeJS.Signals | null }[] {
+    return this.containers.flatMap((c) => (c.lastExit ? [{ container: c.spec.name, ...c.lastExit }] : []));
   }
 
   killNow(): void {

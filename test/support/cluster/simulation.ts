@@ -69,6 +69,14 @@ export interface PodInfo {
   containers: ContainerStatus[];
 }
 
+/** How one container's process ended. */
+export interface ContainerExit {
+  pod: string;
+  container: string;
+  code: number | null;
+  signal: NodeJS.Signals | null;
+}
+
 export interface IgnoredObject {
   apiVersion: string;
   kind: string;
@@ -616,10 +624,10 @@ export class ClusterSimulation {
    * Waits until every workload has its pods and every pod is ready; on timeout the error names
    * each pod that is not, why (its last probe failure, a missing reference) and its last log lines.
    */
-  async waitReady(timeoutMs = 60_000): Promise<void> {
+  async waitReady(timeoutMs = 60_000, namespace?: string): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
-      const problems = this.notReady();
+      const problems = this.notReady(namespace);
       if (problems.length === 0) return;
       if (Date.now() >= deadline) {
         throw new Error(`the simulated cluster was not ready within ${timeoutMs} ms:\n${problems.join('\n')}`);
@@ -628,13 +636,14 @@ export class ClusterSimulation {
     }
   }
 
-  private notReady(): string[] {
+  private notReady(namespace?: string): string[] {
     const problems: string[] = [];
     for (const w of this.workloads.values()) {
+      if (namespace !== undefined && w.namespace !== namespace) continue;
       const live = [...w.pods].filter((p) => !p.terminating);
       if (live.length < w.replicas) problems.push(`${w.kind} ${w.namespace}/${w.name}: ${live.length} of ${w.replicas} pods created`);
     }
-    for (const pod of this.livePods()) {
+    for (const pod of this.livePods(namespace)) {
       if (pod.terminating || pod.ready) continue;
       const statuses = pod.containerStatuses();
       const why =
@@ -712,6 +721,33 @@ export class ClusterSimulation {
     this.podsByName.delete(pod.name);
     for (const w of this.workloads.values()) w.pods.delete(pod);
     this.reconcile();
+  }
+
+  /**
+   * Deletes every workload of a namespace, as deleting its Deployments (and the rest) does: no
+   * controller replaces their pods, which all stop at once — preStop when asked, then `signal`
+   * (SIGTERM by default, SIGKILL after `graceMs`; another signal is sent alone, as a crash) —
+   * and resolves how each container's process ended. Applying the manifests again recreates them.
+   * `only` names the workloads to delete (default: all of the namespace).
+   */
+  async removeWorkloads(
+    namespace: string,
+    options: { signal?: NodeJS.Signals; graceMs?: number; preStop?: boolean; only?: readonly string[] } = {},
+  ): Promise<ContainerExit[]> {
+    const chosen = (name: string) => options.only === undefined || options.only.includes(name);
+    for (const [key, w] of this.workloads) if (w.namespace === namespace && chosen(w.name)) this.workloads.delete(key);
+    const pods = this.livePods(namespace).filter((p) => !p.terminating && chosen(p.workload));
+    const exits: ContainerExit[] = [];
+    await Promise.all(
+      pods.map(async (pod) => {
+        await pod.stop({ preStop: options.preStop ?? false, graceMs: options.graceMs, signal: options.signal });
+        for (const e of pod.exits()) exits.push({ pod: pod.name, ...e });
+        await this.network.removePod(pod.network);
+        pod.removeFiles();
+        this.podsByName.delete(pod.name);
+      }),
+    );
+    return exits;
   }
 
   /**
