@@ -128,6 +128,10 @@ function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
+/** Lists a directory and every directory its links point at (run as the pod's user). */
+const READ_THROUGH_LINKS = `const fs = require('fs'), path = require('path'); const dir = process.argv[1];
+for (const e of fs.readdirSync(dir, { withFileTypes: true })) if (e.isSymbolicLink() && fs.statSync(path.join(dir, e.name)).isDirectory()) fs.readdirSync(path.join(dir, e.name));`;
+
 export class ClusterSimulation {
   readonly clusterDomain: string;
   private readonly timeScale: number;
@@ -513,7 +517,8 @@ export class ClusterSimulation {
   }
 
   /**
-   * Whether a process dropped to uid:gid can read the image directory and run node there; asked
+   * Whether a process dropped to uid:gid can read the image directory (and what its links point
+   * at: node_modules and the app are links into the checkout) and run node there; asked
    * once per user and directory. When not (a checkout under a private home directory, say), the
    * container runs as root and its pod's status says why.
    */
@@ -524,7 +529,7 @@ export class ClusterSimulation {
     try {
       execFileSync(
         'setpriv',
-        ['--reuid', String(uid), '--regid', String(gid), ...(groups.length ? ['--groups', groups.join(',')] : ['--clear-groups']), 'node', '-e', `require('fs').readdirSync(${JSON.stringify(dir)})`],
+        ['--reuid', String(uid), '--regid', String(gid), ...(groups.length ? ['--groups', groups.join(',')] : ['--clear-groups']), 'node', '-e', READ_THROUGH_LINKS, dir],
         { cwd: '/', stdio: ['ignore', 'ignore', 'pipe'], timeout: 10_000 },
       );
     } catch (err) {
