@@ -24,25 +24,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import YAML from 'yaml';
 import { buildPodImage } from '../../src/deploy/kubernetes/build.js';
 import { eventually } from '../support/eventually.js';
+import { SHARED_NATS, sharedNatsUnreachable } from '../support/nats-server.js';
 import { dropSchemas, postgresAvailable, postgresUrl } from '../support/postgres.js';
 
 const NAME = 'kubernetes: the generated manifests run';
-const NATS = '127.0.0.1:4222';
+const NATS = SHARED_NATS;
 const repoRoot = resolve(import.meta.dirname, '../..');
-
-async function natsUnavailable(): Promise<string | undefined> {
-  try {
-    const nc = await connect({ servers: NATS, timeout: 2_000, maxReconnectAttempts: 0 });
-    try {
-      await (await jetstreamManager(nc)).getAccountInfo();
-    } finally {
-      await nc.close();
-    }
-    return undefined;
-  } catch (err) {
-    return `NATS JetStream at ${NATS} is not reachable: ${(err as Error).message}`;
-  }
-}
 
 interface DnsPacket {
   decode(buf: Buffer): { id: number; questions: { type: string; name: string }[] };
@@ -150,7 +137,7 @@ async function forwarder(ip: string, port: number): Promise<Server> {
 }
 
 const pgUnavailable = await postgresAvailable();
-const natsMissing = await natsUnavailable();
+const natsMissing = await sharedNatsUnreachable();
 const reason = pgUnavailable ?? natsMissing;
 
 if (reason) {

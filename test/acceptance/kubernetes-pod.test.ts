@@ -25,25 +25,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DeploymentAuthority } from '../../src/auth/credentials.js';
 import { buildPodImage } from '../../src/deploy/kubernetes/build.js';
 import { eventually, sleep } from '../support/eventually.js';
+import { SHARED_NATS, sharedNatsUnreachable } from '../support/nats-server.js';
 import { dropSchemas, postgresAvailable, postgresUrl } from '../support/postgres.js';
 
 const NAME = 'kubernetes pod runtime';
-const NATS = '127.0.0.1:4222';
+const NATS = SHARED_NATS;
 const repoRoot = resolve(import.meta.dirname, '../..');
-
-async function natsUnavailable(): Promise<string | undefined> {
-  try {
-    const nc = await connect({ servers: NATS, timeout: 2_000, maxReconnectAttempts: 0 });
-    try {
-      await (await jetstreamManager(nc)).getAccountInfo();
-    } finally {
-      await nc.close();
-    }
-    return undefined;
-  } catch (err) {
-    return `NATS JetStream at ${NATS} is not reachable: ${(err as Error).message}`;
-  }
-}
 
 /** The part of dns-packet this test uses (the package ships no types). */
 interface DnsPacket {
@@ -141,7 +128,7 @@ async function get(url: string): Promise<{ status: number; body: string }> {
 }
 
 const pgUnavailable = await postgresAvailable();
-const natsMissing = await natsUnavailable();
+const natsMissing = await sharedNatsUnreachable();
 const reason = pgUnavailable ?? natsMissing;
 
 if (reason) {
