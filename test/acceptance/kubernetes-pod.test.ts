@@ -10,62 +10,24 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { createSocket, type Socket } from 'node:dgram';
 import { mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import { createServer as createHttpServer } from 'node:http';
 import { connect as http2Connect } from 'node:http2';
 import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { jetstreamManager } from '@nats-io/jetstream';
-import { connect } from '@nats-io/transport-node';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DeploymentAuthority } from '../../src/auth/credentials.js';
 import { buildPodImage } from '../../src/deploy/kubernetes/build.js';
 import { eventually, sleep } from '../support/eventually.js';
-import { SHARED_NATS, sharedNatsUnreachable } from '../support/nats-server.js';
+import { deleteSharedStreams, SHARED_NATS, sharedNatsUnreachable } from '../support/nats-server.js';
+import { dnsServer, podAddress } from '../support/pod-network.js';
 import { dropSchemas, postgresAvailable, postgresUrl } from '../support/postgres.js';
 
 const NAME = 'kubernetes pod runtime';
 const NATS = SHARED_NATS;
 const repoRoot = resolve(import.meta.dirname, '../..');
-
-/** The part of dns-packet this test uses (the package ships no types). */
-interface DnsPacket {
-  decode(buf: Buffer): { id: number; questions: { type: string; name: string; class: string }[] };
-  encode(packet: object): Buffer;
-  AUTHORITATIVE_ANSWER: number;
-}
-const dnsPacket = createRequire(import.meta.url)('dns-packet') as DnsPacket;
-
-/** A DNS server answering A queries from `records`; any other name is NXDOMAIN. */
-async function dnsServer(records: Map<string, string[]>): Promise<{ address: string; close(): void }> {
-  const socket: Socket = createSocket('udp4');
-  socket.on('message', (msg, from) => {
-    let query;
-    try {
-      query = dnsPacket.decode(msg);
-    } catch {
-      return;
-    }
-    const q = query.questions[0];
-    const ips = q && q.type === 'A' ? records.get(q.name.toLowerCase()) : undefined;
-    const nxdomain = q !== undefined && !records.has(q.name.toLowerCase());
-    const reply = dnsPacket.encode({
-      type: 'response',
-      id: query.id,
-      // rcode 3 (NXDOMAIN) in the low bits of the flags.
-      flags: dnsPacket.AUTHORITATIVE_ANSWER | (nxdomain ? 3 : 0),
-      questions: query.questions,
-      answers: (ips ?? []).map((ip) => ({ type: 'A', class: 'IN', name: q!.name, ttl: 1, data: ip })),
-    });
-    socket.send(reply, from.port, from.address);
-  });
-  await new Promise<void>((r) => socket.bind(0, '127.0.0.1', r));
-  return { address: `127.0.0.1:${socket.address().port}`, close: () => socket.close() };
-}
 
 interface Pod {
   readonly child: ChildProcess;
@@ -86,12 +48,6 @@ function configMapWriter(configMap: string): (text: string) => void {
     renameSync(join(configMap, '..data_tmp'), join(configMap, '..data'));
     if (version === 1) symlinkSync('..data/evolith.yaml', join(configMap, 'evolith.yaml'));
   };
-}
-
-/** A loopback address of a pod's own (127.0.0.0/8 is all loopback on Linux), as a pod has its own IP. */
-function podAddress(): string {
-  const b = randomBytes(3);
-  return `127.${10 + (b[0]! % 200)}.${b[1]!}.${1 + (b[2]! % 250)}`;
 }
 
 async function freePort(): Promise<number> {
@@ -213,12 +169,7 @@ if (reason) {
       for (const p of pods) if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGKILL');
       dns?.close();
       await dropSchemas(schemaPrefix).catch(() => undefined);
-      const nc = await connect({ servers: NATS });
-      try {
-        await (await jetstreamManager(nc)).streams.delete(stream).catch(() => undefined);
-      } finally {
-        await nc.close();
-      }
+      await deleteSharedStreams([stream]);
       rmSync(dir, { recursive: true, force: true });
     }, 30_000);
 
@@ -360,12 +311,7 @@ if (reason) {
       for (const p of pods) if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGKILL');
       dns?.close();
       await dropSchemas(schemaPrefix).catch(() => undefined);
-      const nc = await connect({ servers: NATS });
-      try {
-        await (await jetstreamManager(nc)).streams.delete(stream).catch(() => undefined);
-      } finally {
-        await nc.close();
-      }
+      await deleteSharedStreams([stream]);
       rmSync(dir, { recursive: true, force: true });
     }, 30_000);
 
