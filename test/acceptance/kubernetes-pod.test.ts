@@ -37,6 +37,32 @@ interface Pod {
 
 const pods: Pod[] = [];
 
+/**
+ * Waits until the group pod (its readiness probe at `groupReady`) and the edge are ready; a pod
+ * that exits meanwhile fails the wait at once. Either failure carries both pods' output.
+ */
+async function bothReady(group: Pod, edge: Pod, groupReady: string, edgePort: number): Promise<void> {
+  await eventually(
+    async () => {
+      if (group.child.exitCode !== null || edge.child.exitCode !== null) throw new Error('a pod exited');
+      expect((await get(groupReady)).status).toBe(200);
+      expect((await get(`http://127.0.0.1:${edgePort}/ready`)).status).toBe(200);
+    },
+    { timeoutMs: 30_000, intervalMs: 200 },
+  ).catch((err: Error) => {
+    throw new Error(`${err.message}\n--- group ---\n${group.output()}\n--- edge ---\n${edge.output()}`);
+  });
+}
+
+/** Kills every pod still running and removes what a block made: its DNS server, schemas, stream and directory. */
+async function cleanUp(dns: { close(): void } | undefined, schemaPrefix: string, stream: string, dir: string): Promise<void> {
+  for (const p of pods) if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGKILL');
+  dns?.close();
+  await dropSchemas(schemaPrefix).catch(() => undefined);
+  await deleteSharedStreams([stream]);
+  rmSync(dir, { recursive: true, force: true });
+}
+
 /** Writes a topology as Kubernetes updates a mounted ConfigMap: a new `..data` directory swapped in by a rename. */
 function configMapWriter(configMap: string): (text: string) => void {
   let version = 0;
@@ -153,25 +179,10 @@ if (reason) {
       });
       edgePort = await freePort();
       edge = startPod(image, [...common(edgeCredentials), '--edge', '--port', String(edgePort)], { ...env(), EVOLITH_POD_NAME: 'edge-0', EVOLITH_POD_IP: '127.0.0.1' });
-      await eventually(
-        async () => {
-          if (group.child.exitCode !== null || edge.child.exitCode !== null) throw new Error(`a pod exited:\n${group.output()}\n${edge.output()}`);
-          expect((await get(`http://${groupIp}:8081/ready`)).status).toBe(200);
-          expect((await get(`http://127.0.0.1:${edgePort}/ready`)).status).toBe(200);
-        },
-        { timeoutMs: 30_000, intervalMs: 200 },
-      ).catch((err: Error) => {
-        throw new Error(`${err.message}\n--- group ---\n${group.output()}\n--- edge ---\n${edge.output()}`);
-      });
+      await bothReady(group, edge, `http://${groupIp}:8081/ready`, edgePort);
     }, 60_000);
 
-    afterAll(async () => {
-      for (const p of pods) if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGKILL');
-      dns?.close();
-      await dropSchemas(schemaPrefix).catch(() => undefined);
-      await deleteSharedStreams([stream]);
-      rmSync(dir, { recursive: true, force: true });
-    }, 30_000);
+    afterAll(() => cleanUp(dns, schemaPrefix, stream, dir), 30_000);
 
     it('probes answer: /health and /ready of the group, /ready of the edge', async () => {
       expect(await get(`http://${groupIp}:8081/health`)).toMatchObject({ status: 200 });
@@ -295,25 +306,10 @@ if (reason) {
       group = startPod(image, [...common(groupCredentials), '--group', 'greeter', '--transport', 'http2', '--rpc-port', '7000', '--probe-port', '7000'], { ...env(), EVOLITH_POD_IP: groupIp });
       edgePort = await freePort();
       edge = startPod(image, [...common(edgeCredentials), '--edge', '--port', String(edgePort)], env());
-      await eventually(
-        async () => {
-          if (group.child.exitCode !== null || edge.child.exitCode !== null) throw new Error('a pod exited');
-          expect((await get(`http://${groupIp}:7000/ready`)).status).toBe(200);
-          expect((await get(`http://127.0.0.1:${edgePort}/ready`)).status).toBe(200);
-        },
-        { timeoutMs: 30_000, intervalMs: 200 },
-      ).catch((err: Error) => {
-        throw new Error(`${err.message}\n--- group ---\n${group.output()}\n--- edge ---\n${edge.output()}`);
-      });
+      await bothReady(group, edge, `http://${groupIp}:7000/ready`, edgePort);
     }, 60_000);
 
-    afterAll(async () => {
-      for (const p of pods) if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGKILL');
-      dns?.close();
-      await dropSchemas(schemaPrefix).catch(() => undefined);
-      await deleteSharedStreams([stream]);
-      rmSync(dir, { recursive: true, force: true });
-    }, 30_000);
+    afterAll(() => cleanUp(dns, schemaPrefix, stream, dir), 30_000);
 
     it('one port answers the probes and RPC over HTTP; a call without a credential is refused', async () => {
       expect((await get(`http://${groupIp}:7000/health`)).status).toBe(200);
