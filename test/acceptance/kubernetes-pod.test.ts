@@ -63,6 +63,25 @@ async function cleanUp(dns: { close(): void } | undefined, schemaPrefix: string,
   rmSync(dir, { recursive: true, force: true });
 }
 
+/** Writes a credential bundle as Kubernetes mounts a workload's Secret (readable by its owner only); returns the file. */
+function mountSecret(dir: string, workload: string, bundle: object): string {
+  const d = join(dir, `secret-${workload}`);
+  mkdirSync(d, { recursive: true });
+  writeFileSync(join(d, 'bundle.json'), JSON.stringify(bundle), { mode: 0o600 });
+  return join(d, 'bundle.json');
+}
+
+/** The environment the manifests give every pod: where it runs, its backends, and the DNS server standing in for the cluster's. */
+function podEnv(namespace: string, domain: string, dnsServerAddress: string): Record<string, string> {
+  return {
+    EVOLITH_NAMESPACE: namespace,
+    EVOLITH_CLUSTER_DOMAIN: domain,
+    EVOLITH_POSTGRES_URL: postgresUrl(),
+    EVOLITH_NATS_URL: `nats://${NATS}`,
+    EVOLITH_DNS_SERVER: dnsServerAddress,
+  };
+}
+
 /** Writes a topology as Kubernetes updates a mounted ConfigMap: a new `..data` directory swapped in by a rename. */
 function configMapWriter(configMap: string): (text: string) => void {
   let version = 0;
@@ -147,19 +166,9 @@ if (reason) {
       ].join('\n');
 
     const authority = new DeploymentAuthority(namespace);
-    const secret = (workload: string, bundle: object): string => {
-      const d = join(dir, `secret-${workload}`);
-      mkdirSync(d, { recursive: true });
-      writeFileSync(join(d, 'bundle.json'), JSON.stringify(bundle), { mode: 0o600 });
-      return join(d, 'bundle.json');
-    };
-    const env = () => ({
-      EVOLITH_NAMESPACE: namespace,
-      EVOLITH_CLUSTER_DOMAIN: domain,
-      EVOLITH_POSTGRES_URL: postgresUrl(),
-      EVOLITH_NATS_URL: `nats://${NATS}`,
-      EVOLITH_DNS_SERVER: dns.address,
-    });
+    const secret = (workload: string, bundle: object): string => mountSecret(dir, workload, bundle);
+    // Read when a pod starts: the DNS server is only up by then.
+    const env = () => podEnv(namespace, domain, dns.address);
     const common = (credentials: string) => ['--app-dir', join(image, 'app'), '--topology', join(configMap, 'evolith.yaml'), '--credentials', credentials];
 
     let group: Pod;
@@ -281,19 +290,9 @@ if (reason) {
       );
       return join(mount, 'evolith.yaml');
     };
-    const secret = (workload: string, bundle: object): string => {
-      const d = join(dir, `secret-${workload}`);
-      mkdirSync(d, { recursive: true });
-      writeFileSync(join(d, 'bundle.json'), JSON.stringify(bundle), { mode: 0o600 });
-      return join(d, 'bundle.json');
-    };
-    const env = () => ({
-      EVOLITH_NAMESPACE: namespace,
-      EVOLITH_CLUSTER_DOMAIN: domain,
-      EVOLITH_POSTGRES_URL: postgresUrl(),
-      EVOLITH_NATS_URL: `nats://${NATS}`,
-      EVOLITH_DNS_SERVER: dns.address,
-    });
+    const secret = (workload: string, bundle: object): string => mountSecret(dir, workload, bundle);
+    // Read when a pod starts: the DNS server is only up by then.
+    const env = () => podEnv(namespace, domain, dns.address);
 
     beforeAll(async () => {
       await buildPodImage(join(repoRoot, 'test/fixtures/greeter'), image);
