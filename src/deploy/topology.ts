@@ -1,8 +1,9 @@
-import { existsSync, readFileSync, watch } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import YAML from 'yaml';
 import { z } from 'zod';
 import { ConfigError } from '../kernel/errors.js';
+import { watchDirectoryDebounced } from './directory-watch.js';
 
 export const ARCHITECTURES = ['monolith', 'microservices', 'mesh', 'serverless', 'kubernetes'] as const;
 
@@ -337,9 +338,7 @@ function watchDirectory(
   debounceMs: number,
 ): TopologyWatch {
   let current = JSON.stringify(load());
-  let timer: NodeJS.Timeout | undefined;
   const reread = () => {
-    timer = undefined;
     let next: Topology;
     try {
       next = load();
@@ -353,17 +352,7 @@ function watchDirectory(
     onChange(next);
   };
   // Watch the directory, not the file: many editors save by writing a new file and renaming it.
-  const watcher = watch(dir, (_event, name) => {
-    if (name !== null && !relevant(name)) return;
-    clearTimeout(timer);
-    timer = setTimeout(reread, debounceMs);
-  });
-  return {
-    close() {
-      clearTimeout(timer);
-      watcher.close();
-    },
-  };
+  return watchDirectoryDebounced(dir, relevant, debounceMs, reread);
 }
 
 /** The topology as one version of a group sees it: the version's config over the group's. */

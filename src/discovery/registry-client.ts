@@ -9,6 +9,7 @@ import pino, { type Logger } from 'pino';
 import { tokenOf } from './registry-protocol.js';
 import type { Discovery } from '../kernel/plugins.js';
 import { sameEndpoints, type ServiceEndpoint } from './registry.js';
+import { EndpointListeners, SyncWaiters } from './watchers.js';
 import type { EndpointsEvent, HelloEvent, SnapshotEvent } from './registry-protocol.js';
 
 export interface RegistryClientOptions {
@@ -43,8 +44,8 @@ export class RegistryClient implements Discovery {
   private readonly initialMs: number;
   private readonly maxMs: number;
   private readonly cache = new Map<string, readonly ServiceEndpoint[]>();
-  private readonly listeners = new Map<string, Set<Listener>>();
-  private readonly syncWaiters = new Set<() => void>();
+  private readonly listeners = new EndpointListeners<ServiceEndpoint>();
+  private readonly syncWaiters = new SyncWaiters();
   private request: ClientRequest | undefined;
   private connection = 0;
   private failures = 0;
@@ -77,18 +78,7 @@ export class RegistryClient implements Discovery {
   /** Resolves true once a snapshot has arrived, false if `timeoutMs` passes first. */
   whenSynced(timeoutMs = 5_000): Promise<boolean> {
     if (this.syncedAt !== undefined) return Promise.resolve(true);
-    return new Promise((resolve) => {
-      const done = (): void => {
-        clearTimeout(timer);
-        this.syncWaiters.delete(done);
-        resolve(true);
-      };
-      const timer = setTimeout(() => {
-        this.syncWaiters.delete(done);
-        resolve(false);
-      }, timeoutMs);
-      this.syncWaiters.add(done);
-    });
+    return this.syncWaiters.wait(timeoutMs);
   }
 
   endpoints(service: string): readonly ServiceEndpoint[] {
@@ -97,12 +87,7 @@ export class RegistryClient implements Discovery {
 
   /** Calls `onChange` with the new list each time the service's endpoints change. */
   watch(service: string, onChange: Listener): () => void {
-    let set = this.listeners.get(service);
-    if (!set) this.listeners.set(service, (set = new Set()));
-    set.add(onChange);
-    return () => {
-      set.delete(onChange);
-    };
+    return this.listeners.add(service, onChange);
   }
 
   get connected(): boolean {
@@ -207,7 +192,7 @@ export class RegistryClient implements Discovery {
     this.isConnected = true;
     this.failures = 0;
     this.syncedAt = Date.now();
-    for (const w of [...this.syncWaiters]) w();
+    this.syncWaiters.release();
   }
 
   /**
@@ -224,13 +209,7 @@ export class RegistryClient implements Discovery {
     if (this.cache.has(service) && sameEndpoints(old, next)) return;
     const frozen = Object.freeze(next);
     this.cache.set(service, frozen);
-    for (const l of this.listeners.get(service) ?? []) {
-      try {
-        l(frozen);
-      } catch (err) {
-        this.log.error({ err, service }, 'endpoint listener failed');
-      }
-    }
+    this.listeners.emit(service, frozen, this.log);
   }
 
   private armIdle(id: number): void {

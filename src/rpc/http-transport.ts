@@ -278,26 +278,38 @@ export function rpcHttpAnswer(status: number, header: (name: string) => string |
   return status === 204 ? undefined : value;
 }
 
+/**
+ * Builds the request for one call with a transport's options (json unless told otherwise) and
+ * hands it to `go`, which sends it. A call that cannot go out fails as a rejected promise, as
+ * a call that went out and failed does, so that callers of either HTTP transport handle one kind
+ * of failure.
+ */
+export function sendRpcHttp(
+  options: HttpTransportOptions,
+  call: { address: string; method: MethodDef; input: unknown; meta: CallMeta },
+  go: (request: RpcHttpRequest) => Promise<unknown>,
+): Promise<unknown> {
+  let request: RpcHttpRequest;
+  try {
+    request = rpcHttpRequest(call.address, call.method, call.input, call.meta, options.format ?? 'json', options.plane);
+  } catch (err) {
+    return Promise.reject(err);
+  }
+  return go(request);
+}
+
 /** The client side of RPC over HTTP, on the global fetch (undici, keep-alive). */
 export class HttpTransport {
   readonly name = 'http';
-  private readonly format: RpcBodyFormat;
 
-  constructor(private readonly options: HttpTransportOptions = {}) {
-    this.format = options.format ?? 'json';
-  }
+  constructor(private readonly options: HttpTransportOptions = {}) {}
 
   /** Calls the instance at `address` (a base URL or "host:port"). */
   send(address: string, method: MethodDef, input: unknown, meta: CallMeta): Promise<unknown> {
-    let request: RpcHttpRequest;
-    try {
-      request = rpcHttpRequest(address, method, input, meta, this.format, this.options.plane);
-    } catch (err) {
-      return Promise.reject(err);
-    }
-    const { base, path, headers, body } = request;
-    const abort = new AbortController();
-    return withDeadline(this.post(base + path, base, { method: 'POST', headers, body, signal: abort.signal }), meta.deadline, `${method.fullName} at ${base}`, () => abort.abort());
+    return sendRpcHttp(this.options, { address, method, input, meta }, ({ base, path, headers, body }) => {
+      const abort = new AbortController();
+      return withDeadline(this.post(base + path, base, { method: 'POST', headers, body, signal: abort.signal }), meta.deadline, `${method.fullName} at ${base}`, () => abort.abort());
+    });
   }
 
   /** Nothing to release: the global fetch owns its connections. */

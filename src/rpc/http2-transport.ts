@@ -13,19 +13,15 @@
  */
 import http2, { type ClientHttp2Session, type ClientHttp2Stream, type IncomingHttpHeaders } from 'node:http2';
 import type { MethodDef } from '../contract/define.js';
-import type { InternalPlane } from '../auth/internal-plane.js';
 import { withDeadline } from '../kernel/deadline.js';
 import { UnavailableError } from '../kernel/errors.js';
 import type { CallMeta } from '../kernel/plugins.js';
-import { rpcBaseUrl, rpcHttpAnswer, rpcHttpRequest, type RpcBodyFormat, type RpcHttpRequest } from './http-transport.js';
+import { rpcBaseUrl, rpcHttpAnswer, sendRpcHttp, type HttpTransportOptions, type RpcHttpRequest } from './http-transport.js';
 
 const { NGHTTP2_CANCEL, NGHTTP2_REFUSED_STREAM } = http2.constants;
 
-export interface Http2TransportOptions {
-  /** Body format of requests and answers; default json. */
-  format?: RpcBodyFormat;
-  /** This process's credentials: without them, calls go out anonymous (and a call that names a caller is refused). */
-  plane?: InternalPlane;
+/** The options of the HTTP/1.1 transport (body format, credentials), and how it closes. */
+export interface Http2TransportOptions extends HttpTransportOptions {
   /** How long `close()` lets calls in flight answer before cutting their sessions; default 10 s. */
   closeDrainMs?: number;
 }
@@ -77,34 +73,27 @@ function headerOf(headers: IncomingHttpHeaders, name: string): string | undefine
  */
 export class Http2Transport {
   readonly name = 'http2';
-  private readonly format: RpcBodyFormat;
   private readonly sessions = new Map<string, SessionEntry>();
   private closed = false;
 
-  constructor(private readonly options: Http2TransportOptions = {}) {
-    this.format = options.format ?? 'json';
-  }
+  constructor(private readonly options: Http2TransportOptions = {}) {}
 
   /** Calls the instance at `address` (a base URL `http://host:port` or "host:port"). */
   send(address: string, method: MethodDef, input: unknown, meta: CallMeta): Promise<unknown> {
-    let request: RpcHttpRequest;
-    try {
-      request = rpcHttpRequest(address, method, input, meta, this.format, this.options.plane);
-    } catch (err) {
-      return Promise.reject(err);
-    }
-    if (this.closed) {
-      return Promise.reject(new UnavailableError(`cannot call ${method.fullName}: the HTTP/2 transport is closed`, { address: request.base, maybeExecuted: false }));
-    }
-    let started: { entry: SessionEntry; stream: ClientHttp2Stream };
-    try {
-      started = this.open(request);
-    } catch (err) {
-      return Promise.reject(new UnavailableError(`cannot call ${method.fullName} at ${request.base}: ${(err as Error).message}`, { address: request.base, maybeExecuted: false }));
-    }
-    const { entry, stream } = started;
-    return withDeadline(this.exchange(entry, stream, request), meta.deadline, `${method.fullName} at ${request.base}`, () => {
-      if (!stream.destroyed) stream.close(NGHTTP2_CANCEL);
+    return sendRpcHttp(this.options, { address, method, input, meta }, (request) => {
+      if (this.closed) {
+        return Promise.reject(new UnavailableError(`cannot call ${method.fullName}: the HTTP/2 transport is closed`, { address: request.base, maybeExecuted: false }));
+      }
+      let started: { entry: SessionEntry; stream: ClientHttp2Stream };
+      try {
+        started = this.open(request);
+      } catch (err) {
+        return Promise.reject(new UnavailableError(`cannot call ${method.fullName} at ${request.base}: ${(err as Error).message}`, { address: request.base, maybeExecuted: false }));
+      }
+      const { entry, stream } = started;
+      return withDeadline(this.exchange(entry, stream, request), meta.deadline, `${method.fullName} at ${request.base}`, () => {
+        if (!stream.destroyed) stream.close(NGHTTP2_CANCEL);
+      });
     });
   }
 

@@ -12,72 +12,22 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { createSocket } from 'node:dgram';
 import { connect as netConnect, createServer as createNetServer, type Server } from 'node:net';
 import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { jetstreamManager } from '@nats-io/jetstream';
-import { connect } from '@nats-io/transport-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import YAML from 'yaml';
 import { buildPodImage } from '../../src/deploy/kubernetes/build.js';
+import { expectSettled } from '../support/bookstore.js';
 import { eventually } from '../support/eventually.js';
+import { deleteSharedStreams, SHARED_NATS, sharedNatsUnreachable } from '../support/nats-server.js';
+import { dnsServer, podAddress } from '../support/pod-network.js';
 import { dropSchemas, postgresAvailable, postgresUrl } from '../support/postgres.js';
 
 const NAME = 'kubernetes: the generated manifests run';
-const NATS = '127.0.0.1:4222';
+const NATS = SHARED_NATS;
 const repoRoot = resolve(import.meta.dirname, '../..');
-
-async function natsUnavailable(): Promise<string | undefined> {
-  try {
-    const nc = await connect({ servers: NATS, timeout: 2_000, maxReconnectAttempts: 0 });
-    try {
-      await (await jetstreamManager(nc)).getAccountInfo();
-    } finally {
-      await nc.close();
-    }
-    return undefined;
-  } catch (err) {
-    return `NATS JetStream at ${NATS} is not reachable: ${(err as Error).message}`;
-  }
-}
-
-interface DnsPacket {
-  decode(buf: Buffer): { id: number; questions: { type: string; name: string }[] };
-  encode(packet: object): Buffer;
-  AUTHORITATIVE_ANSWER: number;
-}
-const dnsPacket = createRequire(import.meta.url)('dns-packet') as DnsPacket;
-
-async function dnsServer(records: Map<string, string[]>): Promise<{ address: string; close(): void }> {
-  const socket = createSocket('udp4');
-  socket.on('message', (msg, from) => {
-    let query;
-    try {
-      query = dnsPacket.decode(msg);
-    } catch {
-      return;
-    }
-    const q = query.questions[0];
-    const known = q !== undefined && records.has(q.name.toLowerCase());
-    const ips = q?.type === 'A' ? (records.get(q.name.toLowerCase()) ?? []) : [];
-    socket.send(
-      dnsPacket.encode({
-        type: 'response',
-        id: query.id,
-        flags: dnsPacket.AUTHORITATIVE_ANSWER | (known ? 0 : 3),
-        questions: query.questions,
-        answers: ips.map((ip) => ({ type: 'A', class: 'IN', name: q!.name, ttl: 1, data: ip })),
-      }),
-      from.port,
-      from.address,
-    );
-  });
-  await new Promise<void>((r) => socket.bind(0, '127.0.0.1', r));
-  return { address: `127.0.0.1:${socket.address().port}`, close: () => socket.close() };
-}
 
 /** The parts of a manifest this test reads. */
 interface EnvVar {
@@ -106,12 +56,6 @@ function objectsIn(dir: string): K8sObject[] {
     .filter((f) => f.endsWith('.yaml') && f !== 'kustomization.yaml')
     .flatMap((f) => YAML.parseAllDocuments(readFileSync(join(dir, f), 'utf8')).map((d) => d.toJS() as K8sObject))
     .filter((o) => o !== null);
-}
-
-/** A pod address of its own for each workload. */
-function podAddress(): string {
-  const b = randomBytes(3);
-  return `127.${10 + (b[0]! % 200)}.${b[1]!}.${1 + (b[2]! % 250)}`;
 }
 
 /**
@@ -150,7 +94,7 @@ async function forwarder(ip: string, port: number): Promise<Server> {
 }
 
 const pgUnavailable = await postgresAvailable();
-const natsMissing = await natsUnavailable();
+const natsMissing = await sharedNatsUnreachable();
 const reason = pgUnavailable ?? natsMissing;
 
 if (reason) {
@@ -176,13 +120,7 @@ if (reason) {
     for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
     dns?.close();
     for (const p of prefixes) await dropSchemas(p).catch(() => undefined);
-    const nc = await connect({ servers: NATS });
-    try {
-      const jsm = await jetstreamManager(nc);
-      for (const s of streams) await jsm.streams.delete(s).catch(() => undefined);
-    } finally {
-      await nc.close();
-    }
+    await deleteSharedStreams(streams);
     rmSync(dir, { recursive: true, force: true });
   }, 30_000);
 
@@ -305,17 +243,7 @@ if (reason) {
       const { access_token } = (await token.json()) as { access_token: string };
       // A settlement needs ROLE_USER: the user the edge verified crosses to the payment pod as
       // an assertion signed with the edge's key, and prices and stock come from the warehouse pod.
-      const settlement = await fetch(`${edgeUrl}/restful/settlements`, {
-        method: 'POST',
-        headers: { authorization: `bearer ${access_token}`, 'content-type': 'application/json' },
-        body: JSON.stringify({
-          items: [{ id: list[0]!.id, amount: 1 }],
-          purchase: { delivery: true, pay: 'wechat', name: 'Zhou', telephone: '18888888888', location: 'Guangzhou, Tianhe, 1 Road' },
-        }),
-      });
-      const paid = await settlement.text();
-      expect(settlement.status, paid).toBe(200);
-      expect(JSON.parse(paid)).toHaveProperty('payId');
+      await expectSettled(edgeUrl, access_token, list[0]!.id);
     }, 30_000);
 
     it('every pod stops on SIGTERM with exit code 0', async () => {

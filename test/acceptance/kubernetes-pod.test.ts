@@ -10,75 +10,24 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { createSocket, type Socket } from 'node:dgram';
 import { mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import { createServer as createHttpServer } from 'node:http';
 import { connect as http2Connect } from 'node:http2';
 import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { jetstreamManager } from '@nats-io/jetstream';
-import { connect } from '@nats-io/transport-node';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DeploymentAuthority } from '../../src/auth/credentials.js';
 import { buildPodImage } from '../../src/deploy/kubernetes/build.js';
 import { eventually, sleep } from '../support/eventually.js';
+import { deleteSharedStreams, SHARED_NATS, sharedNatsUnreachable } from '../support/nats-server.js';
+import { dnsServer, podAddress } from '../support/pod-network.js';
 import { dropSchemas, postgresAvailable, postgresUrl } from '../support/postgres.js';
 
 const NAME = 'kubernetes pod runtime';
-const NATS = '127.0.0.1:4222';
+const NATS = SHARED_NATS;
 const repoRoot = resolve(import.meta.dirname, '../..');
-
-async function natsUnavailable(): Promise<string | undefined> {
-  try {
-    const nc = await connect({ servers: NATS, timeout: 2_000, maxReconnectAttempts: 0 });
-    try {
-      await (await jetstreamManager(nc)).getAccountInfo();
-    } finally {
-      await nc.close();
-    }
-    return undefined;
-  } catch (err) {
-    return `NATS JetStream at ${NATS} is not reachable: ${(err as Error).message}`;
-  }
-}
-
-/** The part of dns-packet this test uses (the package ships no types). */
-interface DnsPacket {
-  decode(buf: Buffer): { id: number; questions: { type: string; name: string; class: string }[] };
-  encode(packet: object): Buffer;
-  AUTHORITATIVE_ANSWER: number;
-}
-const dnsPacket = createRequire(import.meta.url)('dns-packet') as DnsPacket;
-
-/** A DNS server answering A queries from `records`; any other name is NXDOMAIN. */
-async function dnsServer(records: Map<string, string[]>): Promise<{ address: string; close(): void }> {
-  const socket: Socket = createSocket('udp4');
-  socket.on('message', (msg, from) => {
-    let query;
-    try {
-      query = dnsPacket.decode(msg);
-    } catch {
-      return;
-    }
-    const q = query.questions[0];
-    const ips = q && q.type === 'A' ? records.get(q.name.toLowerCase()) : undefined;
-    const nxdomain = q !== undefined && !records.has(q.name.toLowerCase());
-    const reply = dnsPacket.encode({
-      type: 'response',
-      id: query.id,
-      // rcode 3 (NXDOMAIN) in the low bits of the flags.
-      flags: dnsPacket.AUTHORITATIVE_ANSWER | (nxdomain ? 3 : 0),
-      questions: query.questions,
-      answers: (ips ?? []).map((ip) => ({ type: 'A', class: 'IN', name: q!.name, ttl: 1, data: ip })),
-    });
-    socket.send(reply, from.port, from.address);
-  });
-  await new Promise<void>((r) => socket.bind(0, '127.0.0.1', r));
-  return { address: `127.0.0.1:${socket.address().port}`, close: () => socket.close() };
-}
 
 interface Pod {
   readonly child: ChildProcess;
@@ -87,6 +36,51 @@ interface Pod {
 }
 
 const pods: Pod[] = [];
+
+/**
+ * Waits until the group pod (its readiness probe at `groupReady`) and the edge are ready; a pod
+ * that exits meanwhile fails the wait at once. Either failure carries both pods' output.
+ */
+async function bothReady(group: Pod, edge: Pod, groupReady: string, edgePort: number): Promise<void> {
+  await eventually(
+    async () => {
+      if (group.child.exitCode !== null || edge.child.exitCode !== null) throw new Error('a pod exited');
+      expect((await get(groupReady)).status).toBe(200);
+      expect((await get(`http://127.0.0.1:${edgePort}/ready`)).status).toBe(200);
+    },
+    { timeoutMs: 30_000, intervalMs: 200 },
+  ).catch((err: Error) => {
+    throw new Error(`${err.message}\n--- group ---\n${group.output()}\n--- edge ---\n${edge.output()}`);
+  });
+}
+
+/** Kills every pod still running and removes what a block made: its DNS server, schemas, stream and directory. */
+async function cleanUp(dns: { close(): void } | undefined, schemaPrefix: string, stream: string, dir: string): Promise<void> {
+  for (const p of pods) if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGKILL');
+  dns?.close();
+  await dropSchemas(schemaPrefix).catch(() => undefined);
+  await deleteSharedStreams([stream]);
+  rmSync(dir, { recursive: true, force: true });
+}
+
+/** Writes a credential bundle as Kubernetes mounts a workload's Secret (readable by its owner only); returns the file. */
+function mountSecret(dir: string, workload: string, bundle: object): string {
+  const d = join(dir, `secret-${workload}`);
+  mkdirSync(d, { recursive: true });
+  writeFileSync(join(d, 'bundle.json'), JSON.stringify(bundle), { mode: 0o600 });
+  return join(d, 'bundle.json');
+}
+
+/** The environment the manifests give every pod: where it runs, its backends, and the DNS server standing in for the cluster's. */
+function podEnv(namespace: string, domain: string, dnsServerAddress: string): Record<string, string> {
+  return {
+    EVOLITH_NAMESPACE: namespace,
+    EVOLITH_CLUSTER_DOMAIN: domain,
+    EVOLITH_POSTGRES_URL: postgresUrl(),
+    EVOLITH_NATS_URL: `nats://${NATS}`,
+    EVOLITH_DNS_SERVER: dnsServerAddress,
+  };
+}
 
 /** Writes a topology as Kubernetes updates a mounted ConfigMap: a new `..data` directory swapped in by a rename. */
 function configMapWriter(configMap: string): (text: string) => void {
@@ -99,12 +93,6 @@ function configMapWriter(configMap: string): (text: string) => void {
     renameSync(join(configMap, '..data_tmp'), join(configMap, '..data'));
     if (version === 1) symlinkSync('..data/evolith.yaml', join(configMap, 'evolith.yaml'));
   };
-}
-
-/** A loopback address of a pod's own (127.0.0.0/8 is all loopback on Linux), as a pod has its own IP. */
-function podAddress(): string {
-  const b = randomBytes(3);
-  return `127.${10 + (b[0]! % 200)}.${b[1]!}.${1 + (b[2]! % 250)}`;
 }
 
 async function freePort(): Promise<number> {
@@ -141,7 +129,7 @@ async function get(url: string): Promise<{ status: number; body: string }> {
 }
 
 const pgUnavailable = await postgresAvailable();
-const natsMissing = await natsUnavailable();
+const natsMissing = await sharedNatsUnreachable();
 const reason = pgUnavailable ?? natsMissing;
 
 if (reason) {
@@ -178,19 +166,9 @@ if (reason) {
       ].join('\n');
 
     const authority = new DeploymentAuthority(namespace);
-    const secret = (workload: string, bundle: object): string => {
-      const d = join(dir, `secret-${workload}`);
-      mkdirSync(d, { recursive: true });
-      writeFileSync(join(d, 'bundle.json'), JSON.stringify(bundle), { mode: 0o600 });
-      return join(d, 'bundle.json');
-    };
-    const env = () => ({
-      EVOLITH_NAMESPACE: namespace,
-      EVOLITH_CLUSTER_DOMAIN: domain,
-      EVOLITH_POSTGRES_URL: postgresUrl(),
-      EVOLITH_NATS_URL: `nats://${NATS}`,
-      EVOLITH_DNS_SERVER: dns.address,
-    });
+    const secret = (workload: string, bundle: object): string => mountSecret(dir, workload, bundle);
+    // Read when a pod starts: the DNS server is only up by then.
+    const env = () => podEnv(namespace, domain, dns.address);
     const common = (credentials: string) => ['--app-dir', join(image, 'app'), '--topology', join(configMap, 'evolith.yaml'), '--credentials', credentials];
 
     let group: Pod;
@@ -210,30 +188,10 @@ if (reason) {
       });
       edgePort = await freePort();
       edge = startPod(image, [...common(edgeCredentials), '--edge', '--port', String(edgePort)], { ...env(), EVOLITH_POD_NAME: 'edge-0', EVOLITH_POD_IP: '127.0.0.1' });
-      await eventually(
-        async () => {
-          if (group.child.exitCode !== null || edge.child.exitCode !== null) throw new Error(`a pod exited:\n${group.output()}\n${edge.output()}`);
-          expect((await get(`http://${groupIp}:8081/ready`)).status).toBe(200);
-          expect((await get(`http://127.0.0.1:${edgePort}/ready`)).status).toBe(200);
-        },
-        { timeoutMs: 30_000, intervalMs: 200 },
-      ).catch((err: Error) => {
-        throw new Error(`${err.message}\n--- group ---\n${group.output()}\n--- edge ---\n${edge.output()}`);
-      });
+      await bothReady(group, edge, `http://${groupIp}:8081/ready`, edgePort);
     }, 60_000);
 
-    afterAll(async () => {
-      for (const p of pods) if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGKILL');
-      dns?.close();
-      await dropSchemas(schemaPrefix).catch(() => undefined);
-      const nc = await connect({ servers: NATS });
-      try {
-        await (await jetstreamManager(nc)).streams.delete(stream).catch(() => undefined);
-      } finally {
-        await nc.close();
-      }
-      rmSync(dir, { recursive: true, force: true });
-    }, 30_000);
+    afterAll(() => cleanUp(dns, schemaPrefix, stream, dir), 30_000);
 
     it('probes answer: /health and /ready of the group, /ready of the edge', async () => {
       expect(await get(`http://${groupIp}:8081/health`)).toMatchObject({ status: 200 });
@@ -332,19 +290,9 @@ if (reason) {
       );
       return join(mount, 'evolith.yaml');
     };
-    const secret = (workload: string, bundle: object): string => {
-      const d = join(dir, `secret-${workload}`);
-      mkdirSync(d, { recursive: true });
-      writeFileSync(join(d, 'bundle.json'), JSON.stringify(bundle), { mode: 0o600 });
-      return join(d, 'bundle.json');
-    };
-    const env = () => ({
-      EVOLITH_NAMESPACE: namespace,
-      EVOLITH_CLUSTER_DOMAIN: domain,
-      EVOLITH_POSTGRES_URL: postgresUrl(),
-      EVOLITH_NATS_URL: `nats://${NATS}`,
-      EVOLITH_DNS_SERVER: dns.address,
-    });
+    const secret = (workload: string, bundle: object): string => mountSecret(dir, workload, bundle);
+    // Read when a pod starts: the DNS server is only up by then.
+    const env = () => podEnv(namespace, domain, dns.address);
 
     beforeAll(async () => {
       await buildPodImage(join(repoRoot, 'test/fixtures/greeter'), image);
@@ -357,30 +305,10 @@ if (reason) {
       group = startPod(image, [...common(groupCredentials), '--group', 'greeter', '--transport', 'http2', '--rpc-port', '7000', '--probe-port', '7000'], { ...env(), EVOLITH_POD_IP: groupIp });
       edgePort = await freePort();
       edge = startPod(image, [...common(edgeCredentials), '--edge', '--port', String(edgePort)], env());
-      await eventually(
-        async () => {
-          if (group.child.exitCode !== null || edge.child.exitCode !== null) throw new Error('a pod exited');
-          expect((await get(`http://${groupIp}:7000/ready`)).status).toBe(200);
-          expect((await get(`http://127.0.0.1:${edgePort}/ready`)).status).toBe(200);
-        },
-        { timeoutMs: 30_000, intervalMs: 200 },
-      ).catch((err: Error) => {
-        throw new Error(`${err.message}\n--- group ---\n${group.output()}\n--- edge ---\n${edge.output()}`);
-      });
+      await bothReady(group, edge, `http://${groupIp}:7000/ready`, edgePort);
     }, 60_000);
 
-    afterAll(async () => {
-      for (const p of pods) if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGKILL');
-      dns?.close();
-      await dropSchemas(schemaPrefix).catch(() => undefined);
-      const nc = await connect({ servers: NATS });
-      try {
-        await (await jetstreamManager(nc)).streams.delete(stream).catch(() => undefined);
-      } finally {
-        await nc.close();
-      }
-      rmSync(dir, { recursive: true, force: true });
-    }, 30_000);
+    afterAll(() => cleanUp(dns, schemaPrefix, stream, dir), 30_000);
 
     it('one port answers the probes and RPC over HTTP; a call without a credential is refused', async () => {
       expect((await get(`http://${groupIp}:7000/health`)).status).toBe(200);

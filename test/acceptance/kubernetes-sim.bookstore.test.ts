@@ -12,14 +12,13 @@ import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { jetstreamManager } from '@nats-io/jetstream';
-import { connect } from '@nats-io/transport-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import YAML from 'yaml';
 import { buildPodImage } from '../../src/deploy/kubernetes/build.js';
 import { ClusterSimulation } from '../support/cluster/simulation.js';
+import { expectSettled } from '../support/bookstore.js';
 import { eventually } from '../support/eventually.js';
-import { SHARED_NATS, sharedNatsUnreachable } from '../support/nats-server.js';
+import { deleteSharedStreams, SHARED_NATS, sharedNatsUnreachable } from '../support/nats-server.js';
 import { dropSchemas, postgresAvailable, postgresUrl } from '../support/postgres.js';
 
 const NAME = 'kubernetes: the bookstore in the cluster simulation';
@@ -106,12 +105,7 @@ describe.skipIf(reason !== undefined)(NAME, () => {
     afterAll(async () => {
       await sim?.stop();
       await dropSchemas(schemaPrefix).catch(() => undefined);
-      const nc = await connect({ servers: SHARED_NATS });
-      try {
-        await (await jetstreamManager(nc)).streams.delete(stream).catch(() => undefined);
-      } finally {
-        await nc.close();
-      }
+      await deleteSharedStreams([stream]);
     }, 60_000);
 
     it('every workload runs as its manifests say', () => {
@@ -137,17 +131,7 @@ describe.skipIf(reason !== undefined)(NAME, () => {
       const token = await fetch(`${edge}${LOGIN}`);
       expect(token.status, await token.clone().text()).toBe(200);
       const { access_token } = (await token.json()) as { access_token: string };
-      const settlement = await fetch(`${edge}/restful/settlements`, {
-        method: 'POST',
-        headers: { authorization: `bearer ${access_token}`, 'content-type': 'application/json' },
-        body: JSON.stringify({
-          items: [{ id: list[0]!.id, amount: 1 }],
-          purchase: { delivery: true, pay: 'wechat', name: 'Zhou', telephone: '18888888888', location: 'Guangzhou, Tianhe, 1 Road' },
-        }),
-      });
-      const paid = await settlement.text();
-      expect(settlement.status, paid).toBe(200);
-      expect(JSON.parse(paid)).toHaveProperty('payId');
+      await expectSettled(edge, access_token, list[0]!.id);
     };
 
     it('an edit of the topology ConfigMap reaches every pod through its mounted volume and applies live', async () => {

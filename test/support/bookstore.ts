@@ -72,6 +72,21 @@ export function settle(http: Http, token: string | undefined, items: Items, time
   return http.post('/restful/settlements', settlementBody(items), { token, timeoutMs });
 }
 
+/**
+ * Settles one copy of `productId` through the edge at `edgeUrl` with a user's access token and
+ * checks that a payment was opened, for tests that call a deployed edge with plain fetch.
+ */
+export async function expectSettled(edgeUrl: string, accessToken: string, productId: number): Promise<void> {
+  const settlement = await fetch(`${edgeUrl}/restful/settlements`, {
+    method: 'POST',
+    headers: { authorization: `bearer ${accessToken}`, 'content-type': 'application/json' },
+    body: JSON.stringify(settlementBody([[productId, 1]])),
+  });
+  const paid = await settlement.text();
+  expect(settlement.status, paid).toBe(200);
+  expect(JSON.parse(paid)).toHaveProperty('payId');
+}
+
 export function pay(http: Http, token: string | undefined, payId: string, state: string, timeoutMs?: number): Promise<Reply> {
   return http.patch(`/restful/pay/${encodeURIComponent(payId)}`, { token, query: { state }, timeoutMs });
 }

@@ -27,6 +27,19 @@ export async function sharedNatsUnreachable(): Promise<string | undefined> {
   }
 }
 
+/** Deletes streams a test made on the shared server; one that is already gone is not an error. */
+export async function deleteSharedStreams(streams: Iterable<string>): Promise<void> {
+  const { connect } = await import('@nats-io/transport-node');
+  const { jetstreamManager } = await import('@nats-io/jetstream');
+  const nc = await connect({ servers: SHARED_NATS });
+  try {
+    const jsm = await jetstreamManager(nc);
+    for (const stream of streams) await jsm.streams.delete(stream).catch(() => undefined);
+  } finally {
+    await nc.close();
+  }
+}
+
 export const NATS_SERVER_BIN = process.env.EVOLITH_TEST_NATS_SERVER ?? '/usr/sbin/nats-server';
 
 export function natsServerMissing(): string | undefined {

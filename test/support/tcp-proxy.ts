@@ -22,6 +22,22 @@ export interface TcpProxy {
   close(): Promise<void>;
 }
 
+/**
+ * Pipes two sockets into each other until either ends: an error or close on one destroys both,
+ * and `onDrop` (called once per event, so it must be idempotent) forgets the pair.
+ */
+export function pipeSockets(client: Socket, upstream: Socket, onDrop: () => void): void {
+  const drop = () => {
+    onDrop();
+    client.destroy();
+    upstream.destroy();
+  };
+  client.on('error', drop).on('close', drop);
+  upstream.on('error', drop).on('close', drop);
+  client.pipe(upstream);
+  upstream.pipe(client);
+}
+
 export async function startTcpProxy(target: { host: string; port: number }): Promise<TcpProxy> {
   const pairs = new Set<{ client: Socket; upstream: Socket }>();
   let server: Server | undefined;
@@ -39,15 +55,7 @@ export async function startTcpProxy(target: { host: string; port: number }): Pro
       const upstream = connect(target.port, target.host);
       const pair = { client, upstream };
       pairs.add(pair);
-      const drop = () => {
-        pairs.delete(pair);
-        client.destroy();
-        upstream.destroy();
-      };
-      client.on('error', drop).on('close', drop);
-      upstream.on('error', drop).on('close', drop);
-      client.pipe(upstream);
-      upstream.pipe(client);
+      pipeSockets(client, upstream, () => pairs.delete(pair));
     });
     await new Promise<void>((resolve, reject) => {
       s.once('error', reject);

@@ -16,6 +16,7 @@ import { promises as dns } from 'node:dns';
 import pino, { type Logger } from 'pino';
 import { ConfigError } from '../../kernel/errors.js';
 import type { Discovery, Endpoint } from '../../kernel/plugins.js';
+import { EndpointListeners, SyncWaiters } from '../../discovery/watchers.js';
 
 /** Resolves a name to its IPv4 addresses (as `dns.promises.resolve4`). */
 export type Resolve4 = (hostname: string) => Promise<string[]>;
@@ -52,10 +53,10 @@ export class DnsDiscovery implements Discovery {
   /** Per group: its last good addresses, sorted; absent until its name was first answered. */
   private readonly addresses = new Map<string, readonly string[]>();
   private readonly cache = new Map<string, readonly Endpoint[]>();
-  private readonly listeners = new Map<string, Set<Listener>>();
+  private readonly listeners = new EndpointListeners<Endpoint>();
   /** Groups whose lookups currently fail (logged when they start and stop failing). */
   private readonly failing = new Map<string, string>();
-  private readonly syncWaiters = new Set<() => void>();
+  private readonly syncWaiters = new SyncWaiters();
   private timer: NodeJS.Timeout | undefined;
   private round: Promise<void> | undefined;
   private synced = false;
@@ -87,18 +88,7 @@ export class DnsDiscovery implements Discovery {
   /** Resolves true once every group has been looked up once (answered or not), false if `timeoutMs` passes first. */
   whenSynced(timeoutMs = 5_000): Promise<boolean> {
     if (this.synced) return Promise.resolve(true);
-    return new Promise((resolve) => {
-      const done = (): void => {
-        clearTimeout(timer);
-        this.syncWaiters.delete(done);
-        resolve(true);
-      };
-      const timer = setTimeout(() => {
-        this.syncWaiters.delete(done);
-        resolve(false);
-      }, timeoutMs);
-      this.syncWaiters.add(done);
-    });
+    return this.syncWaiters.wait(timeoutMs);
   }
 
   endpoints(service: string): readonly Endpoint[] {
@@ -106,12 +96,7 @@ export class DnsDiscovery implements Discovery {
   }
 
   watch(service: string, onChange: Listener): () => void {
-    let set = this.listeners.get(service);
-    if (!set) this.listeners.set(service, (set = new Set()));
-    set.add(onChange);
-    return () => {
-      set.delete(onChange);
-    };
+    return this.listeners.add(service, onChange);
   }
 
   /** One round of lookups (a round already under way is joined, not doubled). */
@@ -133,7 +118,7 @@ export class DnsDiscovery implements Discovery {
     if (this.closed) return;
     if (!this.synced) {
       this.synced = true;
-      for (const w of [...this.syncWaiters]) w();
+      this.syncWaiters.release();
     }
   }
 
@@ -167,13 +152,7 @@ export class DnsDiscovery implements Discovery {
         sorted.map((ip) => Object.freeze({ service, id: `${service}@${ip}`, address: `${ip}:${this.port}`, metadata: Object.freeze({ group, ip }) })),
       );
       this.cache.set(service, list);
-      for (const l of this.listeners.get(service) ?? []) {
-        try {
-          l(list);
-        } catch (err) {
-          this.log.error({ err, service }, 'endpoint listener failed');
-        }
-      }
+      this.listeners.emit(service, list, this.log);
     }
   }
 }

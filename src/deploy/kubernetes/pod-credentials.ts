@@ -6,12 +6,13 @@
  * new authority) cannot replace the one every open connection was proven with, so the pod says
  * that it needs a restart and keeps the one it has.
  */
-import { readFileSync, watch } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import type { CredentialBundle } from '../../auth/credentials.js';
 import type { InternalPlane } from '../../auth/internal-plane.js';
 import { ConfigError } from '../../kernel/errors.js';
+import { watchDirectoryDebounced } from '../directory-watch.js';
 
 /** Reads and checks the shape of a credential bundle file; a ConfigError names what is wrong. */
 export function readCredentialBundle(file: string): CredentialBundle {
@@ -50,9 +51,7 @@ export interface CredentialWatch {
  * `..data` symlink when a Secret changes) and applies renewals to `plane`.
  */
 export function watchCredentials(file: string, plane: InternalPlane, log: Logger, debounceMs = 100): CredentialWatch {
-  let timer: NodeJS.Timeout | undefined;
   const reread = () => {
-    timer = undefined;
     let bundle: CredentialBundle;
     try {
       bundle = readCredentialBundle(file);
@@ -80,14 +79,5 @@ export function watchCredentials(file: string, plane: InternalPlane, log: Logger
       log.error({ err: (err as Error).message }, 'refused a credential renewal');
     }
   };
-  const watcher = watch(dirname(resolve(file)), () => {
-    clearTimeout(timer);
-    timer = setTimeout(reread, debounceMs);
-  });
-  return {
-    close() {
-      clearTimeout(timer);
-      watcher.close();
-    },
-  };
+  return watchDirectoryDebounced(dirname(resolve(file)), () => true, debounceMs, reread);
 }

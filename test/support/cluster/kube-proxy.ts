@@ -6,6 +6,7 @@
  * bridge's host address.
  */
 import { connect, createServer, type Server, type Socket } from 'node:net';
+import { pipeSockets } from '../tcp-proxy.js';
 
 export interface Endpoint {
   host: string;
@@ -40,16 +41,10 @@ export class Forwarder {
       const upstream = connect(target.port, target.host);
       f.sockets.add(client);
       f.sockets.add(upstream);
-      const drop = () => {
+      pipeSockets(client, upstream, () => {
         f.sockets.delete(client);
         f.sockets.delete(upstream);
-        client.destroy();
-        upstream.destroy();
-      };
-      client.on('error', drop).on('close', drop);
-      upstream.on('error', drop).on('close', drop);
-      client.pipe(upstream);
-      upstream.pipe(client);
+      });
     });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
