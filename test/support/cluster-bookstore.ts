@@ -22,8 +22,6 @@ import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync 
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
-import { jetstreamManager } from '@nats-io/jetstream';
-import { connect } from '@nats-io/transport-node';
 import { afterAll } from 'vitest';
 import YAML from 'yaml';
 import type { BookstoreTarget, StartOverrides } from '../acceptance/bookstore.suite.js';
@@ -32,7 +30,7 @@ import { recordFile, type DeploymentRecord } from '../../src/deploy/deployment-r
 import type { Bookstore, BookstoreOptions, ExitInfo } from './bookstore-process.js';
 import { repoRoot } from './bookstore-process.js';
 import { ClusterSimulation, type ContainerExit } from './cluster/simulation.js';
-import { SHARED_NATS, sharedNatsUnreachable } from './nats-server.js';
+import { deleteSharedStreams, SHARED_NATS, sharedNatsUnreachable } from './nats-server.js';
 import { dropSchemas, postgresAvailable, postgresUrl } from './postgres.js';
 
 const run = promisify(execFile);
@@ -66,15 +64,7 @@ export function clusterBookstoreTarget(arch: ClusterArchitecture): BookstoreTarg
     await s?.sim.stop();
     if (s) rmSync(s.dir, { recursive: true, force: true });
     for (const prefix of schemas) await dropSchemas(prefix).catch(() => undefined);
-    if (streams.length > 0) {
-      const nc = await connect({ servers: SHARED_NATS });
-      try {
-        const jsm = await jetstreamManager(nc);
-        for (const stream of streams) await jsm.streams.delete(stream).catch(() => undefined);
-      } finally {
-        await nc.close();
-      }
-    }
+    if (streams.length > 0) await deleteSharedStreams(streams);
   }, 120_000);
 
   const setUp = async (): Promise<Shared> => {
