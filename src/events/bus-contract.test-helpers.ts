@@ -277,10 +277,14 @@ export function describeBusContract(name: string, makeFixture: () => Promise<Bus
       const config: ChildConfig = { bus: patient, topic: 'orders.placed', group: 'billing', delayMs: 0, hangAfter: Number.MAX_SAFE_INTEGER };
       const done = new Map<string, number>();
       const ready: boolean[] = [];
+      const errors: string[] = [];
+      const exits: string[] = [];
       for (let n = 0; n < 2; n++) {
         const child = spawn(process.execPath, ['bin/run-ts.mjs', childScript, JSON.stringify(config)], { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] });
         children.push(child);
         let buffer = '';
+        child.stderr!.on('data', (d) => (errors[n] = (errors[n] ?? '') + String(d)));
+        child.on('exit', (code, signal) => (exits[n] = `exited (${signal ?? `code ${code}`})`));
         child.stdout!.on('data', (d) => {
           buffer += String(d);
           const lines = buffer.split('\n');
@@ -292,7 +296,12 @@ export function describeBusContract(name: string, makeFixture: () => Promise<Bus
           }
         });
       }
-      await eventually(() => expect(ready.filter(Boolean)).toHaveLength(2), 30_000);
+      // Each member loads TypeScript before it subscribes: slow on a loaded machine, so it gets
+      // time; one that dies says why.
+      await eventually(() => {
+        for (let n = 0; n < 2; n++) if (exits[n] && !ready[n]) throw new Error(`member ${n} ${exits[n]} before it was ready: ${errors[n] ?? ''}`);
+        expect(ready.filter(Boolean), `members ready (stderr: ${errors.join(' | ')})`).toHaveLength(2);
+      }, 90_000);
       const publisher = await open(f);
       const events = Array.from({ length: 600 }, (_, i) => envelope('orders.placed', { i }, i % 4 === 0 ? undefined : `k${i % 50}`));
       // In bursts, so that both members find new events at the same moments.
@@ -300,7 +309,7 @@ export function describeBusContract(name: string, makeFixture: () => Promise<Bus
       await eventually(() => expect(done.size).toBe(events.length), 30_000);
       await sleep(300); // room for a stray second delivery to show up
       expect([...done.values()].filter((n) => n !== 1)).toEqual([]);
-    });
+    }, 150_000);
 
     test('a consumer killed mid-stream loses no event: another member of its group gets the rest', async () => {
       const f = await setup();
