@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, test } from 'vitest';
 import { z } from 'zod';
-import { eventually, Kit, sleep } from '../../test/fixtures/unit-kit.js';
+import { eventually, Kit, rejection, sleep } from '../../test/fixtures/unit-kit.js';
 import { defineContract } from '../contract/define.js';
 import {
   BusinessError,
@@ -19,15 +19,6 @@ import type { TraceContext } from './trace.js';
 
 const kit = new Kit();
 afterEach(() => kit.cleanup());
-
-async function rejection(p: Promise<unknown>): Promise<any> {
-  try {
-    await p;
-  } catch (err) {
-    return err;
-  }
-  throw new Error('expected the call to fail, but it succeeded');
-}
 
 class Money {
   constructor(readonly cents: number) {}

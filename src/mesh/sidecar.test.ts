@@ -2,7 +2,7 @@ import { connect as tcpConnect, type Socket } from 'node:net';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { afterEach, describe, expect, test } from 'vitest';
 import { CERT_TTL_MS, echoContract, MeshBench, type BenchOptions } from '../../test/fixtures/mesh-kit.js';
-import { eventually, sleep, silentLog } from '../../test/fixtures/unit-kit.js';
+import { eventually, rejection, silentLog, sleep } from '../../test/fixtures/unit-kit.js';
 import { InternalPlane } from '../auth/internal-plane.js';
 import { ForbiddenError, UnavailableError } from '../kernel/errors.js';
 import { newTrace } from '../kernel/trace.js';
@@ -21,15 +21,6 @@ async function bench(options: BenchOptions = {}): Promise<MeshBench> {
   const b = await MeshBench.start(options);
   benches.push(b);
   return b;
-}
-
-async function rejection(p: Promise<unknown>): Promise<any> {
-  try {
-    await p;
-  } catch (err) {
-    return err;
-  }
-  throw new Error('expected the call to fail, but it succeeded');
 }
 
 const split = (address: string) => {

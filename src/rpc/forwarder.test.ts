@@ -2,7 +2,7 @@ import { connect, createServer, type Server, type Socket } from 'node:net';
 import { pack } from 'msgpackr';
 import pino from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
-import { eventually, Kit, silentLog } from '../../test/fixtures/unit-kit.js';
+import { eventually, Kit, rejection, silentLog } from '../../test/fixtures/unit-kit.js';
 import { BusinessError, ForbiddenError, NotFoundError, TimeoutError, UnavailableError, ValidationError } from '../kernel/errors.js';
 import { formatTraceparent } from '../kernel/trace.js';
 import { Forwarder, type ForwarderOptions } from './forwarder.js';
@@ -48,15 +48,6 @@ function client(options: ConstructorParameters<typeof TcpTransport>[0] = {}): Tc
   const t = new TcpTransport({ log: silentLog, ...options });
   cleanups.push(() => t.close());
   return t;
-}
-
-async function rejection(p: Promise<unknown>): Promise<any> {
-  try {
-    await p;
-  } catch (err) {
-    return err;
-  }
-  throw new Error('expected the call to fail, but it succeeded');
 }
 
 function rawSocket(address: string): Promise<Socket> {

@@ -1,7 +1,7 @@
 import Fastify, { type FastifyInstance } from 'fastify';
 import { pack, unpack } from 'msgpackr';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { Kit, silentLog } from '../../test/fixtures/unit-kit.js';
+import { Kit, rejection, silentLog } from '../../test/fixtures/unit-kit.js';
 import type { MethodDef } from '../contract/define.js';
 import { BusinessError, ForbiddenError, NotFoundError, TimeoutError, UnavailableError, ValidationError } from '../kernel/errors.js';
 import { HttpTransport, MSGPACK_TYPE, rpcHttpPlugin } from './http-transport.js';
@@ -34,15 +34,6 @@ afterAll(async () => {
   await serving.stop();
   await kit.cleanup();
 });
-
-async function rejection(p: Promise<unknown>): Promise<any> {
-  try {
-    await p;
-  } catch (err) {
-    return err;
-  }
-  throw new Error('expected the call to fail, but it succeeded');
-}
 
 describe.each(['json', 'msgpack'] as const)('HTTP RPC transport (%s)', (format) => {
   const client = () => new HttpTransport({ format, plane: paymentPlane });

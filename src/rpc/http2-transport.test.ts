@@ -3,7 +3,7 @@ import net from 'node:net';
 import { pack, unpack } from 'msgpackr';
 import type { FastifyInstance } from 'fastify';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { Kit, silentLog } from '../../test/fixtures/unit-kit.js';
+import { Kit, rejection, silentLog } from '../../test/fixtures/unit-kit.js';
 import type { MethodDef } from '../contract/define.js';
 import { BusinessError, ForbiddenError, NotFoundError, TimeoutError, UnauthenticatedError, UnavailableError, ValidationError } from '../kernel/errors.js';
 import { Call } from '../kernel/placement.js';
@@ -54,15 +54,6 @@ afterAll(async () => {
   await serving.stop();
   await kit.cleanup();
 });
-
-async function rejection(p: Promise<unknown>): Promise<any> {
-  try {
-    await p;
-  } catch (err) {
-    return err;
-  }
-  throw new Error('expected the call to fail, but it succeeded');
-}
 
 /** A raw h2c request on a fresh session: status, headers and body. */
 async function h2request(address: string, headers: http2.OutgoingHttpHeaders, body?: string | Uint8Array): Promise<{ status: number; headers: http2.IncomingHttpHeaders; body: Buffer }> {

@@ -1,5 +1,5 @@
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
-import { eventually, Kit, silentLog } from '../../test/fixtures/unit-kit.js';
+import { eventually, Kit, rejection, silentLog } from '../../test/fixtures/unit-kit.js';
 import type { MethodDef } from '../contract/define.js';
 import { BusinessError, ConfigError, ForbiddenError, NotFoundError, NotSerializableError, TimeoutError, UnavailableError, ValidationError } from '../kernel/errors.js';
 import { formatTraceparent } from '../kernel/trace.js';
@@ -48,15 +48,6 @@ async function serve(options: Partial<RpcServerOptions> = {}): Promise<RpcServer
   await s.listen();
   cleanups.push(() => s.close(100));
   return s;
-}
-
-async function rejection(p: Promise<unknown>): Promise<any> {
-  try {
-    await p;
-  } catch (err) {
-    return err;
-  }
-  throw new Error('expected the call to fail, but it succeeded');
 }
 
 describe('TCP RPC: a round trip through a real server and real kernel hosts', () => {
