@@ -136,6 +136,32 @@ describe.skipIf(unavailable !== undefined)('PostgresStorage', () => {
     expect(own.rows.map((r) => r.t)).toEqual(['beta', 'evolith_migration', 'evolith_migration_lock']);
   });
 
+  // Kysely's migrator reads the whole catalogue (every schema's tables) before it migrates; a
+  // schema another client drops meanwhile made that read fail, and the service did not start.
+  test('migrations succeed while other clients create and drop schemas in the same database', async () => {
+    const churn = new pg.Client({ connectionString: url });
+    await churn.connect();
+    let stop = false;
+    const churning = (async () => {
+      for (let i = 0; !stop; i++) {
+        const name = `${prefix}churn_${i}`;
+        await churn.query(`create schema "${name}"`);
+        for (let t = 0; t < 5; t++) await churn.query(`create table "${name}".t${t} (v integer)`);
+        await churn.query(`drop schema "${name}" cascade`);
+      }
+    })();
+    try {
+      for (let n = 0; n < 30; n++) {
+        const s = await open(`churned-${n}`);
+        await expect(migrate(s.db, `churned-${n}`, { '001': async (db: Kysely<any>) => db.schema.createTable('x').addColumn('v', 'integer').execute() }, s.schema)).resolves.toEqual(['001']);
+      }
+    } finally {
+      stop = true;
+      await churning.catch(() => undefined);
+      await churn.end();
+    }
+  }, 60_000);
+
   test('through the Runtime: migrations, outbox tables and calls work per schema', async () => {
     const c = defineContract({
       name: 'ledger',
