@@ -20,6 +20,7 @@ import { expectSettled } from '../support/bookstore.js';
 import { eventually } from '../support/eventually.js';
 import { deleteSharedStreams, SHARED_NATS, sharedNatsUnreachable } from '../support/nats-server.js';
 import { dropSchemas, postgresAvailable, postgresUrl } from '../support/postgres.js';
+import { dnsPropagated } from '../support/cluster-bookstore.js';
 
 const NAME = 'kubernetes: the bookstore in the cluster simulation';
 const repoRoot = resolve(import.meta.dirname, '../..');
@@ -99,6 +100,7 @@ describe.skipIf(reason !== undefined)(NAME, () => {
 
       await sim.apply(out);
       await sim.waitReady(120_000);
+      await dnsPropagated();
       edge = sim.url('edge', 80, namespace);
     }, 180_000);
 

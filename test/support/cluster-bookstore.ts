@@ -35,10 +35,21 @@ import { dropSchemas, postgresAvailable, postgresUrl } from './postgres.js';
 
 const run = promisify(execFile);
 const SERVICES = ['account', 'auth', 'payment', 'warehouse'];
+/** The topology's default `kubernetes.dnsRefreshMs`, which the generated bookstore keeps. */
+const DNS_REFRESH_MS = 2_000;
 /** The machine's NATS as host and port. */
 const [NATS_HOST = '127.0.0.1', NATS_PORT = '4222'] = SHARED_NATS.replace(/^nats:\/\//, '').split(':');
 
 export type ClusterArchitecture = 'microservices' | 'mesh' | 'serverless';
+
+/**
+ * Waits out one DNS refresh of every pod. Ready pods are in DNS at once, but a pod that started
+ * before its callees learns of them at its next lookup, every `kubernetes.dnsRefreshMs`; a
+ * client of a fresh rollout on a cluster sees the same. A test's first calls must not race it.
+ */
+export function dnsPropagated(): Promise<void> {
+  return new Promise((r) => setTimeout(r, DNS_REFRESH_MS + 500));
+}
 
 /** Why the bookstore cannot run in the cluster simulation here (not root, no PostgreSQL or NATS), or undefined. */
 export async function clusterBookstoreUnavailable(): Promise<string | undefined> {
@@ -140,6 +151,7 @@ export function clusterBookstoreTarget(arch: ClusterArchitecture): BookstoreTarg
 async function deploy(sim: ClusterSimulation, out: string, namespace: string, dataDir: string, options: BookstoreOptions): Promise<Bookstore> {
   await sim.apply(out);
   await sim.waitReady(120_000, namespace);
+  await dnsPropagated();
   const edge = sim.pods().find((p) => p.namespace === namespace && p.workload === 'edge' && p.ready);
   if (!edge) throw new Error(`no ready edge pod in ${namespace}`);
   return new ClusterBookstore(sim, out, namespace, dataDir, options, `http://${edge.ip}:8080`, edge.pid ?? 0);
