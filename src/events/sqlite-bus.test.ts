@@ -120,7 +120,9 @@ describe('SqliteEventBus', () => {
     const f = setup();
     // Renewals far apart: the test takes the lease away itself.
     const options = { ...TUNING, leaseMs: 30_000 };
-    const [a, b] = [open(f, options), open(f, options)];
+    // A looks for run-out leases only once a minute: else it may take its own e1 back before B
+    // does (any member may), and the case is not set up (seen on a loaded machine).
+    const [a, b] = [open(f, { ...options, pollIntervalMs: 60_000 }), open(f, options)];
     const e1 = envelope('orders.placed', { n: 1 }, 'k');
     const e2 = envelope('orders.placed', { n: 2 }, 'k');
     await a.publish(e1);
